@@ -1,0 +1,8 @@
+fn main() {
+    let protoc = protoc_bin_vendored::protoc_bin_path().expect("vendored protoc");
+    std::env::set_var("PROTOC", protoc);
+    println!("cargo:rerun-if-changed=proto");
+    tonic_build::configure()
+        .compile_protos(&["proto/scheduler.proto", "proto/daemon.proto"], &["proto"])
+        .expect("compile protos");
+}

@@ -1,0 +1,12 @@
+//! Wire formats: the gRPC control plane (generated from `proto/`) and the data-plane frame
+//! codec that peers use to move pieces.
+
+pub mod frame;
+
+pub mod scheduler {
+    tonic::include_proto!("ferry.scheduler.v1");
+}
+
+pub mod daemon {
+    tonic::include_proto!("ferry.daemon.v1");
+}

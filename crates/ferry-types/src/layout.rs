@@ -1,0 +1,162 @@
+//! How a task's content is cut into pieces.
+//!
+//! Piece size is a power of two chosen from the content length so that a file has about
+//! [`TARGET_PIECES`] pieces, bounded by [`MIN_PIECE_SIZE`] and [`MAX_PIECE_SIZE`]: small
+//! files get small pieces (a piece-time is added per level of the distribution tree), large
+//! files get large ones (per-piece overhead stays bounded). The last piece may be short.
+
+use crate::ParseError;
+
+pub const MIN_PIECE_SIZE: u32 = 256 * 1024;
+pub const MAX_PIECE_SIZE: u32 = 64 * 1024 * 1024;
+/// Smallest size accepted for an explicit override (tests, benchmarks).
+const MIN_OVERRIDE: u32 = 16 * 1024;
+const TARGET_PIECES: u64 = 128;
+
+/// A piece number known to be inside its task's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PieceIndex(u32);
+
+impl PieceIndex {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+
+    pub fn as_usize(self) -> usize {
+        self.0 as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceLayout {
+    content_length: u64,
+    piece_size: u32,
+}
+
+impl PieceLayout {
+    /// The default layout for content of this length.
+    pub fn for_length(content_length: u64) -> Self {
+        let want = (content_length / TARGET_PIECES).max(1).next_power_of_two();
+        let piece_size = want.clamp(MIN_PIECE_SIZE as u64, MAX_PIECE_SIZE as u64) as u32;
+        Self {
+            content_length,
+            piece_size,
+        }
+    }
+
+    /// A layout with an explicit piece size (from a peer, or an operator's override).
+    pub fn new(content_length: u64, piece_size: u32) -> Result<Self, ParseError> {
+        if !piece_size.is_power_of_two() || !(MIN_OVERRIDE..=MAX_PIECE_SIZE).contains(&piece_size) {
+            return Err(ParseError::PieceSize(piece_size as u64));
+        }
+        if content_length.div_ceil(piece_size as u64) > u32::MAX as u64 {
+            return Err(ParseError::PieceSize(piece_size as u64));
+        }
+        Ok(Self {
+            content_length,
+            piece_size,
+        })
+    }
+
+    pub fn content_length(&self) -> u64 {
+        self.content_length
+    }
+
+    pub fn piece_size(&self) -> u32 {
+        self.piece_size
+    }
+
+    pub fn piece_count(&self) -> u32 {
+        self.content_length.div_ceil(self.piece_size as u64) as u32
+    }
+
+    pub fn index(&self, index: u32) -> Result<PieceIndex, ParseError> {
+        let count = self.piece_count();
+        if index < count {
+            Ok(PieceIndex(index))
+        } else {
+            Err(ParseError::PieceIndex { index, count })
+        }
+    }
+
+    pub fn indices(&self) -> impl Iterator<Item = PieceIndex> {
+        (0..self.piece_count()).map(PieceIndex)
+    }
+
+    pub fn offset(&self, index: PieceIndex) -> u64 {
+        index.0 as u64 * self.piece_size as u64
+    }
+
+    pub fn len(&self, index: PieceIndex) -> u32 {
+        let start = self.offset(index);
+        (self.content_length - start).min(self.piece_size as u64) as u32
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.content_length == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn piece_size_grows_with_length_within_bounds() {
+        assert_eq!(PieceLayout::for_length(0).piece_size(), MIN_PIECE_SIZE);
+        assert_eq!(PieceLayout::for_length(1).piece_size(), MIN_PIECE_SIZE);
+        assert_eq!(
+            PieceLayout::for_length(256 * MIB).piece_size(),
+            2 * MIB as u32
+        );
+        assert_eq!(
+            PieceLayout::for_length(100 * 1024 * MIB).piece_size(),
+            MAX_PIECE_SIZE
+        );
+    }
+
+    #[test]
+    fn interesting_sizes() {
+        let p = MIN_PIECE_SIZE as u64;
+        for (len, count, last) in [
+            (0, 0, 0),
+            (1, 1, 1),
+            (p - 1, 1, p - 1),
+            (p, 1, p),
+            (p + 1, 2, 1),
+        ] {
+            let l = PieceLayout::for_length(len);
+            assert_eq!(l.piece_count(), count, "len {len}");
+            if count > 0 {
+                assert_eq!(l.len(l.index(count - 1).unwrap()) as u64, last, "len {len}");
+            }
+            assert!(l.index(count).is_err());
+        }
+    }
+
+    #[test]
+    fn explicit_piece_size_must_be_power_of_two_in_bounds() {
+        assert!(PieceLayout::new(10, 3 * 1024 * 1024).is_err());
+        assert!(PieceLayout::new(10, 1024).is_err());
+        assert!(PieceLayout::new(10, 128 * 1024 * 1024).is_err());
+        assert!(PieceLayout::new(10, 1024 * 1024).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn pieces_tile_the_content(len in 0u64..(1 << 40)) {
+            let l = PieceLayout::for_length(len);
+            prop_assert!(l.piece_size().is_power_of_two());
+            let count = l.piece_count();
+            prop_assert_eq!(count as u64, len.div_ceil(l.piece_size() as u64));
+            if count > 0 {
+                let last = l.index(count - 1).unwrap();
+                prop_assert_eq!(l.offset(last) + l.len(last) as u64, len);
+                prop_assert!(l.len(last) > 0);
+            }
+        }
+    }
+}
