@@ -1,1 +1,88 @@
-//! ferry-backend
+//! Back-to-source: reading a task's bytes from where they originally live.
+//!
+//! A [`Backend`] is picked by URL scheme. Each opens the object at a byte offset and yields
+//! its body as chunks; the caller cuts pieces, hashes them and resumes at its own offset
+//! after a retryable failure (see [`BackendError::is_retryable`]).
+
+mod http;
+
+pub use http::HttpBackend;
+
+use bytes::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("unsupported URL scheme `{0}`: Ferry can fetch http:// and https:// URLs")]
+    UnsupportedScheme(String),
+    #[error("origin answered {status} for {url}")]
+    Status { status: u16, url: String },
+    #[error("connect to origin for {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("read from origin for {url}: {reason}")]
+    Read { url: String, reason: String },
+    #[error("origin sent no Content-Length for {url}; Ferry needs the size up front")]
+    NoContentLength { url: String },
+    #[error("origin ignored the range request for {url} (expected 206 from offset {offset})")]
+    RangeIgnored { url: String, offset: u64 },
+}
+
+impl BackendError {
+    /// Worth another try after a pause: 5xx, 429, resets and timeouts. 4xx is final.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            Self::Connect { .. } | Self::Read { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The origin's HTTP status, when that is what failed.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A request for an object at its origin.
+#[derive(Clone, Debug)]
+pub struct SourceRequest {
+    pub url: url::Url,
+    pub headers: Vec<(String, String)>,
+}
+
+/// An open object body.
+pub struct SourceBody {
+    pub content_length: u64,
+    inner: http::HttpBody,
+}
+
+impl SourceBody {
+    /// The next chunk of the body, `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, BackendError> {
+        self.inner.chunk().await
+    }
+}
+
+/// The back-to-source implementations, by scheme.
+#[derive(Clone)]
+pub enum Backend {
+    Http(HttpBackend),
+}
+
+impl Backend {
+    pub fn for_url(url: &url::Url, http: &HttpBackend) -> Result<Self, BackendError> {
+        match url.scheme() {
+            "http" | "https" => Ok(Self::Http(http.clone())),
+            other => Err(BackendError::UnsupportedScheme(other.to_owned())),
+        }
+    }
+
+    /// Opens the object at `offset`; the returned length is the whole object's.
+    pub async fn open(&self, req: &SourceRequest, offset: u64) -> Result<SourceBody, BackendError> {
+        match self {
+            Self::Http(h) => h.open(req, offset).await,
+        }
+    }
+}

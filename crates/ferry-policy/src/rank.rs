@@ -4,6 +4,7 @@
 //! - it is on the child's own host;
 //! - the child blocklisted it (it failed the child or sent a bad piece);
 //! - it is in a bad state (failed or leaving);
+//! - it cannot feed anyone (no pieces, no origin, no parent of its own);
 //! - the edge child -> candidate would close a cycle in the task's download graph.
 //!
 //! Score (higher is better), each term in 0..=1 and weighted by [`Weights`]:
@@ -41,6 +42,9 @@ pub struct Candidate {
     pub uploads_active: u32,
     /// Bytes per second recently measured by children of this parent, if any.
     pub throughput: Option<u64>,
+    /// It holds pieces, reads the origin, or has a parent of its own: it has or will have
+    /// something to give. A peer with none of these would leave its children waiting forever.
+    pub feeds: bool,
     pub locality: Locality,
 }
 
@@ -104,6 +108,7 @@ pub fn admissible(child: &ChildView<'_>, c: &Candidate, dag: &Dag) -> bool {
     c.host != *child.host
         && !child.blocklist.contains(&c.host)
         && matches!(c.state, PeerState::Running | PeerState::Succeeded)
+        && c.feeds
         && !dag.would_cycle(child.host, &c.host)
 }
 
@@ -173,6 +178,7 @@ mod tests {
             upload_slots: 8,
             uploads_active: 0,
             throughput: None,
+            feeds: true,
             locality: Locality::default(),
         }
     }
@@ -223,6 +229,13 @@ mod tests {
             rank("a", &[failed, leaving, done], &Dag::default(), &[]),
             ["d"]
         );
+    }
+
+    #[test]
+    fn excludes_peers_that_cannot_feed() {
+        let mut empty = cand("b");
+        empty.feeds = false;
+        assert_eq!(rank("a", &[empty, cand("c")], &Dag::default(), &[]), ["c"]);
     }
 
     #[test]

@@ -1,1 +1,12 @@
-//! ferry-scheduler
+//! The scheduler service: per task, who holds which pieces, and who should feed whom.
+//!
+//! State is soft and in memory ([`state`]); daemons rebuild it by re-announcing what they
+//! hold after a scheduler restart. Decisions come from `ferry-policy`; this crate only keeps
+//! the books and moves messages ([`service`]). A [`gc`] worker collects silent hosts and
+//! idle tasks.
+
+pub mod gc;
+pub mod service;
+pub mod state;
+
+pub use service::{SchedulerOptions, SchedulerService};

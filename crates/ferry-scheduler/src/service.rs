@@ -1,0 +1,394 @@
+//! The gRPC face of the scheduler.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ferry_policy::{decide, rank_parents, ChildView, Decision, DecisionInput, PeerState, RankOptions, SeedCandidate};
+use ferry_proto::scheduler::scheduler_server::Scheduler;
+use ferry_proto::scheduler::{
+    host_command, peer_command, peer_message, BackToSource, FailReason, FetchFromOrigin, HostCommand, HostMessage,
+    Parent, Parents, PeerCommand, PeerMessage, PieceDigests, Register, StatsRequest, StatsResponse, TaskFailed,
+    TaskInfo, WaitForSeed,
+};
+use ferry_types::{HostId, TaskId};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::state::{locality, HostEntry, PeerEntry, State, TaskEntry};
+
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    pub rank: RankOptions,
+    /// How many ordinary peers of one task may read the origin.
+    pub back_to_source_limit: u32,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        Self { rank: RankOptions::default(), back_to_source_limit: 1 }
+    }
+}
+
+#[derive(Clone)]
+pub struct SchedulerService {
+    state: Arc<Mutex<State>>,
+    opts: Arc<SchedulerOptions>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl SchedulerService {
+    pub fn new(opts: SchedulerOptions) -> Self {
+        Self { state: Arc::default(), opts: Arc::new(opts) }
+    }
+
+    pub fn state(&self) -> Arc<Mutex<State>> {
+        self.state.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("not poisoned")
+    }
+}
+
+fn host_id(s: &str) -> Result<HostId, Status> {
+    HostId::new(s).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn send(tx: &crate::state::PeerTx, c: peer_command::Command) {
+    let _ = tx.send(Ok(PeerCommand { command: Some(c) }));
+}
+
+/// Decides what one peer of a task is told now, and tells it.
+fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, opts: &SchedulerOptions) {
+    let seeds: Vec<SeedCandidate> = st
+        .hosts
+        .iter()
+        .filter(|(_, h)| h.host.seed)
+        .map(|(id, h)| SeedCandidate {
+            host: id.clone(),
+            uploads_active: h.host.uploads_active,
+            upload_slots: h.host.upload_slots,
+        })
+        .collect();
+    let State { hosts, tasks, seed_fetches, back_to_source_grants, .. } = st;
+    let Some(task) = tasks.get_mut(task_id) else { return };
+    let Some(p) = task.peers.get(peer) else { return };
+    let candidates = task.candidates(hosts);
+    let loc = locality(&p.host);
+    let view = ChildView { host: peer, locality: &loc, blocklist: &p.blocklist, piece_count: task.piece_count() };
+    let ranked: Vec<HostId> =
+        rank_parents(&view, &candidates, &task.dag, &opts.rank).into_iter().map(|c| c.host.clone()).collect();
+    let input = DecisionInput {
+        has_parents: !ranked.is_empty(),
+        want_origin,
+        seed_requested: task.seed_requested.is_some(),
+        seeds: &seeds,
+        task: task_id,
+    };
+    let decision = decide(&input, &mut task.budget);
+    tracing::debug!(task = ?task_id, %peer, ?decision, parents = ranked.len(), "scheduled");
+    let tx = task.peers[peer].tx.clone();
+    let waiting = match decision {
+        Decision::Parents => {
+            let mut parents = vec![];
+            for id in &ranked {
+                task.dag.add_edge(peer, id);
+                let h = hosts.get(id).map(|h| h.host.clone()).unwrap_or_else(|| task.peers[id].host.clone());
+                parents.push(Parent { host_id: id.to_string(), ip: h.ip, piece_port: h.piece_port, seed: h.seed });
+            }
+            send(&tx, peer_command::Command::Parents(Parents { parents }));
+            false
+        }
+        Decision::BackToSource => {
+            *back_to_source_grants += 1;
+            send(&tx, peer_command::Command::BackToSource(BackToSource {}));
+            false
+        }
+        Decision::WaitForSeed => {
+            send(&tx, peer_command::Command::Wait(WaitForSeed {}));
+            true
+        }
+        Decision::AskSeed(seed) => {
+            task.seed_requested = Some(seed.clone());
+            *seed_fetches += 1;
+            let fetch = FetchFromOrigin {
+                task_id: task_id.0.to_vec(),
+                url: task.url.clone(),
+                headers: task.headers.clone(),
+                piece_size: task.piece_size_hint,
+            };
+            if let Some(h) = hosts.get(&seed) {
+                tracing::info!(task = ?task_id, %seed, "asking seed to fetch from origin");
+                let _ = h.tx.send(Ok(HostCommand { command: Some(host_command::Command::Fetch(fetch)) }));
+            }
+            send(&tx, peer_command::Command::Wait(WaitForSeed {}));
+            true
+        }
+    };
+    if let Some(p) = task.peers.get_mut(peer) {
+        p.waiting = waiting;
+    }
+}
+
+/// Gives every waiting peer of the task another chance (something changed).
+fn schedule_waiting(st: &mut State, task_id: &TaskId, opts: &SchedulerOptions) {
+    let waiting: Vec<HostId> = match st.tasks.get(task_id) {
+        Some(t) => {
+            let mut w: Vec<_> = t.peers.iter().filter(|(_, p)| p.waiting).map(|(id, _)| id.clone()).collect();
+            w.sort();
+            w
+        }
+        None => return,
+    };
+    for peer in waiting {
+        schedule(st, task_id, &peer, false, opts);
+    }
+}
+
+impl SchedulerService {
+    fn register(&self, reg: Register, tx: crate::state::PeerTx) -> Result<(TaskId, HostId, u64), Status> {
+        let task_id =
+            TaskId::from_slice(&reg.task_id).ok_or_else(|| Status::invalid_argument("task_id must be 32 bytes"))?;
+        let host = reg.host.ok_or_else(|| Status::invalid_argument("register without host"))?;
+        let peer = host_id(&host.id)?;
+        let now = Instant::now();
+        let mut st = self.lock();
+        let session = st.session();
+        let task = st
+            .tasks
+            .entry(task_id)
+            .or_insert_with(|| TaskEntry::new(reg.url.clone(), self.opts.back_to_source_limit, now));
+        task.last_active = now;
+        if task.headers.is_empty() {
+            task.headers = reg.headers.clone();
+        }
+        if task.piece_size_hint == 0 {
+            task.piece_size_hint = reg.piece_size;
+        }
+        task.dag.remove_node(&peer);
+        if let Some((len, ps)) = task.info {
+            send(&tx, peer_command::Command::TaskInfo(TaskInfo { content_length: len, piece_size: ps }));
+            let (index, digest) = task.digests.iter().map(|(i, d)| (*i, d.clone())).unzip();
+            send(&tx, peer_command::Command::Digests(PieceDigests { index, digest }));
+        }
+        let held = reg.held.len() as u32;
+        let complete = task.piece_count().is_some_and(|n| n > 0 && held >= n);
+        task.peers.insert(
+            peer.clone(),
+            PeerEntry {
+                host,
+                tx,
+                state: if complete { PeerState::Succeeded } else { PeerState::Running },
+                pieces_held: held,
+                from_origin: reg.from_origin,
+                blocklist: vec![],
+                throughput: None,
+                waiting: false,
+                session,
+            },
+        );
+        if !reg.from_origin && !complete {
+            schedule(&mut st, &task_id, &peer, false, &self.opts);
+        }
+        schedule_waiting(&mut st, &task_id, &self.opts);
+        Ok((task_id, peer, session))
+    }
+
+    fn on_message(&self, task_id: &TaskId, peer: &HostId, msg: peer_message::Message) {
+        let mut st = self.lock();
+        let Some(task) = st.tasks.get_mut(task_id) else { return };
+        task.last_active = Instant::now();
+        match msg {
+            peer_message::Message::Register(_) => {}
+            peer_message::Message::TaskInfo(info) => {
+                if task.info.is_none() {
+                    task.info = Some((info.content_length, info.piece_size));
+                    task.broadcast(peer_command::Command::TaskInfo(info), Some(peer));
+                }
+            }
+            peer_message::Message::Pieces(batch) => {
+                let mut new_digests = PieceDigests::default();
+                let mut parent_rates: Vec<(HostId, u64)> = vec![];
+                for p in &batch.pieces {
+                    if p.digest.len() == 32 && !task.digests.contains_key(&p.index) {
+                        task.digests.insert(p.index, p.digest.clone());
+                        new_digests.index.push(p.index);
+                        new_digests.digest.push(p.digest.clone());
+                    }
+                    if let (Ok(parent), true) = (HostId::new(p.parent.clone()), p.cost_micros > 0) {
+                        parent_rates.push((parent, p.length as u64 * 1_000_000 / p.cost_micros as u64));
+                    }
+                }
+                let count = task.piece_count();
+                let mut first_pieces = false;
+                if let Some(me) = task.peers.get_mut(peer) {
+                    first_pieces = me.pieces_held == 0;
+                    me.pieces_held += batch.pieces.len() as u32;
+                    if count.is_some_and(|n| me.pieces_held >= n) {
+                        me.state = PeerState::Succeeded;
+                    }
+                }
+                for (parent, rate) in parent_rates {
+                    if let Some(pe) = task.peers.get_mut(&parent) {
+                        // EWMA, so one slow piece does not sink a parent.
+                        pe.throughput = Some(pe.throughput.map_or(rate, |t| (t * 3 + rate) / 4));
+                    }
+                }
+                if !new_digests.index.is_empty() {
+                    task.broadcast(peer_command::Command::Digests(new_digests), Some(peer));
+                }
+                if first_pieces {
+                    schedule_waiting(&mut st, task_id, &self.opts);
+                }
+            }
+            peer_message::Message::ParentFailed(f) => {
+                let Ok(parent) = HostId::new(f.parent) else { return };
+                let reason = FailReason::try_from(f.reason).unwrap_or(FailReason::Unspecified);
+                tracing::info!(task = ?task_id, %peer, %parent, ?reason, "parent failed");
+                task.dag.remove_edge(peer, &parent);
+                if let Some(me) = task.peers.get_mut(peer) {
+                    me.blocklist.push(parent.clone());
+                }
+                if reason == FailReason::BadPiece {
+                    if let Some(bad) = task.peers.get_mut(&parent) {
+                        bad.state = PeerState::Failed;
+                    }
+                }
+                schedule(&mut st, task_id, peer, false, &self.opts);
+            }
+            peer_message::Message::NeedParents(n) => schedule(&mut st, task_id, peer, n.want_origin, &self.opts),
+            peer_message::Message::Finished(_) => {
+                let count = task.piece_count().unwrap_or(0);
+                if let Some(me) = task.peers.get_mut(peer) {
+                    me.state = PeerState::Succeeded;
+                    me.pieces_held = me.pieces_held.max(count);
+                }
+            }
+            peer_message::Message::Failed(f) => {
+                let from_origin = task.peers.get(peer).is_some_and(|p| p.from_origin);
+                if let Some(me) = task.peers.get_mut(peer) {
+                    me.state = PeerState::Failed;
+                }
+                if from_origin {
+                    // The origin itself refused: everyone waiting on this fetch fails with the
+                    // same reason; the next request for the task starts afresh.
+                    tracing::warn!(task = ?task_id, %peer, reason = %f.reason, "origin fetch failed");
+                    task.seed_requested = None;
+                    task.info = None;
+                    task.digests.clear();
+                    let status = f.reason.split_whitespace().find_map(|w| w.parse::<u32>().ok().filter(|s| (400..600).contains(s)));
+                    task.broadcast(
+                        peer_command::Command::TaskFailed(TaskFailed { reason: f.reason, http_status: status.unwrap_or(0) }),
+                        Some(peer),
+                    );
+                }
+            }
+        }
+    }
+
+    fn unregister(&self, task_id: &TaskId, peer: &HostId, session: u64) {
+        let mut st = self.lock();
+        let Some(task) = st.tasks.get_mut(task_id) else { return };
+        if task.peers.get(peer).is_some_and(|p| p.session == session) {
+            task.peers.remove(peer);
+            task.dag.remove_node(peer);
+            if task.seed_requested.as_ref() == Some(peer) {
+                task.seed_requested = None;
+            }
+            task.last_active = Instant::now();
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Scheduler for SchedulerService {
+    type HostSessionStream = BoxStream<HostCommand>;
+    type AnnouncePeerStream = BoxStream<PeerCommand>;
+
+    async fn host_session(
+        &self,
+        req: Request<Streaming<HostMessage>>,
+    ) -> Result<Response<Self::HostSessionStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.and_then(|m| m.host).ok_or_else(|| Status::invalid_argument("empty host session"))?;
+        let id = host_id(&first.id)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let session = {
+            let mut st = self.lock();
+            let session = st.session();
+            tracing::info!(host = %id, ip = %first.ip, seed = first.seed, "host joined");
+            st.hosts.insert(id.clone(), HostEntry { host: first, tx, last_seen: Instant::now(), session });
+            session
+        };
+        let this = self.clone();
+        let span = tracing::info_span!("host_session", host = %id);
+        tokio::spawn(
+            async move {
+                while let Ok(Some(msg)) = inbound.message().await {
+                    let mut st = this.lock();
+                    if let (Some(h), Some(entry)) = (msg.host, st.hosts.get_mut(&id)) {
+                        entry.host = h;
+                        entry.last_seen = Instant::now();
+                    }
+                }
+                let mut st = this.lock();
+                if st.hosts.get(&id).is_some_and(|h| h.session == session) {
+                    st.hosts.remove(&id);
+                    tracing::info!("host left");
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn announce_peer(
+        &self,
+        req: Request<Streaming<PeerMessage>>,
+    ) -> Result<Response<Self::AnnouncePeerStream>, Status> {
+        let mut inbound = req.into_inner();
+        let reg = match inbound.message().await?.and_then(|m| m.message) {
+            Some(peer_message::Message::Register(r)) => r,
+            _ => return Err(Status::invalid_argument("the first peer message must be Register")),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (task_id, peer, session) = self.register(reg, tx)?;
+        let this = self.clone();
+        let span = tracing::info_span!("announce_peer", task = ?task_id, %peer);
+        tokio::spawn(
+            async move {
+                loop {
+                    match inbound.next().await {
+                        Some(Ok(PeerMessage { message: Some(m) })) => this.on_message(&task_id, &peer, m),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "peer stream broke");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                this.unregister(&task_id, &peer, session);
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+
+    async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        let st = self.lock();
+        Ok(Response::new(StatsResponse {
+            tasks: st.tasks.len() as u64,
+            peers: st.tasks.values().map(|t| t.peers.len() as u64).sum(),
+            hosts: st.hosts.len() as u64,
+            seed_fetches: st.seed_fetches,
+            back_to_source_grants: st.back_to_source_grants,
+        }))
+    }
+}

@@ -1,0 +1,243 @@
+//! The disk store.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ferry_types::{PieceDigest, PieceIndex, PieceLayout, TaskId};
+use redb::{Database, Durability, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::StorageError;
+
+/// task id -> JSON [`TaskRecord`].
+const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
+/// task id ++ piece index (BE) -> BLAKE3 digest of the verified piece.
+const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces");
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub url: String,
+    pub content_length: u64,
+    pub piece_size: u32,
+}
+
+/// The piece-store seam: what the daemon needs from wherever pieces live.
+pub trait PieceStore: Send + Sync + 'static {
+    /// Opens (creating if needed) the task's content and returns the pieces already held.
+    fn open_task(
+        &self,
+        task: TaskId,
+        record: &TaskRecord,
+    ) -> Result<(Arc<TaskFile>, Vec<(PieceIndex, PieceDigest)>), StorageError>;
+    fn record_piece(&self, task: TaskId, index: PieceIndex, digest: PieceDigest) -> Result<(), StorageError>;
+    fn task_record(&self, task: TaskId) -> Result<Option<TaskRecord>, StorageError>;
+}
+
+pub struct Store {
+    root: PathBuf,
+    db: Database,
+}
+
+/// An open content file; piece reads and writes are positional, so many may run at once.
+pub struct TaskFile {
+    task: TaskId,
+    path: PathBuf,
+    file: File,
+    layout: PieceLayout,
+}
+
+fn piece_key(task: TaskId, index: PieceIndex) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(&task.0);
+    k[32..].copy_from_slice(&index.get().to_be_bytes());
+    k
+}
+
+impl Store {
+    pub fn open(root: &Path) -> Result<Self, StorageError> {
+        let content = root.join("content");
+        std::fs::create_dir_all(&content)
+            .map_err(|source| StorageError::CreateDir { path: content.display().to_string(), source })?;
+        let path = root.join("meta.redb");
+        let db = Database::create(&path).map_err(|e| StorageError::OpenDatabase {
+            path: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        let tx = db.begin_write()?;
+        tx.open_table(TASKS)?;
+        tx.open_table(PIECES)?;
+        tx.commit()?;
+        Ok(Self { root: root.to_owned(), db })
+    }
+
+    fn content_path(&self, task: TaskId) -> PathBuf {
+        self.root.join("content").join(task.to_string())
+    }
+
+    fn held_pieces(&self, task: TaskId, layout: &PieceLayout) -> Result<Vec<(PieceIndex, PieceDigest)>, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(PIECES)?;
+        let mut lo = [0u8; 36];
+        lo[..32].copy_from_slice(&task.0);
+        let mut hi = lo;
+        hi[32..].copy_from_slice(&[0xff; 4]);
+        let mut out = vec![];
+        for entry in table.range(&lo[..]..=&hi[..])? {
+            let (k, v) = entry?;
+            let index = u32::from_be_bytes(k.value()[32..36].try_into().expect("key is 36 bytes"));
+            let (Ok(index), Some(digest)) = (layout.index(index), PieceDigest::from_slice(v.value())) else {
+                continue;
+            };
+            out.push((index, digest));
+        }
+        Ok(out)
+    }
+}
+
+impl PieceStore for Store {
+    fn open_task(
+        &self,
+        task: TaskId,
+        record: &TaskRecord,
+    ) -> Result<(Arc<TaskFile>, Vec<(PieceIndex, PieceDigest)>), StorageError> {
+        let layout = PieceLayout::new(record.content_length, record.piece_size)
+            .map_err(|e| StorageError::DecodeRecord { task, reason: e.to_string() })?;
+        let held = match self.task_record(task)? {
+            Some(old) if old.content_length == record.content_length && old.piece_size == record.piece_size => {
+                self.held_pieces(task, &layout)?
+            }
+            Some(old) => {
+                return Err(StorageError::LayoutMismatch {
+                    task,
+                    stored: old.content_length,
+                    stored_piece: old.piece_size,
+                    asked: record.content_length,
+                    asked_piece: record.piece_size,
+                })
+            }
+            None => {
+                let tx = self.db.begin_write()?;
+                {
+                    let json = serde_json::to_vec(record).expect("record serializes");
+                    tx.open_table(TASKS)?.insert(&task.0[..], &json[..])?;
+                }
+                tx.commit()?;
+                vec![]
+            }
+        };
+        let path = self.content_path(task);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .and_then(|f| f.set_len(record.content_length).map(|_| f))
+            .map_err(|source| StorageError::OpenContent { task, source })?;
+        tracing::debug!(?task, held = held.len(), "opened task content");
+        Ok((Arc::new(TaskFile { task, path, file, layout }), held))
+    }
+
+    fn record_piece(&self, task: TaskId, index: PieceIndex, digest: PieceDigest) -> Result<(), StorageError> {
+        let mut tx = self.db.begin_write()?;
+        // Eventual: written to the file without fsync; survives a killed process, which is
+        // the failure resume must handle. A lost record after power loss costs one refetch.
+        tx.set_durability(Durability::Eventual);
+        tx.open_table(PIECES)?.insert(&piece_key(task, index)[..], &digest.0[..])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn task_record(&self, task: TaskId) -> Result<Option<TaskRecord>, StorageError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(TASKS)?;
+        let Some(v) = table.get(&task.0[..])? else { return Ok(None) };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StorageError::DecodeRecord { task, reason: e.to_string() })
+    }
+}
+
+impl TaskFile {
+    pub fn layout(&self) -> &PieceLayout {
+        &self.layout
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn write_piece(&self, index: PieceIndex, bytes: &[u8]) -> Result<(), StorageError> {
+        debug_assert_eq!(bytes.len(), self.layout.len(index) as usize);
+        self.file
+            .write_all_at(bytes, self.layout.offset(index))
+            .map_err(|source| StorageError::WritePiece { task: self.task, index: index.get(), source })
+    }
+
+    pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, StorageError> {
+        let mut buf = vec![0u8; self.layout.len(index) as usize];
+        self.file
+            .read_exact_at(&mut buf, self.layout.offset(index))
+            .map_err(|source| StorageError::ReadPiece { task: self.task, index: index.get(), source })?;
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(len: u64) -> TaskRecord {
+        TaskRecord { url: "http://o/f".into(), content_length: len, piece_size: 16 * 1024 }
+    }
+
+    #[test]
+    fn recorded_pieces_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = TaskId([3; 32]);
+        let rec = record(40_000);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let (file, held) = store.open_task(task, &rec).unwrap();
+            assert!(held.is_empty());
+            let idx = file.layout().index(2).unwrap();
+            let bytes = vec![9u8; file.layout().len(idx) as usize];
+            file.write_piece(idx, &bytes).unwrap();
+            store.record_piece(task, idx, PieceDigest::of(&bytes)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (file, held) = store.open_task(task, &rec).unwrap();
+        assert_eq!(held.len(), 1);
+        let (idx, digest) = held[0];
+        assert_eq!(idx.get(), 2);
+        let bytes = file.read_piece(idx).unwrap();
+        assert_eq!(bytes.len(), 40_000 - 32 * 1024);
+        assert_eq!(PieceDigest::of(&bytes), digest);
+    }
+
+    #[test]
+    fn pieces_of_other_tasks_are_not_mixed_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (TaskId([1; 32]), TaskId([2; 32]));
+        let (fa, _) = store.open_task(a, &record(20_000)).unwrap();
+        store.open_task(b, &record(20_000)).unwrap();
+        store.record_piece(a, fa.layout().index(0).unwrap(), PieceDigest::of(b"x")).unwrap();
+        assert_eq!(store.open_task(b, &record(20_000)).unwrap().1.len(), 0);
+    }
+
+    #[test]
+    fn layout_change_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let task = TaskId([1; 32]);
+        store.open_task(task, &record(20_000)).unwrap();
+        assert!(matches!(store.open_task(task, &record(30_000)), Err(StorageError::LayoutMismatch { .. })));
+    }
+}

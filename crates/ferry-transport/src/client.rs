@@ -1,0 +1,91 @@
+//! A child's connection to one parent for one task.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_proto::frame::{Frame, RejectCode};
+use ferry_types::TaskId;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::avail::unpack_bits;
+use crate::io::{read_frame, write_frame, Incoming};
+use crate::TransportError;
+
+pub enum ParentEvent {
+    Have(u32),
+    Piece { index: u32, bytes: Vec<u8> },
+    Reject { index: u32, code: RejectCode },
+}
+
+pub struct ParentReader {
+    rd: OwnedReadHalf,
+    max_piece: u32,
+}
+
+pub struct ParentWriter {
+    wr: OwnedWriteHalf,
+}
+
+/// Connects, says which task, and returns the parent's current bitfield with both halves.
+pub async fn connect(
+    addr: SocketAddr,
+    task: TaskId,
+    max_piece: u32,
+    timeout: Duration,
+) -> Result<(Vec<bool>, ParentReader, ParentWriter), TransportError> {
+    let a = addr.to_string();
+    let sock = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TransportError::ConnectTimeout { addr: a.clone() })?
+        .map_err(|source| TransportError::ConnectParent { addr: a.clone(), source })?;
+    sock.set_nodelay(true)?;
+    let (mut rd, mut wr) = sock.into_split();
+    write_frame(&mut wr, &Frame::Hello { task_id: task.0 }).await?;
+    let first = tokio::time::timeout(timeout, read_frame(&mut rd))
+        .await
+        .map_err(|_| TransportError::ConnectTimeout { addr: a.clone() })??;
+    match first {
+        Some(Incoming::Control(Frame::Bitfield { piece_count, bits })) => {
+            Ok((unpack_bits(&bits, piece_count), ParentReader { rd, max_piece }, ParentWriter { wr }))
+        }
+        Some(Incoming::Control(Frame::Reject { code: RejectCode::UnknownTask, .. })) => {
+            Err(TransportError::UnknownTask { addr: a })
+        }
+        other => Err(TransportError::Unexpected {
+            expected: "Bitfield",
+            got: match other {
+                None => "end of stream".into(),
+                Some(Incoming::Control(f)) => format!("{f:?}"),
+                Some(Incoming::Piece(h)) => format!("{h:?}"),
+            },
+        }),
+    }
+}
+
+impl ParentWriter {
+    pub async fn request(&mut self, index: u32) -> Result<(), TransportError> {
+        Ok(write_frame(&mut self.wr, &Frame::Request { index }).await?)
+    }
+}
+
+impl ParentReader {
+    /// The next event from the parent; `Ok(None)` when it closed the connection.
+    pub async fn next(&mut self) -> Result<Option<ParentEvent>, TransportError> {
+        match read_frame(&mut self.rd).await? {
+            None => Ok(None),
+            Some(Incoming::Control(Frame::Have { index })) => Ok(Some(ParentEvent::Have(index))),
+            Some(Incoming::Control(Frame::Reject { index, code })) => Ok(Some(ParentEvent::Reject { index, code })),
+            Some(Incoming::Piece(h)) => {
+                if h.len > self.max_piece {
+                    return Err(TransportError::Unexpected { expected: "piece within layout", got: format!("{h:?}") });
+                }
+                let mut bytes = vec![0u8; h.len as usize];
+                self.rd.read_exact(&mut bytes).await?;
+                Ok(Some(ParentEvent::Piece { index: h.index, bytes }))
+            }
+            Some(Incoming::Control(f)) => Err(TransportError::Unexpected { expected: "Have, Piece or Reject", got: format!("{f:?}") }),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The piece server: answers other peers' requests for pieces this daemon holds.
+//!
+//! Per connection, a reader task turns `Request` frames into a bounded queue and a writer
+//! task answers them in order, interleaving `Have` notices for pieces finished meanwhile.
+//! The bounded queue is the pipeline depth a child gets; beyond it TCP back-pressure holds
+//! the child's requests in its socket.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use ferry_proto::frame::{self, Frame, PieceHead, RejectCode};
+use ferry_storage::TaskFile;
+use ferry_types::TaskId;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::io::{read_frame, sendfile_all, write_frame, Incoming};
+use crate::{Availability, TransportError};
+
+/// Finds the content and availability of a task this daemon can serve.
+pub trait TaskLookup: Send + Sync + 'static {
+    fn lookup(&self, task: &TaskId) -> Option<(Arc<TaskFile>, Arc<Availability>)>;
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Test hook: flip a byte in every piece sent, to exercise children's verification.
+    pub corrupt_uploads: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub bytes_uploaded: AtomicU64,
+    pub connections_active: AtomicU64,
+}
+
+/// Accepts connections until `cancel` fires.
+pub async fn serve(
+    listener: TcpListener,
+    lookup: Arc<dyn TaskLookup>,
+    opts: ServerOptions,
+    stats: Arc<ServerStats>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept piece connection");
+                    continue;
+                }
+            },
+        };
+        let (lookup, opts, stats, cancel) = (lookup.clone(), opts.clone(), stats.clone(), cancel.clone());
+        let span = tracing::debug_span!("piece_conn", %peer);
+        tokio::spawn(
+            async move {
+                stats.connections_active.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    r = handle(sock, lookup, &opts, &stats) => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "piece connection ended");
+                        }
+                    }
+                }
+                stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
+    TcpListener::bind(addr).await.map_err(|source| TransportError::Listen { addr: addr.to_string(), source })
+}
+
+async fn handle(
+    sock: TcpStream,
+    lookup: Arc<dyn TaskLookup>,
+    opts: &ServerOptions,
+    stats: &ServerStats,
+) -> Result<(), TransportError> {
+    sock.set_nodelay(true)?;
+    let (mut rd, mut wr) = sock.into_split();
+    let task_id = match read_frame(&mut rd).await? {
+        Some(Incoming::Control(Frame::Hello { task_id })) => TaskId(task_id),
+        other => return Err(unexpected("Hello", other)),
+    };
+    let Some((file, avail)) = lookup.lookup(&task_id) else {
+        write_frame(&mut wr, &Frame::Reject { index: u32::MAX, code: RejectCode::UnknownTask }).await?;
+        return Ok(());
+    };
+    let (bits, piece_count, haves) = avail.subscribe();
+    write_frame(&mut wr, &Frame::Bitfield { piece_count, bits }).await?;
+
+    let (req_tx, req_rx) = mpsc::channel::<u32>(64);
+    let reader = async move {
+        loop {
+            match read_frame(&mut rd).await? {
+                None => return Ok(()),
+                Some(Incoming::Control(Frame::Request { index })) => {
+                    if req_tx.send(index).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                other => return Err(unexpected("Request", other)),
+            }
+        }
+    };
+    let writer = write_loop(wr, req_rx, haves, file, avail, opts, stats);
+    // The writer ends when the reader's queue closes; the reader's error, if any, wins.
+    let (r, w) = tokio::join!(reader, writer);
+    r.and(w)
+}
+
+fn unexpected(expected: &'static str, got: Option<Incoming>) -> TransportError {
+    let got = match got {
+        None => "end of stream".to_owned(),
+        Some(Incoming::Control(f)) => format!("{f:?}"),
+        Some(Incoming::Piece(h)) => format!("{h:?}"),
+    };
+    TransportError::Unexpected { expected, got }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut requests: mpsc::Receiver<u32>,
+    mut haves: broadcast::Receiver<u32>,
+    file: Arc<TaskFile>,
+    avail: Arc<Availability>,
+    opts: &ServerOptions,
+    stats: &ServerStats,
+) -> Result<(), TransportError> {
+    let mut haves_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            have = haves.recv(), if haves_open => match have {
+                Ok(index) => write_frame(&mut wr, &Frame::Have { index }).await?,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed notices: resend the whole picture as Haves.
+                    for index in (0..avail.piece_count()).filter(|i| avail.has(*i)) {
+                        write_frame(&mut wr, &Frame::Have { index }).await?;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => haves_open = false,
+            },
+            req = requests.recv() => {
+                let Some(index) = req else { return Ok(()) };
+                send_piece(&mut wr, &file, &avail, index, opts, stats).await?;
+            }
+        }
+    }
+}
+
+async fn send_piece(
+    wr: &mut OwnedWriteHalf,
+    file: &TaskFile,
+    avail: &Availability,
+    index: u32,
+    opts: &ServerOptions,
+    stats: &ServerStats,
+) -> Result<(), TransportError> {
+    let layout = file.layout();
+    let idx = match layout.index(index) {
+        Ok(i) if avail.has(index) => i,
+        _ => {
+            write_frame(wr, &Frame::Reject { index, code: RejectCode::NotHeld }).await?;
+            return Ok(());
+        }
+    };
+    let len = layout.len(idx);
+    let mut head = BytesMut::with_capacity(frame::HEAD_LEN + frame::PIECE_HEAD_LEN);
+    frame::encode_piece_head(PieceHead { index, len }, &mut head);
+    wr.write_all(&head).await?;
+    if opts.corrupt_uploads {
+        let mut bytes = file.read_piece(idx).map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(b) = bytes.first_mut() {
+            *b ^= 0xff;
+        }
+        wr.write_all(&bytes).await?;
+    } else {
+        sendfile_all(wr.as_ref(), file.file(), layout.offset(idx), len as usize).await?;
+    }
+    stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
+    Ok(())
+}
