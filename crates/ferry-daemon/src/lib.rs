@@ -1,1 +1,24 @@
-//! ferry-daemon
+//! The daemon: one per host. It downloads pieces from parents and origin, stores them,
+//! serves them to other peers, and answers the local CLIs over a Unix socket.
+//!
+//! - [`options`]: what an operator can set.
+//! - [`schedulers`]: host sessions to every scheduler and the rendezvous pick of a task's one.
+//! - [`task`]: one task's download, shared by every local request for it.
+//! - [`fetch_origin`], [`fetch_peers`]: the two ways pieces arrive.
+//! - [`api`]: the local API; [`output`]: landing the file at the caller's path.
+
+pub mod api;
+pub mod counters;
+pub mod error;
+pub mod fetch_origin;
+pub mod fetch_peers;
+pub mod options;
+pub mod output;
+pub mod registry;
+pub mod run;
+pub mod schedulers;
+pub mod task;
+
+pub use error::DaemonError;
+pub use options::DaemonOptions;
+pub use run::run;

@@ -8,9 +8,11 @@
 mod budget;
 mod decide;
 mod graph;
+mod picker;
 mod rank;
 
 pub use budget::BackToSourceBudget;
 pub use decide::{decide, pick_seed, Decision, DecisionInput, SeedCandidate};
 pub use graph::Dag;
+pub use picker::PiecePicker;
 pub use rank::{rank_parents, Candidate, ChildView, Locality, PeerState, RankOptions, Weights};

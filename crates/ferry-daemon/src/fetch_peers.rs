@@ -1,0 +1,157 @@
+//! Pulling pieces from one parent.
+//!
+//! One worker per parent: it connects, learns what the parent holds (its bitfield, then a
+//! `Have` per new piece), and keeps up to `pieces_in_flight` requests outstanding, picking
+//! pieces through the task's shared picker so parents never duplicate work (except in
+//! end-game). The socket is read by a separate task, because a frame read must never be
+//! cancelled half-way; the worker selects on what that task forwards.
+//!
+//! A parent is dropped, and the scheduler told why, when the connection fails
+//! (`Unreachable`), a piece fails verification (`BadPiece`) or a request waits longer than
+//! `piece_timeout` (`Slow`). Its outstanding pieces go back to the picker for other parents.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use ferry_proto::scheduler::FailReason;
+use ferry_transport::{connect, ParentEvent, TransportError};
+use ferry_types::HostId;
+use rand::SeedableRng;
+use tokio::sync::mpsc;
+
+use crate::task::{Shared, Source, Stored};
+
+pub async fn parent_worker(shared: &Shared, parent: &HostId, addr: SocketAddr) -> FailReason {
+    let mut inflight: VecDeque<(u32, Instant)> = VecDeque::new();
+    let reason = run(shared, parent, addr, &mut inflight).await;
+    for (i, _) in inflight {
+        shared.release(i);
+    }
+    reason
+}
+
+async fn run(
+    shared: &Shared,
+    parent: &HostId,
+    addr: SocketAddr,
+    inflight: &mut VecDeque<(u32, Instant)>,
+) -> FailReason {
+    let opts = &shared.ctx.opts;
+    // Content must be known to size requests; wait for the layout.
+    let mut changed = shared.changed.subscribe();
+    while shared.layout().is_none() {
+        if changed.changed().await.is_err() {
+            return FailReason::Unspecified;
+        }
+    }
+    let layout = shared.layout().expect("layout known");
+    let (mut has, mut reader, mut writer) =
+        match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::info!(%parent, error = %e, "cannot connect to parent");
+                return FailReason::Unreachable;
+            }
+        };
+    has.resize(layout.piece_count() as usize, false);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<Result<ParentEvent, TransportError>>(8);
+    let read_task = tokio::spawn(async move {
+        loop {
+            let ev = reader.next().await;
+            let stop = !matches!(ev, Ok(Some(_)));
+            let msg = match ev {
+                Ok(Some(e)) => Ok(e),
+                Ok(None) => Err(TransportError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                Err(e) => Err(e),
+            };
+            if ev_tx.send(msg).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    let _abort = AbortOnDrop(read_task);
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut last_arrival = Instant::now();
+    loop {
+        if shared.complete() {
+            return FailReason::Unspecified;
+        }
+        while inflight.len() < opts.pieces_in_flight {
+            let pick = shared.picker.lock().expect("not poisoned").as_mut().and_then(|p| p.pick(&has, &mut rng));
+            let Some(index) = pick else { break };
+            if writer.request(index).await.is_err() {
+                shared.release(index);
+                return FailReason::Unreachable;
+            }
+            inflight.push_back((index, Instant::now()));
+        }
+        let deadline = inflight.front().map(|(_, t)| (*t).max(last_arrival) + opts.piece_timeout);
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {
+                tracing::info!(%parent, "parent too slow");
+                return FailReason::Slow;
+            }
+            r = changed.changed() => {
+                if r.is_err() {
+                    return FailReason::Unspecified;
+                }
+            }
+            ev = ev_rx.recv() => match ev {
+                None | Some(Err(_)) => return FailReason::Unreachable,
+                Some(Ok(ParentEvent::Have(i))) => {
+                    if let Some(h) = has.get_mut(i as usize) {
+                        *h = true;
+                    }
+                }
+                Some(Ok(ParentEvent::Reject { index, .. })) => {
+                    if let Some(pos) = inflight.iter().position(|(i, _)| *i == index) {
+                        inflight.remove(pos);
+                        shared.release(index);
+                    }
+                    if let Some(h) = has.get_mut(index as usize) {
+                        *h = false;
+                    }
+                }
+                Some(Ok(ParentEvent::Piece { index, bytes })) => {
+                    let Some(pos) = inflight.iter().position(|(i, _)| *i == index) else {
+                        return FailReason::BadPiece;
+                    };
+                    let (_, asked) = inflight.remove(pos).expect("position is valid");
+                    let now = Instant::now();
+                    let cost = now - asked.max(last_arrival);
+                    last_arrival = now;
+                    let stored = shared.store_piece(index, bytes, Source::Parent { host: parent.clone(), cost }).await;
+                    match stored {
+                        Ok(Stored::New) => {}
+                        Ok(Stored::Skipped) => shared.release(index),
+                        Ok(Stored::Mismatch) => {
+                            shared.release(index);
+                            tracing::warn!(%parent, index, "piece failed verification; dropping parent");
+                            return FailReason::BadPiece;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%parent, index, error = %e, "storing piece failed");
+                            shared.release(index);
+                            return FailReason::Unspecified;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

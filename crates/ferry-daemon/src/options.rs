@@ -1,0 +1,60 @@
+//! Daemon settings. The binary fills these from flags and environment.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ferry_types::HostId;
+
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub host_id: HostId,
+    pub data_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Address other peers reach this daemon's piece server on.
+    pub advertise_ip: IpAddr,
+    pub listen_ip: IpAddr,
+    /// 0 picks a free port.
+    pub piece_port: u16,
+    /// `host:port` of every scheduler.
+    pub schedulers: Vec<String>,
+    pub seed: bool,
+    pub zone: String,
+    pub rack: String,
+    pub upload_slots: u32,
+    /// Requests kept in flight per parent.
+    pub pieces_in_flight: usize,
+    /// Overrides the piece size a fetch from origin chooses.
+    pub piece_size: Option<u32>,
+    /// A piece request older than this marks its parent slow.
+    pub piece_timeout: Duration,
+    /// Without progress for this long, a peer asks the scheduler for leave to read the origin.
+    pub back_to_source_after: Duration,
+    pub origin_retries: u32,
+    /// Test hook: serve corrupted bytes.
+    pub corrupt_uploads: bool,
+}
+
+impl DaemonOptions {
+    pub fn new(data_dir: PathBuf, schedulers: Vec<String>) -> Self {
+        Self {
+            host_id: HostId::random(),
+            socket: data_dir.join("ferry.sock"),
+            data_dir,
+            advertise_ip: IpAddr::from([127, 0, 0, 1]),
+            listen_ip: IpAddr::from([0, 0, 0, 0]),
+            piece_port: 4005,
+            schedulers,
+            seed: false,
+            zone: String::new(),
+            rack: String::new(),
+            upload_slots: 32,
+            pieces_in_flight: 4,
+            piece_size: None,
+            piece_timeout: Duration::from_secs(15),
+            back_to_source_after: Duration::from_secs(20),
+            origin_retries: 5,
+            corrupt_uploads: false,
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Landing a finished task at the caller's path.
+//!
+//! The file appears at the output path whole or not at all: it is first linked (same
+//! filesystem) or copied to a hidden temporary name beside the output, and renamed over the
+//! output only after that succeeded. The whole-file digest, when the caller gave one, is
+//! checked before anything is written.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use ferry_types::FileDigest;
+
+use crate::DaemonError;
+
+/// Checks the output path before a download starts, so a bad path fails fast.
+pub fn check_output(output: &Path) -> Result<(), DaemonError> {
+    if !output.is_absolute() {
+        return Err(DaemonError::BadRequest(format!("output path {} must be absolute", output.display())));
+    }
+    if output.is_dir() {
+        return Err(DaemonError::BadRequest(format!(
+            "output {} is a directory; give a file path such as {}/FILE",
+            output.display(),
+            output.display()
+        )));
+    }
+    match output.parent() {
+        Some(dir) if dir.is_dir() => Ok(()),
+        Some(dir) => Err(DaemonError::BadRequest(format!(
+            "output directory {} does not exist; create it first",
+            dir.display()
+        ))),
+        None => Err(DaemonError::BadRequest(format!("output path {} has no directory", output.display()))),
+    }
+}
+
+pub fn verify_digest(content: &Path, expected: &FileDigest) -> Result<(), DaemonError> {
+    let read_err = |source| DaemonError::WriteOutput { path: content.display().to_string(), source };
+    let mut f = std::fs::File::open(content).map_err(read_err)?;
+    let mut h = expected.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let actual = h.finish();
+    if &actual != expected {
+        return Err(DaemonError::DigestMismatch { expected: expected.to_string(), actual: actual.to_string() });
+    }
+    Ok(())
+}
+
+/// Links or copies `content` to `output` through a temporary name.
+pub fn land(content: &Path, output: &Path) -> Result<(), DaemonError> {
+    check_output(output)?;
+    let err = |source| DaemonError::WriteOutput { path: output.display().to_string(), source };
+    let tmp = temp_path(output);
+    let placed = std::fs::hard_link(content, &tmp).or_else(|_| std::fs::copy(content, &tmp).map(|_| ()));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(e));
+    }
+    std::fs::rename(&tmp, output).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e)
+    })
+}
+
+fn temp_path(output: &Path) -> PathBuf {
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    output.with_file_name(format!(".{name}.ferry-{:08x}", rand::random::<u32>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lands_whole_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("c");
+        std::fs::write(&content, b"hello").unwrap();
+        let out = dir.path().join("out");
+        land(&content, &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"hello");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn refuses_missing_dir_and_directory_output() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_output(&dir.path().join("nope/out")).is_err());
+        assert!(check_output(dir.path()).is_err());
+        assert!(check_output(Path::new("relative")).is_err());
+    }
+
+    #[test]
+    fn digest_mismatch_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("c");
+        std::fs::write(&content, b"abc").unwrap();
+        let good: FileDigest =
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".parse().unwrap();
+        verify_digest(&content, &good).unwrap();
+        let bad: FileDigest = format!("sha256:{}", "00".repeat(32)).parse().unwrap();
+        assert!(matches!(verify_digest(&content, &bad), Err(DaemonError::DigestMismatch { .. })));
+    }
+}

@@ -1,0 +1,149 @@
+//! The daemon's view of the schedulers.
+//!
+//! Every daemon keeps a host session open to every scheduler: it is the keepalive that makes
+//! the scheduler count this host (and its load), and the channel a scheduler uses to ask a
+//! seed to fetch a task. A scheduler whose session is up is "live". A task belongs to the
+//! live scheduler with the highest rendezvous score for (task, scheduler), so adding a
+//! scheduler moves only the tasks it wins, and a dead scheduler's tasks spread over the rest.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::scheduler::scheduler_client::SchedulerClient;
+use ferry_proto::scheduler::{host_command, FetchFromOrigin, Host, HostMessage};
+use ferry_types::TaskId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+pub struct Schedulers {
+    entries: Vec<Entry>,
+}
+
+struct Entry {
+    addr: String,
+    channel: Channel,
+    live: AtomicBool,
+}
+
+fn score(task: &TaskId, addr: &str) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&task.0);
+    h.update(addr.as_bytes());
+    u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+impl Schedulers {
+    pub fn new(addrs: &[String]) -> Result<Self, String> {
+        let entries = addrs
+            .iter()
+            .map(|a| {
+                let uri = if a.contains("://") { a.clone() } else { format!("http://{a}") };
+                let ep = Endpoint::from_shared(uri)
+                    .map_err(|e| format!("scheduler address `{a}`: {e}"))?
+                    .connect_timeout(Duration::from_secs(3))
+                    .tcp_nodelay(true);
+                Ok(Entry { addr: a.clone(), channel: ep.connect_lazy(), live: AtomicBool::new(false) })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        if entries.is_empty() {
+            return Err("no scheduler address given (--scheduler HOST:PORT)".into());
+        }
+        Ok(Self { entries })
+    }
+
+    /// The scheduler owning `task`: rendezvous over the live ones, or over all when none is.
+    pub fn pick(&self, task: &TaskId) -> (String, SchedulerClient<Channel>) {
+        let live: Vec<&Entry> = self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).collect();
+        let pool: Vec<&Entry> = if live.is_empty() { self.entries.iter().collect() } else { live };
+        let e = pool.into_iter().max_by_key(|e| score(task, &e.addr)).expect("at least one scheduler");
+        (e.addr.clone(), SchedulerClient::new(e.channel.clone()).max_decoding_message_size(64 << 20))
+    }
+
+    pub fn live_count(&self) -> usize {
+        self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).count()
+    }
+
+    /// Starts one session worker per scheduler; fetch requests go to `fetches`.
+    pub fn spawn_sessions(
+        self: &Arc<Self>,
+        host: Arc<dyn Fn() -> Host + Send + Sync>,
+        fetches: mpsc::UnboundedSender<FetchFromOrigin>,
+        cancel: CancellationToken,
+    ) {
+        for i in 0..self.entries.len() {
+            let (this, host, fetches, cancel) = (self.clone(), host.clone(), fetches.clone(), cancel.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = this.session_worker(i, host, fetches) => {}
+                }
+            });
+        }
+    }
+
+    async fn session_worker(
+        &self,
+        i: usize,
+        host: Arc<dyn Fn() -> Host + Send + Sync>,
+        fetches: mpsc::UnboundedSender<FetchFromOrigin>,
+    ) {
+        let e = &self.entries[i];
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (ticks, ticks_rx) = mpsc::channel::<HostMessage>(2);
+            let h = host.clone();
+            let keepalive = tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    if ticks.send(HostMessage { host: Some(h()) }).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut client = SchedulerClient::new(e.channel.clone());
+            let result = client.host_session(tokio_stream::wrappers::ReceiverStream::new(ticks_rx)).await;
+            match result {
+                Ok(resp) => {
+                    e.live.store(true, Ordering::Relaxed);
+                    tracing::info!(scheduler = %e.addr, "host session up");
+                    backoff = Duration::from_millis(100);
+                    let mut cmds = resp.into_inner();
+                    while let Ok(Some(cmd)) = cmds.message().await {
+                        if let Some(host_command::Command::Fetch(f)) = cmd.command {
+                            let _ = fetches.send(f);
+                        }
+                    }
+                    e.live.store(false, Ordering::Relaxed);
+                    tracing::warn!(scheduler = %e.addr, "host session lost");
+                }
+                Err(err) => tracing::debug!(scheduler = %e.addr, error = %err, "host session failed"),
+            }
+            keepalive.abort();
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_tasks_and_moves_few_on_growth() {
+        let two = ["a:1".to_string(), "b:1".to_string()];
+        let three = ["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+        let owner = |set: &[String], t: &TaskId| set.iter().max_by_key(|a| score(t, a)).unwrap().clone();
+        let tasks: Vec<TaskId> = (0..200u8).map(|i| TaskId([i; 32])).collect();
+        let on_a = tasks.iter().filter(|t| owner(&two, t) == "a:1").count();
+        assert!((60..140).contains(&on_a), "unbalanced: {on_a}/200");
+        // Growing the set only moves tasks to the new scheduler.
+        for t in &tasks {
+            let after = owner(&three, t);
+            assert!(after == owner(&two, t) || after == "c:1");
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! One task's download on this daemon, from registration to "held and served".
+//!
+//! [`drive`] owns the task: it registers with the task's scheduler, acts on what it is told
+//! (parents, digests, wait, go to origin), starts the workers that bring pieces
+//! ([`crate::fetch_peers`], [`crate::fetch_origin`]), reports finished pieces in batches, and
+//! after completion keeps the registration open so the task can be served. If the
+//! scheduler goes away it registers again (possibly with another) and reports what it holds.
+//!
+//! [`Shared`] is what the workers and the driver both touch: the piece picker, the digest
+//! list and the path by which a verified piece lands in storage ([`Shared::store_piece`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_policy::PiecePicker;
+use ferry_proto::scheduler::{
+    peer_command, peer_message, FailReason, Failed, FinishedPiece, Finished, Header, NeedParents, Parent,
+    ParentFailed, PeerMessage, PiecesFinished, Register, TaskInfo,
+};
+use ferry_storage::{PieceStore, TaskRecord};
+use ferry_transport::Availability;
+use ferry_types::{HostId, PieceDigest, PieceLayout};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::counters::Counters;
+use crate::registry::{Content, TaskHandle};
+use crate::run::Ctx;
+use crate::DaemonError;
+
+/// Where a stored piece came from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    Origin,
+    Parent { host: HostId, cost: Duration },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stored {
+    New,
+    /// Already held (a duplicate from end-game), or not verifiable yet.
+    Skipped,
+    /// Wrong length or wrong digest: the sender is at fault.
+    Mismatch,
+}
+
+pub enum Event {
+    Stored { index: u32, len: u32, source: Source, digest: Option<PieceDigest> },
+    ParentGone { parent: HostId, reason: FailReason },
+    /// The origin told us the content length: the scheduler must hear the layout.
+    Layout(PieceLayout),
+    OriginDone(Result<(), DaemonError>),
+}
+
+pub struct Shared {
+    pub ctx: Arc<Ctx>,
+    pub handle: Arc<TaskHandle>,
+    pub picker: Mutex<Option<PiecePicker>>,
+    pub digests: Mutex<HashMap<u32, PieceDigest>>,
+    /// Bumped when something a waiting worker could act on changed.
+    pub changed: watch::Sender<u64>,
+    pub events: mpsc::UnboundedSender<Event>,
+}
+
+impl Shared {
+    pub fn bump(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    pub fn layout(&self) -> Option<PieceLayout> {
+        self.handle.content.get().map(|c| *c.file.layout())
+    }
+
+    /// Opens storage for the layout (once) and seeds the picker with pieces already held.
+    pub fn init_content(&self, layout: PieceLayout) -> Result<(), DaemonError> {
+        if let Some(existing) = self.layout() {
+            if existing != layout {
+                tracing::warn!(?existing, ?layout, "peers disagree on the task layout; keeping ours");
+            }
+            return Ok(());
+        }
+        let record = TaskRecord {
+            url: self.handle.spec.url.to_string(),
+            content_length: layout.content_length(),
+            piece_size: layout.piece_size(),
+        };
+        let (file, held) = self.ctx.store.open_task(self.handle.id, &record)?;
+        self.install(file, held);
+        Ok(())
+    }
+
+    fn install(&self, file: Arc<ferry_storage::TaskFile>, held: Vec<(ferry_types::PieceIndex, PieceDigest)>) {
+        let layout = *file.layout();
+        let avail = Arc::new(Availability::new(layout.piece_count()));
+        let mut picker = PiecePicker::new(layout.piece_count());
+        let mut digests = self.digests.lock().expect("not poisoned");
+        let mut resumed_bytes = 0;
+        for (idx, d) in &held {
+            digests.insert(idx.get(), *d);
+            picker.mark_done(idx.get());
+            avail.insert(idx.get());
+            resumed_bytes += layout.len(*idx) as u64;
+        }
+        for i in digests.keys() {
+            picker.set_verifiable(*i);
+        }
+        drop(digests);
+        if !held.is_empty() {
+            Counters::add(&self.ctx.counters.pieces_resumed, held.len() as u64);
+            Counters::add(&self.ctx.counters.bytes_from_cache, resumed_bytes);
+            Counters::add(&self.handle.counters.from_cache, resumed_bytes);
+            tracing::info!(pieces = held.len(), "resumed pieces already on disk");
+        }
+        *self.picker.lock().expect("not poisoned") = Some(picker);
+        let _ = self.handle.content.set(Content { file, avail });
+        self.handle.progress.send_modify(|p| {
+            p.content_length = layout.content_length();
+            p.completed_bytes = resumed_bytes;
+        });
+        self.bump();
+    }
+
+    pub fn add_digests(&self, pairs: impl Iterator<Item = (u32, PieceDigest)>) {
+        let mut digests = self.digests.lock().expect("not poisoned");
+        let mut picker = self.picker.lock().expect("not poisoned");
+        for (i, d) in pairs {
+            digests.entry(i).or_insert(d);
+            if let Some(p) = picker.as_mut() {
+                p.set_verifiable(i);
+            }
+        }
+        drop((digests, picker));
+        self.bump();
+    }
+
+    pub fn is_done(&self, index: u32) -> bool {
+        self.picker.lock().expect("not poisoned").as_ref().is_some_and(|p| p.is_done(index))
+    }
+
+    pub fn release(&self, index: u32) {
+        if let Some(p) = self.picker.lock().expect("not poisoned").as_mut() {
+            p.release(index);
+        }
+        self.bump();
+    }
+
+    /// Verifies, writes and records one piece. A piece from origin establishes the digest
+    /// when none is known; one from a parent must match the known digest.
+    pub async fn store_piece(&self, index: u32, bytes: Vec<u8>, source: Source) -> Result<Stored, DaemonError> {
+        let Some(content) = self.handle.content.get() else { return Ok(Stored::Skipped) };
+        let layout = *content.file.layout();
+        let Ok(idx) = layout.index(index) else { return Ok(Stored::Mismatch) };
+        if bytes.len() != layout.len(idx) as usize {
+            return Ok(Stored::Mismatch);
+        }
+        if self.is_done(index) {
+            return Ok(Stored::Skipped);
+        }
+        let (digest, bytes) = tokio::task::spawn_blocking(move || (PieceDigest::of(&bytes), bytes))
+            .await
+            .expect("hashing does not panic");
+        let known = self.digests.lock().expect("not poisoned").get(&index).copied();
+        match (&source, known) {
+            (_, Some(k)) if k != digest => {
+                return match source {
+                    Source::Origin => Err(DaemonError::OriginChanged { index }),
+                    Source::Parent { .. } => {
+                        Counters::add(&self.ctx.counters.pieces_rejected, 1);
+                        Ok(Stored::Mismatch)
+                    }
+                };
+            }
+            (Source::Parent { .. }, None) => return Ok(Stored::Skipped),
+            _ => {}
+        }
+        let (file, store, task) = (content.file.clone(), self.ctx.store.clone(), self.handle.id);
+        tokio::task::spawn_blocking(move || {
+            file.write_piece(idx, &bytes)?;
+            store.record_piece(task, idx, digest)
+        })
+        .await
+        .expect("storage does not panic")?;
+        let newly = self.picker.lock().expect("not poisoned").as_mut().is_some_and(|p| p.mark_done(index));
+        if !newly {
+            return Ok(Stored::Skipped);
+        }
+        self.digests.lock().expect("not poisoned").insert(index, digest);
+        content.avail.insert(index);
+        let len = layout.len(idx);
+        let c = &self.ctx.counters;
+        match &source {
+            Source::Origin => {
+                Counters::add(&c.bytes_from_origin, len as u64);
+                Counters::add(&c.pieces_from_origin, 1);
+                Counters::add(&self.handle.counters.from_origin, len as u64);
+            }
+            Source::Parent { .. } => {
+                Counters::add(&c.bytes_from_peers, len as u64);
+                Counters::add(&c.pieces_from_peers, 1);
+                Counters::add(&self.handle.counters.from_peers, len as u64);
+            }
+        }
+        self.handle.progress.send_modify(|p| p.completed_bytes += len as u64);
+        let origin_digest = matches!(source, Source::Origin).then_some(digest);
+        let _ = self.events.send(Event::Stored { index, len, source, digest: origin_digest });
+        Ok(Stored::New)
+    }
+
+    pub fn complete(&self) -> bool {
+        self.picker.lock().expect("not poisoned").as_ref().is_some_and(|p| p.is_complete())
+    }
+}
+
+fn proto_host(ctx: &Ctx) -> ferry_proto::scheduler::Host {
+    (ctx.host_info)()
+}
+
+/// Runs a task until the daemon stops; publishes the outcome on the handle's progress.
+pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, piece_size: u32) {
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        ctx: ctx.clone(),
+        handle: handle.clone(),
+        picker: Mutex::new(None),
+        digests: Mutex::new(HashMap::new()),
+        changed: watch::Sender::new(0),
+        events: events_tx,
+    });
+    let mut run = TaskRun {
+        shared,
+        events: events_rx,
+        workers: JoinSet::new(),
+        parents: HashSet::new(),
+        blocked: HashSet::new(),
+        origin_running: false,
+        from_origin,
+        piece_size,
+        finished_sent: false,
+        pending: vec![],
+        last_progress: Instant::now(),
+    };
+    let span = tracing::info_span!("task", task = ?handle.id);
+    let result = tracing::Instrument::instrument(run.run(), span).await;
+    if let Err(e) = result {
+        tracing::warn!(task = ?handle.id, error = %e, "task failed");
+        handle.progress.send_modify(|p| {
+            if p.outcome.is_none() {
+                p.outcome = Some(Err(Arc::new(e)));
+            }
+        });
+    }
+}
+
+struct TaskRun {
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedReceiver<Event>,
+    workers: JoinSet<()>,
+    parents: HashSet<HostId>,
+    blocked: HashSet<HostId>,
+    origin_running: bool,
+    from_origin: bool,
+    piece_size: u32,
+    finished_sent: bool,
+    pending: Vec<FinishedPiece>,
+    last_progress: Instant,
+}
+
+/// How a scheduler session ended when it did not fail. After completion the registration
+/// stays open so the task is served; only the daemon's cancellation ends it.
+enum SessionEnd {
+    Reconnect,
+}
+
+impl TaskRun {
+    async fn run(&mut self) -> Result<(), DaemonError> {
+        let ctx = self.shared.ctx.clone();
+        let id = self.shared.handle.id;
+        if let Some(rec) = ctx.store.task_record(id)? {
+            if let Ok(layout) = PieceLayout::new(rec.content_length, rec.piece_size) {
+                self.shared.init_content(layout)?;
+            }
+        }
+        self.check_complete();
+        if self.from_origin && !self.shared.complete() {
+            self.start_origin();
+        }
+        let mut failures = 0u32;
+        loop {
+            let (addr, mut client) = ctx.schedulers.pick(&id);
+            let (out, out_rx) = mpsc::unbounded_channel();
+            let _ = out.send(self.register_message());
+            let inbound = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
+                r = client.announce_peer(UnboundedReceiverStream::new(out_rx)) => r,
+            };
+            match inbound {
+                Ok(resp) => {
+                    failures = 0;
+                    tracing::debug!(scheduler = %addr, "registered");
+                    let SessionEnd::Reconnect = self.session(&out, resp.into_inner()).await?;
+                    tracing::warn!(scheduler = %addr, "scheduler stream lost; registering again");
+                }
+                Err(status) => {
+                    failures += 1;
+                    tracing::debug!(scheduler = %addr, %status, "register failed");
+                    if failures >= 20 && !self.shared.complete() {
+                        return Err(DaemonError::NoScheduler(format!("{addr}: {}", status.message())));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
+                _ = tokio::time::sleep(Duration::from_millis(100 * failures.min(10) as u64 + 50)) => {}
+            }
+        }
+    }
+
+    fn register_message(&self) -> PeerMessage {
+        let held: Vec<u32> = match self.shared.handle.content.get() {
+            Some(c) => (0..c.avail.piece_count()).filter(|i| c.avail.has(*i)).collect(),
+            None => vec![],
+        };
+        let spec = &self.shared.handle.spec;
+        PeerMessage {
+            message: Some(peer_message::Message::Register(Register {
+                task_id: self.shared.handle.id.0.to_vec(),
+                host: Some(proto_host(&self.shared.ctx)),
+                url: spec.url.to_string(),
+                headers: spec.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
+                held,
+                from_origin: self.from_origin,
+                piece_size: self.piece_size,
+            })),
+        }
+    }
+
+    fn check_complete(&mut self) {
+        if self.shared.complete() {
+            self.shared.handle.progress.send_modify(|p| {
+                if p.outcome.is_none() {
+                    p.outcome = Some(Ok(()));
+                }
+            });
+        }
+    }
+
+    fn start_origin(&mut self) {
+        if self.origin_running {
+            return;
+        }
+        self.origin_running = true;
+        let shared = self.shared.clone();
+        let piece_size = self.piece_size;
+        self.workers.spawn(async move {
+            let r = crate::fetch_origin::fetch(&shared, piece_size).await;
+            let _ = shared.events.send(Event::OriginDone(r));
+        });
+    }
+
+    fn add_parent(&mut self, p: Parent) {
+        let Ok(host) = HostId::new(p.host_id.clone()) else { return };
+        if host == self.shared.ctx.opts.host_id || self.parents.contains(&host) || self.blocked.contains(&host) {
+            return;
+        }
+        let Ok(ip) = p.ip.parse::<std::net::IpAddr>() else { return };
+        self.parents.insert(host.clone());
+        let shared = self.shared.clone();
+        let addr = std::net::SocketAddr::new(ip, p.piece_port as u16);
+        self.workers.spawn(async move {
+            let reason = crate::fetch_peers::parent_worker(&shared, &host, addr).await;
+            let _ = shared.events.send(Event::ParentGone { parent: host, reason });
+        });
+    }
+
+    async fn session(
+        &mut self,
+        out: &mpsc::UnboundedSender<PeerMessage>,
+        mut inbound: tonic::Streaming<ferry_proto::scheduler::PeerCommand>,
+    ) -> Result<SessionEnd, DaemonError> {
+        let send = |m: peer_message::Message| {
+            let _ = out.send(PeerMessage { message: Some(m) });
+        };
+        if let Some(layout) = self.shared.layout() {
+            send(peer_message::Message::TaskInfo(TaskInfo {
+                content_length: layout.content_length(),
+                piece_size: layout.piece_size(),
+            }));
+        }
+        if self.shared.complete() {
+            send(peer_message::Message::Finished(Finished {}));
+        }
+        let ctx = self.shared.ctx.clone();
+        let mut flush = tokio::time::interval(Duration::from_millis(20));
+        let mut watchdog = tokio::time::interval(Duration::from_millis(500));
+        let mut last_ask = Instant::now();
+        self.last_progress = Instant::now();
+        loop {
+            tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
+                cmd = inbound.message() => match cmd {
+                    Ok(Some(c)) => {
+                        if let Some(c) = c.command {
+                            self.on_command(c, &send)?;
+                        }
+                    }
+                    Ok(None) | Err(_) => return Ok(SessionEnd::Reconnect),
+                },
+                Some(ev) = self.events.recv() => self.on_event(ev, &send)?,
+                _ = flush.tick() => self.flush(&send),
+                _ = watchdog.tick() => {
+                    if self.shared.complete() {
+                        continue;
+                    }
+                    let idle = self.last_progress.elapsed();
+                    if !self.origin_running && idle >= ctx.opts.back_to_source_after {
+                        tracing::info!(?idle, "no progress; asking to read the origin");
+                        send(peer_message::Message::NeedParents(NeedParents { want_origin: true }));
+                        self.last_progress = Instant::now();
+                    } else if self.parents.is_empty() && !self.origin_running && self.shared.layout().is_some()
+                        && last_ask.elapsed() >= Duration::from_secs(1) {
+                        send(peer_message::Message::NeedParents(NeedParents { want_origin: false }));
+                        last_ask = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_command(
+        &mut self,
+        c: peer_command::Command,
+        send: &impl Fn(peer_message::Message),
+    ) -> Result<(), DaemonError> {
+        match c {
+            peer_command::Command::TaskInfo(info) => {
+                let layout = PieceLayout::new(info.content_length, info.piece_size)
+                    .map_err(|e| DaemonError::BadRequest(format!("scheduler sent a bad layout: {e}")))?;
+                self.shared.init_content(layout)?;
+                self.check_complete();
+                if self.shared.complete() && !self.finished_sent {
+                    self.flush(send);
+                    send(peer_message::Message::Finished(Finished {}));
+                    self.finished_sent = true;
+                }
+            }
+            peer_command::Command::Digests(d) => {
+                let pairs = d.index.iter().zip(&d.digest).filter_map(|(i, b)| Some((*i, PieceDigest::from_slice(b)?)));
+                self.shared.add_digests(pairs);
+            }
+            peer_command::Command::Parents(ps) => {
+                for p in ps.parents {
+                    self.add_parent(p);
+                }
+            }
+            peer_command::Command::Wait(_) => tracing::debug!("waiting for a seed to fetch from origin"),
+            peer_command::Command::BackToSource(_) => {
+                tracing::info!("scheduler sends this peer to origin");
+                self.start_origin();
+            }
+            peer_command::Command::TaskFailed(f) => {
+                if !self.shared.complete() && !self.origin_running {
+                    return Err(DaemonError::OriginRemote { reason: f.reason, http_status: f.http_status });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: Event, send: &impl Fn(peer_message::Message)) -> Result<(), DaemonError> {
+        match ev {
+            Event::Stored { index, len, source, digest } => {
+                self.last_progress = Instant::now();
+                let (parent, cost) = match source {
+                    Source::Origin => (String::new(), 0),
+                    Source::Parent { host, cost } => (host.to_string(), cost.as_micros().min(u32::MAX as u128) as u32),
+                };
+                self.pending.push(FinishedPiece {
+                    index,
+                    digest: digest.map(|d| d.0.to_vec()).unwrap_or_default(),
+                    parent,
+                    cost_micros: cost,
+                    length: len,
+                });
+                if self.shared.complete() && !self.finished_sent {
+                    self.flush(send);
+                    send(peer_message::Message::Finished(Finished {}));
+                    self.finished_sent = true;
+                    self.check_complete();
+                    tracing::info!("task complete");
+                }
+            }
+            Event::ParentGone { parent, reason } => {
+                self.parents.remove(&parent);
+                if !self.shared.complete() {
+                    tracing::info!(%parent, ?reason, "parent dropped");
+                    if reason != FailReason::Unspecified {
+                        self.blocked.insert(parent.clone());
+                    }
+                    send(peer_message::Message::ParentFailed(ParentFailed {
+                        parent: parent.to_string(),
+                        reason: reason as i32,
+                    }));
+                }
+            }
+            Event::Layout(layout) => {
+                send(peer_message::Message::TaskInfo(task_info_message(&layout)));
+                self.check_complete();
+            }
+            Event::OriginDone(r) => {
+                self.origin_running = false;
+                if let Err(e) = r {
+                    self.flush(send);
+                    send(peer_message::Message::Failed(Failed { reason: e.to_string() }));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, send: &impl Fn(peer_message::Message)) {
+        if !self.pending.is_empty() {
+            let pieces = std::mem::take(&mut self.pending);
+            send(peer_message::Message::Pieces(PiecesFinished { pieces }));
+        }
+    }
+}
+
+/// Used by `fetch_origin` to tell the scheduler the layout as soon as it is known.
+pub fn task_info_message(layout: &PieceLayout) -> TaskInfo {
+    TaskInfo { content_length: layout.content_length(), piece_size: layout.piece_size() }
+}

@@ -1,0 +1,160 @@
+//! Which piece to ask a parent for next.
+//!
+//! Invariants:
+//! - a piece is only picked when its digest is known (a child can verify nothing else) and the
+//!   parent holds it;
+//! - a missing piece is requested from at most one parent, until end-game: when nothing is
+//!   left but pieces already in flight, an idle parent may duplicate one that is in flight
+//!   at most once (the first copy to arrive wins), so one slow parent cannot hold the tail;
+//! - among candidates the choice is random, so children of one parent spread over its pieces
+//!   and can then trade among themselves.
+
+use rand::Rng;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Missing,
+    InFlight(u8),
+    Done,
+}
+
+#[derive(Clone, Debug)]
+pub struct PiecePicker {
+    slots: Vec<Slot>,
+    verifiable: Vec<bool>,
+    done: u32,
+}
+
+impl PiecePicker {
+    pub fn new(piece_count: u32) -> Self {
+        Self { slots: vec![Slot::Missing; piece_count as usize], verifiable: vec![false; piece_count as usize], done: 0 }
+    }
+
+    pub fn piece_count(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// The piece's digest became known.
+    pub fn set_verifiable(&mut self, index: u32) {
+        if let Some(v) = self.verifiable.get_mut(index as usize) {
+            *v = true;
+        }
+    }
+
+    pub fn is_done(&self, index: u32) -> bool {
+        self.slots.get(index as usize) == Some(&Slot::Done)
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.done == self.piece_count()
+    }
+
+    pub fn done_count(&self) -> u32 {
+        self.done
+    }
+
+    /// Marks a piece stored; returns false when it already was (a duplicate arrival).
+    pub fn mark_done(&mut self, index: u32) -> bool {
+        match self.slots.get_mut(index as usize) {
+            Some(s) if *s != Slot::Done => {
+                *s = Slot::Done;
+                self.done += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A request for the piece ended without it (parent failed, rejected, sent garbage).
+    pub fn release(&mut self, index: u32) {
+        if let Some(s) = self.slots.get_mut(index as usize) {
+            *s = match *s {
+                Slot::InFlight(n) if n > 1 => Slot::InFlight(n - 1),
+                Slot::InFlight(_) => Slot::Missing,
+                other => other,
+            };
+        }
+    }
+
+    /// Picks a piece for a parent holding `has`, and marks it in flight.
+    pub fn pick<R: Rng>(&mut self, has: &[bool], rng: &mut R) -> Option<u32> {
+        let ok = |i: usize, s: &Slot, want: Slot| *s == want && self.verifiable[i] && has.get(i) == Some(&true);
+        let fresh: Vec<usize> =
+            self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::Missing)).map(|(i, _)| i).collect();
+        let chosen = if !fresh.is_empty() {
+            fresh[rng.gen_range(0..fresh.len())]
+        } else {
+            let dup: Vec<usize> =
+                self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::InFlight(1))).map(|(i, _)| i).collect();
+            if dup.is_empty() {
+                return None;
+            }
+            dup[rng.gen_range(0..dup.len())]
+        };
+        self.slots[chosen] = match self.slots[chosen] {
+            Slot::InFlight(n) => Slot::InFlight(n + 1),
+            _ => Slot::InFlight(1),
+        };
+        Some(chosen as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(7)
+    }
+
+    fn verifiable(n: u32) -> PiecePicker {
+        let mut p = PiecePicker::new(n);
+        (0..n).for_each(|i| p.set_verifiable(i));
+        p
+    }
+
+    #[test]
+    fn only_picks_pieces_with_known_digest() {
+        let mut p = PiecePicker::new(2);
+        assert_eq!(p.pick(&[true, true], &mut rng()), None);
+        p.set_verifiable(1);
+        assert_eq!(p.pick(&[true, true], &mut rng()), Some(1));
+    }
+
+    #[test]
+    fn only_picks_what_the_parent_has() {
+        let mut p = verifiable(3);
+        assert_eq!(p.pick(&[false, false, true], &mut rng()), Some(2));
+    }
+
+    #[test]
+    fn each_piece_once_then_end_game_duplicates_once() {
+        let mut p = verifiable(2);
+        let all = [true, true];
+        let a = p.pick(&all, &mut rng()).unwrap();
+        let b = p.pick(&all, &mut rng()).unwrap();
+        assert_ne!(a, b);
+        let c = p.pick(&all, &mut rng()).unwrap();
+        let d = p.pick(&all, &mut rng()).unwrap();
+        assert_ne!(c, d);
+        assert_eq!(p.pick(&all, &mut rng()), None);
+    }
+
+    #[test]
+    fn released_pieces_are_picked_again_and_done_ones_never() {
+        let mut p = verifiable(2);
+        let all = [true, true];
+        let a = p.pick(&all, &mut rng()).unwrap();
+        p.release(a);
+        let b = p.pick(&all, &mut rng()).unwrap();
+        assert!(p.mark_done(b));
+        assert!(!p.mark_done(b));
+        let c = p.pick(&all, &mut rng()).unwrap();
+        assert_ne!(c, b);
+        assert!(p.mark_done(c));
+        assert!(p.is_complete());
+        assert_eq!(p.pick(&all, &mut rng()), None);
+    }
+}
