@@ -9,4 +9,5 @@ pub mod gc;
 pub mod service;
 pub mod state;
 
+pub use ferry_policy::RankOptions;
 pub use service::{SchedulerOptions, SchedulerService};

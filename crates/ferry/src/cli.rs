@@ -1,0 +1,167 @@
+//! Flags of every subcommand.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ferry_types::ByteSize;
+
+pub const DEFAULT_SOCKET: &str = "/run/ferry/daemon.sock";
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "Peer-to-peer distribution of files, images and model weights")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a scheduler: tells peers whom to pull pieces from.
+    Scheduler(SchedulerArgs),
+    /// Run a daemon (one per host): downloads, stores and serves pieces.
+    Daemon(DaemonArgs),
+    /// Download a URL through the local daemon.
+    Get(GetArgs),
+    /// Start a whole cluster on loopback, download one file on every peer, report, clean up.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SchedulerArgs {
+    #[arg(long, default_value = "0.0.0.0:8002", env = "FERRY_SCHEDULER_LISTEN")]
+    pub listen: SocketAddr,
+    /// Ordinary peers per task that may read the origin when no seed can.
+    #[arg(long, default_value_t = 1)]
+    pub back_to_source_limit: u32,
+    /// Parents offered to a peer at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_parents: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    #[arg(long, default_value = "/var/lib/ferry", env = "FERRY_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Local API socket for `ferry get`.
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
+    pub socket: PathBuf,
+    /// Scheduler address(es), HOST:PORT; repeat or separate with commas.
+    #[arg(long = "scheduler", required = true, value_delimiter = ',', env = "FERRY_SCHEDULERS")]
+    pub schedulers: Vec<String>,
+    /// Fetch from origin when a scheduler asks, and serve first.
+    #[arg(long)]
+    pub seed: bool,
+    /// Stable id of this host; random when not given.
+    #[arg(long, env = "FERRY_HOST_ID")]
+    pub host_id: Option<String>,
+    #[arg(long, default_value = "0.0.0.0")]
+    pub listen_ip: IpAddr,
+    /// Address other peers use to reach this host.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub advertise_ip: IpAddr,
+    /// Piece server port (0 picks one).
+    #[arg(long, default_value_t = 4005)]
+    pub piece_port: u16,
+    #[arg(long, default_value = "")]
+    pub zone: String,
+    #[arg(long, default_value = "")]
+    pub rack: String,
+    #[arg(long, default_value_t = 32)]
+    pub upload_slots: u32,
+    /// Requests in flight per parent.
+    #[arg(long, default_value_t = 4)]
+    pub pieces_in_flight: usize,
+    /// Piece size for tasks this daemon reads from origin (power of two, e.g. 4MiB).
+    #[arg(long)]
+    pub piece_size: Option<ByteSize>,
+    /// Ask to read the origin after this long without progress.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub back_to_source_after: Duration,
+    /// Drop a parent whose piece takes longer than this.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub piece_timeout: Duration,
+    /// Test hook: corrupt every piece this daemon uploads.
+    #[arg(long, hide = true)]
+    pub corrupt_uploads: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    pub url: String,
+    /// Where to write the file.
+    #[arg(short = 'O', long)]
+    pub output: PathBuf,
+    /// Extra request header for the origin, "Name: value".
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Expected whole-file digest, sha256:<hex> or sha512:<hex>.
+    #[arg(long)]
+    pub digest: Option<String>,
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    #[arg(long, default_value = "")]
+    pub application: String,
+    /// Query parameter that does not change the content (e.g. a signature); repeatable.
+    #[arg(long = "filter-query-param")]
+    pub filter_query_params: Vec<String>,
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
+    pub socket: PathBuf,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print one JSON object with the result.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Ordinary peers (a seed peer comes on top).
+    #[arg(long, default_value_t = 8)]
+    pub peers: usize,
+    #[arg(long, default_value = "256MiB")]
+    pub size: ByteSize,
+    #[arg(long)]
+    pub json: bool,
+    /// Piece size passed to the seed.
+    #[arg(long)]
+    pub piece_size: Option<ByteSize>,
+}
+
+/// `500ms`, `30s`, `10m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 10m or 500ms"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}` is not a duration like 30s, 10m or 500ms")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

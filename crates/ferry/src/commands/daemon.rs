@@ -1,0 +1,55 @@
+//! `ferry daemon`: flags -> options -> validate -> run.
+
+use ferry_daemon::DaemonOptions;
+use ferry_types::{HostId, PieceLayout};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::DaemonArgs;
+use crate::{exit, Exit};
+
+fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
+    let usage = |m: String| Exit::new(exit::USAGE, m);
+    let mut o = DaemonOptions::new(a.data_dir, a.schedulers);
+    o.host_id = match a.host_id {
+        Some(h) => HostId::new(h).map_err(|e| usage(e.to_string()))?,
+        None => HostId::random(),
+    };
+    o.socket = a.socket;
+    o.seed = a.seed;
+    o.listen_ip = a.listen_ip;
+    o.advertise_ip = a.advertise_ip;
+    o.piece_port = a.piece_port;
+    o.zone = a.zone;
+    o.rack = a.rack;
+    o.upload_slots = a.upload_slots;
+    o.pieces_in_flight = a.pieces_in_flight.max(1);
+    o.back_to_source_after = a.back_to_source_after;
+    o.piece_timeout = a.piece_timeout;
+    o.corrupt_uploads = a.corrupt_uploads;
+    if let Some(ps) = a.piece_size {
+        let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
+        PieceLayout::new(0, ps32).map_err(|e| usage(format!("--piece-size: {e}")))?;
+        o.piece_size = Some(ps32);
+    }
+    Ok(o)
+}
+
+pub async fn run(a: DaemonArgs) -> Result<(), Exit> {
+    let opts = options(a)?;
+    let cancel = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let daemon = tokio::spawn(ferry_daemon::run(opts.clone(), cancel.clone(), Some(ready_tx)));
+    if let Ok(addr) = ready_rx.await {
+        crate::announce_ready("daemon", &addr.to_string());
+    }
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        stop.cancel();
+    });
+    match daemon.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Exit::new(exit::FAILURE, e.to_string())),
+        Err(e) => Err(Exit::new(exit::FAILURE, format!("daemon crashed: {e}"))),
+    }
+}

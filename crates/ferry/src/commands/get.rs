@@ -1,0 +1,127 @@
+//! `ferry get URL -O PATH`: one download through the local daemon.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ferry_proto::daemon::{DownloadProgress, DownloadRequest, Header};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use tonic::Code;
+
+use crate::cli::GetArgs;
+use crate::{exit, Exit};
+
+/// Maps a status from the daemon to an exit code; the daemon's message is already one line.
+pub fn exit_for(status: &tonic::Status) -> Exit {
+    let code = match status.code() {
+        Code::InvalidArgument => exit::USAGE,
+        Code::NotFound | Code::PermissionDenied => exit::ORIGIN,
+        Code::Unavailable => exit::ORIGIN,
+        Code::DataLoss => exit::INTEGRITY,
+        Code::ResourceExhausted => exit::DISK_FULL,
+        Code::DeadlineExceeded => exit::TIMEOUT,
+        _ => exit::FAILURE,
+    };
+    Exit::new(code, status.message().to_owned())
+}
+
+fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
+    let usage = |m: String| Exit::new(exit::USAGE, m);
+    let url = url::Url::parse(&a.url).map_err(|e| usage(format!("malformed URL `{}`: {e}", a.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(usage(format!("unsupported URL scheme `{}`: Ferry can fetch http:// and https:// URLs", url.scheme())));
+    }
+    if let Some(d) = &a.digest {
+        d.parse::<ferry_types::FileDigest>().map_err(|e| usage(e.to_string()))?;
+    }
+    let output = absolute(&a.output).map_err(|e| usage(format!("output path {}: {e}", a.output.display())))?;
+    if output.is_dir() {
+        return Err(usage(format!("output {} is a directory; give a file path", output.display())));
+    }
+    match output.parent() {
+        Some(dir) if dir.is_dir() => {}
+        _ => {
+            return Err(usage(format!(
+                "output directory {} does not exist; create it first",
+                output.parent().unwrap_or(&output).display()
+            )))
+        }
+    }
+    let headers = a
+        .headers
+        .iter()
+        .map(|h| {
+            let (n, v) = h.split_once(':').ok_or_else(|| usage(format!("header `{h}` is not `Name: value`")))?;
+            Ok(Header { name: n.trim().to_owned(), value: v.trim().to_owned() })
+        })
+        .collect::<Result<Vec<_>, Exit>>()?;
+    Ok(DownloadRequest {
+        url: a.url.clone(),
+        output: output.display().to_string(),
+        headers,
+        digest: a.digest.clone().unwrap_or_default(),
+        tag: a.tag.clone(),
+        application: a.application.clone(),
+        filtered_query_params: a.filter_query_params.clone(),
+        timeout_millis: a.timeout.map_or(0, |t| t.as_millis() as u64),
+    })
+}
+
+fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
+    if p.is_absolute() {
+        Ok(p.to_owned())
+    } else {
+        Ok(std::env::current_dir()?.join(p))
+    }
+}
+
+pub async fn run(a: GetArgs) -> Result<(), Exit> {
+    let req = request(&a)?;
+    let started = Instant::now();
+    let mut client = crate::local::connect(&a.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
+    let mut stream = client.download(req).await.map_err(|s| exit_for(&s))?.into_inner();
+    let bar = (!a.quiet && !a.json && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template"),
+        );
+        b
+    });
+    let mut last: Option<DownloadProgress> = None;
+    let result = loop {
+        match stream.message().await {
+            Ok(Some(p)) => {
+                if let Some(b) = &bar {
+                    b.set_length(p.content_length);
+                    b.set_position(p.completed_bytes);
+                }
+                let done = p.done;
+                last = Some(p);
+                if done {
+                    break Ok(());
+                }
+            }
+            Ok(None) => break Err(Exit::new(exit::FAILURE, "daemon closed the download without a result")),
+            Err(s) => break Err(exit_for(&s)),
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    result?;
+    let p = last.expect("done implies a progress message");
+    if a.json {
+        let j = serde_json::json!({
+            "task_id": p.task_id,
+            "output": a.output,
+            "bytes": p.content_length,
+            "bytes_from_peers": p.bytes_from_peers,
+            "bytes_from_origin": p.bytes_from_origin,
+            "bytes_from_cache": p.bytes_from_cache,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{j}");
+    }
+    Ok(())
+}

@@ -1,0 +1,5 @@
+//! One module per long-running role or CLI command.
+
+pub mod daemon;
+pub mod get;
+pub mod scheduler;

@@ -1,0 +1,161 @@
+//! A Ferry cluster on loopback made of real processes of this binary: schedulers, a seed and
+//! daemons, each with its own storage directory under one temporary directory. Used by
+//! `ferry demo` and by the multi-process tests.
+//!
+//! Every process is started with `kill_on_drop`, and dropping the cluster kills whatever still
+//! runs and removes the directory, so a failing test or a Ctrl-C leaves nothing behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct Cluster {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    procs: HashMap<String, Proc>,
+    pub schedulers: Vec<String>,
+}
+
+pub struct Proc {
+    child: Child,
+    args: Vec<String>,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+/// What a test or the demo needs to talk to one daemon.
+#[derive(Clone, Debug)]
+pub struct DaemonInfo {
+    pub name: String,
+    pub socket: PathBuf,
+    pub data_dir: PathBuf,
+    pub piece_addr: String,
+}
+
+impl Cluster {
+    pub fn new(bin: PathBuf) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ferry-cluster-").tempdir()?;
+        Ok(Self { bin, dir, procs: HashMap::new(), schedulers: vec![] })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    async fn spawn(&mut self, name: &str, args: Vec<String>) -> std::io::Result<&Proc> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log_file))
+            .kill_on_drop(true);
+        if std::env::var_os("FERRY_LOG").is_none() {
+            cmd.env("FERRY_LOG", "info");
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        let line = match ready {
+            Ok(Ok(Some(l))) => l,
+            _ => {
+                let _ = child.start_kill();
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(std::io::Error::other(format!("{name} did not start; its log:\n{tail}")));
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
+        let addr = v["addr"].as_str().unwrap_or_default().to_owned();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.procs.insert(name.to_owned(), Proc { child, args, addr, log });
+        Ok(&self.procs[name])
+    }
+
+    pub async fn start_scheduler(&mut self, name: &str) -> std::io::Result<String> {
+        let args = vec!["scheduler".into(), "--listen".into(), "127.0.0.1:0".into()];
+        let addr = self.spawn(name, args).await?.addr.clone();
+        self.schedulers.push(addr.clone());
+        Ok(addr)
+    }
+
+    pub fn daemon_info(&self, name: &str) -> DaemonInfo {
+        let data_dir = self.dir.path().join(name);
+        DaemonInfo {
+            name: name.to_owned(),
+            socket: data_dir.join("ferry.sock"),
+            piece_addr: self.procs.get(name).map(|p| p.addr.clone()).unwrap_or_default(),
+            data_dir,
+        }
+    }
+
+    /// Starts a daemon named `name` (its host id too) against all schedulers started so far.
+    pub async fn start_daemon(&mut self, name: &str, seed: bool, extra: &[&str]) -> std::io::Result<DaemonInfo> {
+        let info = self.daemon_info(name);
+        let mut args: Vec<String> = vec![
+            "daemon".into(),
+            "--host-id".into(),
+            name.into(),
+            "--data-dir".into(),
+            info.data_dir.display().to_string(),
+            "--socket".into(),
+            info.socket.display().to_string(),
+            "--scheduler".into(),
+            self.schedulers.join(","),
+            "--listen-ip".into(),
+            "127.0.0.1".into(),
+            "--advertise-ip".into(),
+            "127.0.0.1".into(),
+            "--piece-port".into(),
+            "0".into(),
+        ];
+        if seed {
+            args.push("--seed".into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(name, args).await?;
+        Ok(self.daemon_info(name))
+    }
+
+    /// Kills a process with SIGKILL and reaps it.
+    pub async fn kill(&mut self, name: &str) {
+        if let Some(mut p) = self.procs.remove(name) {
+            let _ = p.child.kill().await;
+        }
+    }
+
+    /// Starts a killed process again with the same arguments (same storage, same id).
+    pub async fn restart(&mut self, name: &str, args: Vec<String>) -> std::io::Result<()> {
+        self.kill(name).await;
+        self.spawn(name, args).await.map(|_| ())
+    }
+
+    pub fn args_of(&self, name: &str) -> Option<Vec<String>> {
+        self.procs.get(name).map(|p| p.args.clone())
+    }
+
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Asks every process to stop (SIGTERM), then kills what is left after a grace period.
+    pub async fn shutdown(&mut self) {
+        for p in self.procs.values() {
+            if let Some(pid) = p.child.id() {
+                // SAFETY: plain kill(2) on a child we own.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
+        for (_, mut p) in self.procs.drain() {
+            if tokio::time::timeout(Duration::from_secs(3), p.child.wait()).await.is_err() {
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}

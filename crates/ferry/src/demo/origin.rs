@@ -1,0 +1,149 @@
+//! A small HTTP origin for the demo and the tests: serves in-memory files with range
+//! support, counts every body byte it sends, and can misbehave on purpose (fixed error
+//! statuses, a first few 500s, a bandwidth cap).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Default)]
+pub struct OriginStats {
+    pub bytes_served: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct OriginOptions {
+    /// Bytes per second per response; none means as fast as possible.
+    pub throttle: Option<u64>,
+    /// Answer this many file requests with 500 before serving normally.
+    pub fail_first: u32,
+}
+
+struct Inner {
+    files: HashMap<String, Bytes>,
+    stats: Arc<OriginStats>,
+    opts: OriginOptions,
+    failures_left: AtomicU32,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub stats: Arc<OriginStats>,
+    cancel: CancellationToken,
+}
+
+impl Origin {
+    /// Serves `files` at `/files/<name>`; `/status/<code>` answers with that status.
+    pub async fn start(files: HashMap<String, Bytes>, opts: OriginOptions) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stats = Arc::new(OriginStats::default());
+        let inner = Arc::new(Inner {
+            files,
+            stats: stats.clone(),
+            failures_left: AtomicU32::new(opts.fail_first),
+            opts,
+        });
+        let app = Router::new()
+            .route("/files/*name", get(serve_file))
+            .route("/status/:code", get(serve_status))
+            .with_state(inner);
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        });
+        Ok(Self { addr, stats, cancel })
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/files/{name}", self.addr)
+    }
+
+    pub fn status_url(&self, code: u16) -> String {
+        format!("http://{}/status/{code}", self.addr)
+    }
+
+    pub fn bytes_served(&self) -> u64 {
+        self.stats.bytes_served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn serve_status(Path(code): Path<u16>) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+/// Parses `bytes=a-` or `bytes=a-b` against the file length.
+fn range(headers: &HeaderMap, len: u64) -> Option<(u64, u64)> {
+    let v = headers.get(header::RANGE)?.to_str().ok()?.strip_prefix("bytes=")?;
+    let (a, b) = v.split_once('-')?;
+    let start: u64 = a.parse().ok()?;
+    let end: u64 = if b.is_empty() { len.checked_sub(1)? } else { b.parse::<u64>().ok()?.min(len.checked_sub(1)?) };
+    (start <= end).then_some((start, end))
+}
+
+async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+    o.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if o.failures_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let Some(file) = o.files.get(&name).cloned() else { return StatusCode::NOT_FOUND.into_response() };
+    let len = file.len() as u64;
+    let (status, body, content_range) = match range(&headers, len) {
+        Some((s, e)) => (
+            StatusCode::PARTIAL_CONTENT,
+            file.slice(s as usize..=e as usize),
+            Some(format!("bytes {s}-{e}/{len}")),
+        ),
+        None if headers.contains_key(header::RANGE) && len > 0 => {
+            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))])
+                .into_response()
+        }
+        None => (StatusCode::OK, file, None),
+    };
+    let body_len = body.len();
+    let stats = o.stats.clone();
+    let throttle = o.opts.throttle;
+    const CHUNK: usize = 256 * 1024;
+    let stream = futures::stream::unfold(0usize, move |at| {
+        let (body, stats) = (body.clone(), stats.clone());
+        async move {
+            if at >= body.len() {
+                return None;
+            }
+            let end = (at + CHUNK).min(body.len());
+            if let Some(rate) = throttle {
+                tokio::time::sleep(Duration::from_secs_f64((end - at) as f64 / rate as f64)).await;
+            }
+            stats.bytes_served.fetch_add((end - at) as u64, Ordering::Relaxed);
+            Some((Ok::<_, std::io::Error>(body.slice(at..end)), end))
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, body_len.into());
+    h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("valid header"));
+    if let Some(cr) = content_range {
+        h.insert(header::CONTENT_RANGE, cr.parse().expect("valid header"));
+    }
+    resp
+}

@@ -1,0 +1,70 @@
+//! The `ferry` binary as a library: flag parsing, one module per subcommand, and the local
+//! demo cluster (also used by the multi-process tests).
+
+pub mod cli;
+pub mod commands;
+pub mod demo;
+pub mod local;
+
+use cli::{Cli, Command};
+
+/// A failure at the edge: one line for the user and the process exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub message: String,
+    pub code: u8,
+}
+
+impl Exit {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self { message: message.into(), code }
+    }
+}
+
+/// Exit codes, stable for scripts.
+pub mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NO_DAEMON: u8 = 3;
+    pub const ORIGIN: u8 = 4;
+    pub const INTEGRITY: u8 = 5;
+    pub const DISK_FULL: u8 = 6;
+    pub const TIMEOUT: u8 = 7;
+}
+
+pub fn init_tracing(cli: &Cli) {
+    let default = match &cli.command {
+        Command::Get(_) | Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+pub async fn run(cli: Cli) -> Result<(), Exit> {
+    match cli.command {
+        Command::Scheduler(a) => commands::scheduler::run(a).await,
+        Command::Daemon(a) => commands::daemon::run(a).await,
+        Command::Get(a) => commands::get::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Prints the line a parent process waits for before using a freshly started role.
+pub fn announce_ready(role: &str, addr: &str) {
+    use std::io::Write;
+    let line = serde_json::json!({ "ready": role, "addr": addr });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
