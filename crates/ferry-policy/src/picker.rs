@@ -3,9 +3,12 @@
 //! Invariants:
 //! - a piece is only picked when its digest is known (a child can verify nothing else) and the
 //!   parent holds it;
-//! - a missing piece is requested from at most one parent, until end-game: when nothing is
-//!   left but pieces already in flight, an idle parent may duplicate one that is in flight
-//!   at most once (the first copy to arrive wins), so one slow parent cannot hold the tail;
+//! - a missing piece is requested from at most one parent, until end-game: when no piece of
+//!   the task is missing any more (all are done or in flight), an idle parent may duplicate
+//!   one that is in flight at most once (the first copy to arrive wins), so one slow parent
+//!   cannot hold the tail. Before that, an idle parent waits: while a seed is still reading
+//!   the origin, children are caught up most of the time, and duplicating then would spend
+//!   upload on copies nobody needs;
 //! - among candidates the choice is random, so children of one parent spread over its pieces
 //!   and can then trade among themselves.
 
@@ -83,6 +86,10 @@ impl PiecePicker {
             self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::Missing)).map(|(i, _)| i).collect();
         let chosen = if !fresh.is_empty() {
             fresh[rng.gen_range(0..fresh.len())]
+        } else if self.slots.contains(&Slot::Missing) {
+            // Not the tail yet: pieces still missing elsewhere (not verifiable, or not held by
+            // this parent) will come; duplicating now would only waste the parent's upload.
+            return None;
         } else {
             let dup: Vec<usize> =
                 self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::InFlight(1))).map(|(i, _)| i).collect();
@@ -139,6 +146,18 @@ mod tests {
         let c = p.pick(&all, &mut rng()).unwrap();
         let d = p.pick(&all, &mut rng()).unwrap();
         assert_ne!(c, d);
+        assert_eq!(p.pick(&all, &mut rng()), None);
+    }
+
+    #[test]
+    fn no_duplicates_while_pieces_are_still_missing() {
+        let mut p = PiecePicker::new(3);
+        p.set_verifiable(0);
+        p.set_verifiable(1);
+        let all = [true, true, true];
+        p.pick(&all, &mut rng()).unwrap();
+        p.pick(&all, &mut rng()).unwrap();
+        // Piece 2 is missing but not verifiable yet: no end-game.
         assert_eq!(p.pick(&all, &mut rng()), None);
     }
 

@@ -82,6 +82,9 @@ pub struct DaemonArgs {
     /// Drop a parent whose piece takes longer than this.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     pub piece_timeout: Duration,
+    /// Retries of a failing origin read (5xx, reset) before the download fails.
+    #[arg(long, default_value_t = 5)]
+    pub origin_retries: u32,
     /// Test hook: corrupt every piece this daemon uploads.
     #[arg(long, hide = true)]
     pub corrupt_uploads: bool,

@@ -26,6 +26,7 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     o.back_to_source_after = a.back_to_source_after;
     o.piece_timeout = a.piece_timeout;
     o.corrupt_uploads = a.corrupt_uploads;
+    o.origin_retries = a.origin_retries;
     if let Some(ps) = a.piece_size {
         let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
         PieceLayout::new(0, ps32).map_err(|e| usage(format!("--piece-size: {e}")))?;

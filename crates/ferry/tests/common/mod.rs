@@ -1,0 +1,113 @@
+//! A loopback cluster for the integration tests: origin in process, everything else as
+//! real `ferry` processes. Dropping a `Setup` kills the processes and removes the temp dir.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry::demo::cluster::{Cluster, DaemonInfo};
+use ferry::demo::data;
+use ferry::demo::origin::{Origin, OriginOptions};
+use ferry_proto::daemon::{DownloadRequest, StatsRequest, StatsResponse};
+use ferry_proto::scheduler::scheduler_client::SchedulerClient;
+use ferry_testkit::wait_until;
+
+pub const PIECE: &str = "256KiB";
+pub const PIECE_BYTES: u64 = 256 * 1024;
+
+pub struct Setup {
+    pub cluster: Cluster,
+    pub origin: Origin,
+    pub files: HashMap<String, Bytes>,
+    pub seed: DaemonInfo,
+    pub peers: Vec<DaemonInfo>,
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+}
+
+pub struct Spec<'a> {
+    pub peers: usize,
+    pub files: &'a [(&'a str, usize)],
+    pub origin: OriginOptions,
+    pub schedulers: usize,
+    pub peer_args: &'a [&'a str],
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Self { peers: 8, files: &[("f.bin", 4 << 20)], origin: OriginOptions::default(), schedulers: 1, peer_args: &[] }
+    }
+}
+
+impl Setup {
+    pub async fn start(spec: Spec<'_>) -> Self {
+        let files: HashMap<String, Bytes> =
+            spec.files.iter().enumerate().map(|(i, (n, len))| (n.to_string(), data::generate(i as u64 + 1, *len))).collect();
+        let origin = Origin::start(files.clone(), spec.origin).await.unwrap();
+        let mut cluster = Cluster::new(bin()).unwrap();
+        for i in 0..spec.schedulers {
+            cluster.start_scheduler(&format!("scheduler-{i}")).await.unwrap();
+        }
+        let seed = cluster.start_daemon("seed", true, &["--piece-size", PIECE]).await.unwrap();
+        let mut peers = vec![];
+        for i in 0..spec.peers {
+            peers.push(cluster.start_daemon(&format!("peer-{i}"), false, spec.peer_args).await.unwrap());
+        }
+        let s = Self { cluster, origin, files, seed, peers };
+        s.wait_hosts(spec.peers + 1).await;
+        s
+    }
+
+    /// Waits until every scheduler counts `n` hosts.
+    pub async fn wait_hosts(&self, n: usize) {
+        for addr in &self.cluster.schedulers {
+            let c = SchedulerClient::connect(format!("http://{addr}")).await.unwrap();
+            wait_until("hosts to join the scheduler", Duration::from_secs(20), || {
+                let mut c = c.clone();
+                async move {
+                    let s = c.stats(ferry_proto::scheduler::StatsRequest {}).await.ok()?.into_inner();
+                    (s.hosts as usize >= n).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    pub fn out(&self, name: &str) -> PathBuf {
+        let dir = self.cluster.dir().join("out");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    pub fn verify(&self, file: &str, path: &Path) -> bool {
+        std::fs::read(path).map(|b| b == self.files[file]).unwrap_or(false)
+    }
+}
+
+/// One download through a daemon's local API; the error is the daemon's status.
+pub async fn download(d: &DaemonInfo, url: &str, out: &Path) -> Result<(), tonic::Status> {
+    let mut c = ferry::local::connect(&d.socket).await.map_err(tonic::Status::unavailable)?;
+    let req = DownloadRequest { url: url.to_owned(), output: out.display().to_string(), ..Default::default() };
+    let mut s = c.download(req).await?.into_inner();
+    while let Some(m) = s.message().await? {
+        if m.done {
+            return Ok(());
+        }
+    }
+    Err(tonic::Status::unknown("stream ended without result"))
+}
+
+pub async fn stats(d: &DaemonInfo) -> Option<StatsResponse> {
+    let mut c = ferry::local::connect(&d.socket).await.ok()?;
+    Some(c.stats(StatsRequest {}).await.ok()?.into_inner())
+}
+
+pub async fn scheduler_stats(addr: &str) -> ferry_proto::scheduler::StatsResponse {
+    let mut c = SchedulerClient::connect(format!("http://{addr}")).await.unwrap();
+    c.stats(ferry_proto::scheduler::StatsRequest {}).await.unwrap().into_inner()
+}
