@@ -17,7 +17,10 @@ pub async fn fetch(shared: &Shared, piece_size: u32) -> Result<(), DaemonError> 
     let ctx = &shared.ctx;
     let spec = &shared.handle.spec;
     let backend = Backend::for_url(&spec.url, &ctx.backend)?;
-    let req = SourceRequest { url: spec.url.clone(), headers: spec.headers.clone() };
+    let req = SourceRequest {
+        url: spec.url.clone(),
+        headers: spec.headers.clone(),
+    };
     let mut attempt = 0u32;
     loop {
         let offset = first_missing_offset(shared);
@@ -60,7 +63,10 @@ async fn read_from(
     offset: u64,
     piece_size: u32,
 ) -> Result<(), (DaemonError, bool)> {
-    let mut body = backend.open(req, offset).await.map_err(|e| (e.into(), false))?;
+    let mut body = backend
+        .open(req, offset)
+        .await
+        .map_err(|e| (e.into(), false))?;
     let layout = match shared.layout() {
         Some(l) => l,
         None => {
@@ -93,7 +99,10 @@ async fn read_from(
             match body.chunk().await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
                 Ok(None) => {
-                    let e = ferry_backend::BackendError::Read { url: req.url.to_string(), reason: "body ended early".into() };
+                    let e = ferry_backend::BackendError::Read {
+                        url: req.url.to_string(),
+                        reason: "body ended early".into(),
+                    };
                     return Err((e.into(), progressed));
                 }
                 Err(e) => return Err((e.into(), progressed)),
@@ -102,7 +111,10 @@ async fn read_from(
         let rest = buf.split_off(want);
         let piece = std::mem::replace(&mut buf, rest);
         if !shared.is_done(index) {
-            let stored = shared.store_piece(index, piece, Source::Origin).await.map_err(|e| (e, progressed))?;
+            let stored = shared
+                .store_piece(index, piece, Source::Origin)
+                .await
+                .map_err(|e| (e, progressed))?;
             if stored == crate::task::Stored::Mismatch {
                 return Err((DaemonError::OriginChanged { index }, progressed));
             }

@@ -22,20 +22,38 @@ use tokio::sync::mpsc;
 
 use crate::task::{Shared, Source, Stored};
 
-pub async fn parent_worker(shared: &Shared, parent: &HostId, addr: SocketAddr) -> FailReason {
+pub async fn parent_worker(
+    shared: &Shared,
+    parent: &HostId,
+    addr: SocketAddr,
+    seed: bool,
+) -> FailReason {
     let mut inflight: VecDeque<(u32, Instant)> = VecDeque::new();
-    let reason = run(shared, parent, addr, &mut inflight).await;
+    let mut has = vec![];
+    let reason = run(shared, parent, addr, seed, &mut inflight, &mut has).await;
     for (i, _) in inflight {
         shared.release(i);
     }
+    if !seed {
+        shared.count_holders(held(&has), -1);
+    }
     reason
+}
+
+fn held(has: &[bool]) -> impl Iterator<Item = u32> + '_ {
+    has.iter()
+        .enumerate()
+        .filter(|(_, b)| **b)
+        .map(|(i, _)| i as u32)
 }
 
 async fn run(
     shared: &Shared,
     parent: &HostId,
     addr: SocketAddr,
+    seed: bool,
     inflight: &mut VecDeque<(u32, Instant)>,
+    has: &mut Vec<bool>,
 ) -> FailReason {
     let opts = &shared.ctx.opts;
     // Content must be known to size requests; wait for the layout.
@@ -46,15 +64,27 @@ async fn run(
         }
     }
     let layout = shared.layout().expect("layout known");
-    let (mut has, mut reader, mut writer) =
-        match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::info!(%parent, error = %e, "cannot connect to parent");
-                return FailReason::Unreachable;
-            }
-        };
+    let (mut reader, mut writer) = match connect(
+        addr,
+        shared.handle.id,
+        layout.piece_size(),
+        opts.piece_timeout,
+    )
+    .await
+    {
+        Ok((bits, r, w)) => {
+            *has = bits;
+            (r, w)
+        }
+        Err(e) => {
+            tracing::info!(%parent, error = %e, "cannot connect to parent");
+            return FailReason::Unreachable;
+        }
+    };
     has.resize(layout.piece_count() as usize, false);
+    if !seed {
+        shared.count_holders(held(has), 1);
+    }
     let (ev_tx, mut ev_rx) = mpsc::channel::<Result<ParentEvent, TransportError>>(8);
     let read_task = tokio::spawn(async move {
         loop {
@@ -78,7 +108,17 @@ async fn run(
             return FailReason::Unspecified;
         }
         while inflight.len() < opts.pieces_in_flight {
-            let pick = shared.picker.lock().expect("not poisoned").as_mut().and_then(|p| p.pick(&has, &mut rng));
+            let mask = if seed {
+                shared.seed_mask(has)
+            } else {
+                has.clone()
+            };
+            let pick = shared
+                .picker
+                .lock()
+                .expect("not poisoned")
+                .as_mut()
+                .and_then(|p| p.pick(&mask, &mut rng));
             let Some(index) = pick else { break };
             if writer.request(index).await.is_err() {
                 shared.release(index);
@@ -86,7 +126,9 @@ async fn run(
             }
             inflight.push_back((index, Instant::now()));
         }
-        let deadline = inflight.front().map(|(_, t)| (*t).max(last_arrival) + opts.piece_timeout);
+        let deadline = inflight
+            .front()
+            .map(|(_, t)| (*t).max(last_arrival) + opts.piece_timeout);
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -107,6 +149,9 @@ async fn run(
                 None | Some(Err(_)) => return FailReason::Unreachable,
                 Some(Ok(ParentEvent::Have(i))) => {
                     if let Some(h) = has.get_mut(i as usize) {
+                        if !*h && !seed {
+                            shared.count_holders(std::iter::once(i), 1);
+                        }
                         *h = true;
                     }
                 }
@@ -116,6 +161,9 @@ async fn run(
                         shared.release(index);
                     }
                     if let Some(h) = has.get_mut(index as usize) {
+                        if *h && !seed {
+                            shared.count_holders(std::iter::once(index), -1);
+                        }
                         *h = false;
                     }
                 }

@@ -79,7 +79,12 @@ impl Registry {
     }
 
     pub fn all(&self) -> Vec<Arc<TaskHandle>> {
-        self.tasks.lock().expect("not poisoned").values().cloned().collect()
+        self.tasks
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 }
 

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use ferry_policy::PiecePicker;
 use ferry_proto::scheduler::{
-    peer_command, peer_message, FailReason, Failed, FinishedPiece, Finished, Header, NeedParents, Parent,
-    ParentFailed, PeerMessage, PiecesFinished, Register, TaskInfo,
+    peer_command, peer_message, FailReason, Failed, Finished, FinishedPiece, Header, NeedParents,
+    Parent, ParentFailed, PeerMessage, PiecesFinished, Register, TaskInfo,
 };
 use ferry_storage::{PieceStore, TaskRecord};
 use ferry_transport::Availability;
@@ -47,8 +47,16 @@ pub enum Stored {
 }
 
 pub enum Event {
-    Stored { index: u32, len: u32, source: Source, digest: Option<PieceDigest> },
-    ParentGone { parent: HostId, reason: FailReason },
+    Stored {
+        index: u32,
+        len: u32,
+        source: Source,
+        digest: Option<PieceDigest>,
+    },
+    ParentGone {
+        parent: HostId,
+        reason: FailReason,
+    },
     /// The origin told us the content length: the scheduler must hear the layout.
     Layout(PieceLayout),
     OriginDone(Result<(), DaemonError>),
@@ -59,6 +67,9 @@ pub struct Shared {
     pub handle: Arc<TaskHandle>,
     pub picker: Mutex<Option<PiecePicker>>,
     pub digests: Mutex<HashMap<u32, PieceDigest>>,
+    /// Per piece, how many connected non-seed parents hold it. A seed is asked only for
+    /// pieces no other parent can give, so its upload goes to pieces the swarm lacks.
+    pub peer_holders: Mutex<Vec<u16>>,
     /// Bumped when something a waiting worker could act on changed.
     pub changed: watch::Sender<u64>,
     pub events: mpsc::UnboundedSender<Event>,
@@ -77,7 +88,11 @@ impl Shared {
     pub fn init_content(&self, layout: PieceLayout) -> Result<(), DaemonError> {
         if let Some(existing) = self.layout() {
             if existing != layout {
-                tracing::warn!(?existing, ?layout, "peers disagree on the task layout; keeping ours");
+                tracing::warn!(
+                    ?existing,
+                    ?layout,
+                    "peers disagree on the task layout; keeping ours"
+                );
             }
             return Ok(());
         }
@@ -91,7 +106,11 @@ impl Shared {
         Ok(())
     }
 
-    fn install(&self, file: Arc<ferry_storage::TaskFile>, held: Vec<(ferry_types::PieceIndex, PieceDigest)>) {
+    fn install(
+        &self,
+        file: Arc<ferry_storage::TaskFile>,
+        held: Vec<(ferry_types::PieceIndex, PieceDigest)>,
+    ) {
         let layout = *file.layout();
         let avail = Arc::new(Availability::new(layout.piece_count()));
         let mut picker = PiecePicker::new(layout.piece_count());
@@ -114,6 +133,7 @@ impl Shared {
             tracing::info!(pieces = held.len(), "resumed pieces already on disk");
         }
         *self.picker.lock().expect("not poisoned") = Some(picker);
+        *self.peer_holders.lock().expect("not poisoned") = vec![0; layout.piece_count() as usize];
         let _ = self.handle.content.set(Content { file, avail });
         self.handle.progress.send_modify(|p| {
             p.content_length = layout.content_length();
@@ -135,8 +155,36 @@ impl Shared {
         self.bump();
     }
 
+    /// A non-seed parent gained (`+1`) or lost (`-1`) these pieces.
+    pub fn count_holders(&self, pieces: impl Iterator<Item = u32>, delta: i32) {
+        let mut h = self.peer_holders.lock().expect("not poisoned");
+        for i in pieces {
+            if let Some(c) = h.get_mut(i as usize) {
+                *c = (*c as i32 + delta).max(0) as u16;
+            }
+        }
+        drop(h);
+        if delta < 0 {
+            // A seed worker may now ask for what that parent no longer offers.
+            self.bump();
+        }
+    }
+
+    /// What a seed parent should be asked for: what it has and no other parent does.
+    pub fn seed_mask(&self, has: &[bool]) -> Vec<bool> {
+        let h = self.peer_holders.lock().expect("not poisoned");
+        has.iter()
+            .enumerate()
+            .map(|(i, b)| *b && h.get(i).is_none_or(|c| *c == 0))
+            .collect()
+    }
+
     pub fn is_done(&self, index: u32) -> bool {
-        self.picker.lock().expect("not poisoned").as_ref().is_some_and(|p| p.is_done(index))
+        self.picker
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|p| p.is_done(index))
     }
 
     pub fn release(&self, index: u32) {
@@ -148,10 +196,19 @@ impl Shared {
 
     /// Verifies, writes and records one piece. A piece from origin establishes the digest
     /// when none is known; one from a parent must match the known digest.
-    pub async fn store_piece(&self, index: u32, bytes: Vec<u8>, source: Source) -> Result<Stored, DaemonError> {
-        let Some(content) = self.handle.content.get() else { return Ok(Stored::Skipped) };
+    pub async fn store_piece(
+        &self,
+        index: u32,
+        bytes: Vec<u8>,
+        source: Source,
+    ) -> Result<Stored, DaemonError> {
+        let Some(content) = self.handle.content.get() else {
+            return Ok(Stored::Skipped);
+        };
         let layout = *content.file.layout();
-        let Ok(idx) = layout.index(index) else { return Ok(Stored::Mismatch) };
+        let Ok(idx) = layout.index(index) else {
+            return Ok(Stored::Mismatch);
+        };
         if bytes.len() != layout.len(idx) as usize {
             return Ok(Stored::Mismatch);
         }
@@ -161,7 +218,12 @@ impl Shared {
         let (digest, bytes) = tokio::task::spawn_blocking(move || (PieceDigest::of(&bytes), bytes))
             .await
             .expect("hashing does not panic");
-        let known = self.digests.lock().expect("not poisoned").get(&index).copied();
+        let known = self
+            .digests
+            .lock()
+            .expect("not poisoned")
+            .get(&index)
+            .copied();
         match (&source, known) {
             (_, Some(k)) if k != digest => {
                 return match source {
@@ -182,11 +244,19 @@ impl Shared {
         })
         .await
         .expect("storage does not panic")?;
-        let newly = self.picker.lock().expect("not poisoned").as_mut().is_some_and(|p| p.mark_done(index));
+        let newly = self
+            .picker
+            .lock()
+            .expect("not poisoned")
+            .as_mut()
+            .is_some_and(|p| p.mark_done(index));
         if !newly {
             return Ok(Stored::Skipped);
         }
-        self.digests.lock().expect("not poisoned").insert(index, digest);
+        self.digests
+            .lock()
+            .expect("not poisoned")
+            .insert(index, digest);
         content.avail.insert(index);
         let len = layout.len(idx);
         let c = &self.ctx.counters;
@@ -202,14 +272,25 @@ impl Shared {
                 Counters::add(&self.handle.counters.from_peers, len as u64);
             }
         }
-        self.handle.progress.send_modify(|p| p.completed_bytes += len as u64);
+        self.handle
+            .progress
+            .send_modify(|p| p.completed_bytes += len as u64);
         let origin_digest = matches!(source, Source::Origin).then_some(digest);
-        let _ = self.events.send(Event::Stored { index, len, source, digest: origin_digest });
+        let _ = self.events.send(Event::Stored {
+            index,
+            len,
+            source,
+            digest: origin_digest,
+        });
         Ok(Stored::New)
     }
 
     pub fn complete(&self) -> bool {
-        self.picker.lock().expect("not poisoned").as_ref().is_some_and(|p| p.is_complete())
+        self.picker
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_some_and(|p| p.is_complete())
     }
 }
 
@@ -225,6 +306,7 @@ pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, pi
         handle: handle.clone(),
         picker: Mutex::new(None),
         digests: Mutex::new(HashMap::new()),
+        peer_holders: Mutex::new(vec![]),
         changed: watch::Sender::new(0),
         events: events_tx,
     });
@@ -299,14 +381,26 @@ impl TaskRun {
                 Ok(resp) => {
                     failures = 0;
                     tracing::debug!(scheduler = %addr, "registered");
-                    let SessionEnd::Reconnect = self.session(&out, resp.into_inner()).await?;
+                    let mut inbound = resp.into_inner();
+                    let end = self.session(&out, &mut inbound).await;
+                    if end.is_err() {
+                        // Let the last reports (e.g. `Failed`) reach the scheduler before the
+                        // stream is torn down: close our side and wait for it to close its own.
+                        drop(out);
+                        let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+                        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+                    }
+                    let SessionEnd::Reconnect = end?;
                     tracing::warn!(scheduler = %addr, "scheduler stream lost; registering again");
                 }
                 Err(status) => {
                     failures += 1;
                     tracing::debug!(scheduler = %addr, %status, "register failed");
                     if failures >= 20 && !self.shared.complete() {
-                        return Err(DaemonError::NoScheduler(format!("{addr}: {}", status.message())));
+                        return Err(DaemonError::NoScheduler(format!(
+                            "{addr}: {}",
+                            status.message()
+                        )));
                     }
                 }
             }
@@ -319,7 +413,9 @@ impl TaskRun {
 
     fn register_message(&self) -> PeerMessage {
         let held: Vec<u32> = match self.shared.handle.content.get() {
-            Some(c) => (0..c.avail.piece_count()).filter(|i| c.avail.has(*i)).collect(),
+            Some(c) => (0..c.avail.piece_count())
+                .filter(|i| c.avail.has(*i))
+                .collect(),
             None => vec![],
         };
         let spec = &self.shared.handle.spec;
@@ -328,7 +424,14 @@ impl TaskRun {
                 task_id: self.shared.handle.id.0.to_vec(),
                 host: Some(proto_host(&self.shared.ctx)),
                 url: spec.url.to_string(),
-                headers: spec.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
+                headers: spec
+                    .headers
+                    .iter()
+                    .map(|(n, v)| Header {
+                        name: n.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
                 held,
                 from_origin: self.from_origin,
                 piece_size: self.piece_size,
@@ -360,24 +463,34 @@ impl TaskRun {
     }
 
     fn add_parent(&mut self, p: Parent) {
-        let Ok(host) = HostId::new(p.host_id.clone()) else { return };
-        if host == self.shared.ctx.opts.host_id || self.parents.contains(&host) || self.blocked.contains(&host) {
+        let Ok(host) = HostId::new(p.host_id.clone()) else {
+            return;
+        };
+        if host == self.shared.ctx.opts.host_id
+            || self.parents.contains(&host)
+            || self.blocked.contains(&host)
+        {
             return;
         }
-        let Ok(ip) = p.ip.parse::<std::net::IpAddr>() else { return };
+        let Ok(ip) = p.ip.parse::<std::net::IpAddr>() else {
+            return;
+        };
         self.parents.insert(host.clone());
         let shared = self.shared.clone();
         let addr = std::net::SocketAddr::new(ip, p.piece_port as u16);
         self.workers.spawn(async move {
-            let reason = crate::fetch_peers::parent_worker(&shared, &host, addr).await;
-            let _ = shared.events.send(Event::ParentGone { parent: host, reason });
+            let reason = crate::fetch_peers::parent_worker(&shared, &host, addr, p.seed).await;
+            let _ = shared.events.send(Event::ParentGone {
+                parent: host,
+                reason,
+            });
         });
     }
 
     async fn session(
         &mut self,
         out: &mpsc::UnboundedSender<PeerMessage>,
-        mut inbound: tonic::Streaming<ferry_proto::scheduler::PeerCommand>,
+        inbound: &mut tonic::Streaming<ferry_proto::scheduler::PeerCommand>,
     ) -> Result<SessionEnd, DaemonError> {
         let send = |m: peer_message::Message| {
             let _ = out.send(PeerMessage { message: Some(m) });
@@ -435,8 +548,10 @@ impl TaskRun {
     ) -> Result<(), DaemonError> {
         match c {
             peer_command::Command::TaskInfo(info) => {
-                let layout = PieceLayout::new(info.content_length, info.piece_size)
-                    .map_err(|e| DaemonError::BadRequest(format!("scheduler sent a bad layout: {e}")))?;
+                let layout =
+                    PieceLayout::new(info.content_length, info.piece_size).map_err(|e| {
+                        DaemonError::BadRequest(format!("scheduler sent a bad layout: {e}"))
+                    })?;
                 self.shared.init_content(layout)?;
                 self.check_complete();
                 if self.shared.complete() && !self.finished_sent {
@@ -446,7 +561,11 @@ impl TaskRun {
                 }
             }
             peer_command::Command::Digests(d) => {
-                let pairs = d.index.iter().zip(&d.digest).filter_map(|(i, b)| Some((*i, PieceDigest::from_slice(b)?)));
+                let pairs = d
+                    .index
+                    .iter()
+                    .zip(&d.digest)
+                    .filter_map(|(i, b)| Some((*i, PieceDigest::from_slice(b)?)));
                 self.shared.add_digests(pairs);
             }
             peer_command::Command::Parents(ps) => {
@@ -454,27 +573,44 @@ impl TaskRun {
                     self.add_parent(p);
                 }
             }
-            peer_command::Command::Wait(_) => tracing::debug!("waiting for a seed to fetch from origin"),
+            peer_command::Command::Wait(_) => {
+                tracing::debug!("waiting for a seed to fetch from origin")
+            }
             peer_command::Command::BackToSource(_) => {
                 tracing::info!("scheduler sends this peer to origin");
                 self.start_origin();
             }
             peer_command::Command::TaskFailed(f) => {
                 if !self.shared.complete() && !self.origin_running {
-                    return Err(DaemonError::OriginRemote { reason: f.reason, http_status: f.http_status });
+                    return Err(DaemonError::OriginRemote {
+                        reason: f.reason,
+                        http_status: f.http_status,
+                    });
                 }
             }
         }
         Ok(())
     }
 
-    fn on_event(&mut self, ev: Event, send: &impl Fn(peer_message::Message)) -> Result<(), DaemonError> {
+    fn on_event(
+        &mut self,
+        ev: Event,
+        send: &impl Fn(peer_message::Message),
+    ) -> Result<(), DaemonError> {
         match ev {
-            Event::Stored { index, len, source, digest } => {
+            Event::Stored {
+                index,
+                len,
+                source,
+                digest,
+            } => {
                 self.last_progress = Instant::now();
                 let (parent, cost) = match source {
                     Source::Origin => (String::new(), 0),
-                    Source::Parent { host, cost } => (host.to_string(), cost.as_micros().min(u32::MAX as u128) as u32),
+                    Source::Parent { host, cost } => (
+                        host.to_string(),
+                        cost.as_micros().min(u32::MAX as u128) as u32,
+                    ),
                 };
                 self.pending.push(FinishedPiece {
                     index,
@@ -512,7 +648,9 @@ impl TaskRun {
                 self.origin_running = false;
                 if let Err(e) = r {
                     self.flush(send);
-                    send(peer_message::Message::Failed(Failed { reason: e.to_string() }));
+                    send(peer_message::Message::Failed(Failed {
+                        reason: e.to_string(),
+                    }));
                     return Err(e);
                 }
             }
@@ -530,5 +668,8 @@ impl TaskRun {
 
 /// Used by `fetch_origin` to tell the scheduler the layout as soon as it is known.
 pub fn task_info_message(layout: &PieceLayout) -> TaskInfo {
-    TaskInfo { content_length: layout.content_length(), piece_size: layout.piece_size() }
+    TaskInfo {
+        content_length: layout.content_length(),
+        piece_size: layout.piece_size(),
+    }
 }

@@ -49,12 +49,24 @@ impl Dag {
         }
     }
 
+    /// A child that finished needs no parents: its edges stop counting against their limits.
+    pub fn clear_parents(&mut self, child: &HostId) {
+        self.parents.remove(child);
+    }
+
     /// Drops a peer and every edge that touches it.
     pub fn remove_node(&mut self, host: &HostId) {
         self.parents.remove(host);
         for ps in self.parents.values_mut() {
             ps.remove(host);
         }
+    }
+
+    pub fn children_of(&self, parent: &HostId) -> u32 {
+        self.parents
+            .values()
+            .filter(|ps| ps.contains(parent))
+            .count() as u32
     }
 
     pub fn parents_of(&self, child: &HostId) -> impl Iterator<Item = &HostId> {

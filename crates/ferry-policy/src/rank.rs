@@ -5,6 +5,9 @@
 //! - the child blocklisted it (it failed the child or sent a bad piece);
 //! - it is in a bad state (failed or leaving);
 //! - it cannot feed anyone (no pieces, no origin, no parent of its own);
+//! - it already feeds as many children in this task as it may (`seed_max_children` for a
+//!   seed, `peer_max_children` for others): a seed that feeds everyone sends every piece
+//!   once per peer, and its upload, not the swarm's, becomes the limit;
 //! - the edge child -> candidate would close a cycle in the task's download graph.
 //!
 //! Score (higher is better), each term in 0..=1 and weighted by [`Weights`]:
@@ -42,6 +45,8 @@ pub struct Candidate {
     pub uploads_active: u32,
     /// Bytes per second recently measured by children of this parent, if any.
     pub throughput: Option<u64>,
+    /// Children it already feeds in this task.
+    pub children: u32,
     /// It holds pieces, reads the origin, or has a parent of its own: it has or will have
     /// something to give. A peer with none of these would leave its children waiting forever.
     pub feeds: bool,
@@ -81,6 +86,8 @@ impl Default for Weights {
 #[derive(Clone, Debug)]
 pub struct RankOptions {
     pub max_parents: usize,
+    pub seed_max_children: u32,
+    pub peer_max_children: u32,
     pub weights: Weights,
 }
 
@@ -88,6 +95,8 @@ impl Default for RankOptions {
     fn default() -> Self {
         Self {
             max_parents: 4,
+            seed_max_children: 4,
+            peer_max_children: 8,
             weights: Weights::default(),
         }
     }
@@ -104,8 +113,14 @@ fn locality_score(child: &Locality, c: &Locality) -> f64 {
 }
 
 /// True when the candidate may serve this child at all.
-pub fn admissible(child: &ChildView<'_>, c: &Candidate, dag: &Dag) -> bool {
+pub fn admissible(child: &ChildView<'_>, c: &Candidate, dag: &Dag, opts: &RankOptions) -> bool {
+    let child_limit = if c.is_seed {
+        opts.seed_max_children
+    } else {
+        opts.peer_max_children
+    };
     c.host != *child.host
+        && c.children < child_limit
         && !child.blocklist.contains(&c.host)
         && matches!(c.state, PeerState::Running | PeerState::Succeeded)
         && c.feeds
@@ -149,7 +164,7 @@ pub fn rank_parents<'c>(
         .unwrap_or(0);
     let mut scored: Vec<(f64, &Candidate)> = candidates
         .iter()
-        .filter(|c| admissible(child, c, dag))
+        .filter(|c| admissible(child, c, dag, opts))
         .map(|c| (score(child, c, best, &opts.weights), c))
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.host.cmp(&b.1.host)));
@@ -179,6 +194,7 @@ mod tests {
             uploads_active: 0,
             throughput: None,
             feeds: true,
+            children: 0,
             locality: Locality::default(),
         }
     }
@@ -236,6 +252,16 @@ mod tests {
         let mut empty = cand("b");
         empty.feeds = false;
         assert_eq!(rank("a", &[empty, cand("c")], &Dag::default(), &[]), ["c"]);
+    }
+
+    #[test]
+    fn excludes_parents_at_their_child_limit() {
+        let mut seed = cand("s");
+        seed.is_seed = true;
+        seed.children = RankOptions::default().seed_max_children;
+        let mut peer = cand("b");
+        peer.children = RankOptions::default().seed_max_children;
+        assert_eq!(rank("a", &[seed, peer], &Dag::default(), &[]), ["b"]);
     }
 
     #[test]

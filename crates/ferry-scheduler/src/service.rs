@@ -4,12 +4,14 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ferry_policy::{decide, rank_parents, ChildView, Decision, DecisionInput, PeerState, RankOptions, SeedCandidate};
+use ferry_policy::{
+    decide, rank_parents, ChildView, Decision, DecisionInput, PeerState, RankOptions, SeedCandidate,
+};
 use ferry_proto::scheduler::scheduler_server::Scheduler;
 use ferry_proto::scheduler::{
-    host_command, peer_command, peer_message, BackToSource, FailReason, FetchFromOrigin, HostCommand, HostMessage,
-    Parent, Parents, PeerCommand, PeerMessage, PieceDigests, Register, StatsRequest, StatsResponse, TaskFailed,
-    TaskInfo, WaitForSeed,
+    host_command, peer_command, peer_message, BackToSource, FailReason, FetchFromOrigin,
+    HostCommand, HostMessage, Parent, Parents, PeerCommand, PeerMessage, PieceDigests, Register,
+    StatsRequest, StatsResponse, TaskFailed, TaskInfo, WaitForSeed,
 };
 use ferry_types::{HostId, TaskId};
 use futures::Stream;
@@ -30,7 +32,10 @@ pub struct SchedulerOptions {
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        Self { rank: RankOptions::default(), back_to_source_limit: 1 }
+        Self {
+            rank: RankOptions::default(),
+            back_to_source_limit: 1,
+        }
     }
 }
 
@@ -44,7 +49,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl SchedulerService {
     pub fn new(opts: SchedulerOptions) -> Self {
-        Self { state: Arc::default(), opts: Arc::new(opts) }
+        Self {
+            state: Arc::default(),
+            opts: Arc::new(opts),
+        }
     }
 
     pub fn state(&self) -> Arc<Mutex<State>> {
@@ -65,7 +73,13 @@ fn send(tx: &crate::state::PeerTx, c: peer_command::Command) {
 }
 
 /// Decides what one peer of a task is told now, and tells it.
-fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, opts: &SchedulerOptions) {
+fn schedule(
+    st: &mut State,
+    task_id: &TaskId,
+    peer: &HostId,
+    want_origin: bool,
+    opts: &SchedulerOptions,
+) {
     let seeds: Vec<SeedCandidate> = st
         .hosts
         .iter()
@@ -76,14 +90,31 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
             upload_slots: h.host.upload_slots,
         })
         .collect();
-    let State { hosts, tasks, seed_fetches, back_to_source_grants, .. } = st;
-    let Some(task) = tasks.get_mut(task_id) else { return };
-    let Some(p) = task.peers.get(peer) else { return };
+    let State {
+        hosts,
+        tasks,
+        seed_fetches,
+        back_to_source_grants,
+        ..
+    } = st;
+    let Some(task) = tasks.get_mut(task_id) else {
+        return;
+    };
+    let Some(p) = task.peers.get(peer) else {
+        return;
+    };
     let candidates = task.candidates(hosts);
     let loc = locality(&p.host);
-    let view = ChildView { host: peer, locality: &loc, blocklist: &p.blocklist, piece_count: task.piece_count() };
-    let ranked: Vec<HostId> =
-        rank_parents(&view, &candidates, &task.dag, &opts.rank).into_iter().map(|c| c.host.clone()).collect();
+    let view = ChildView {
+        host: peer,
+        locality: &loc,
+        blocklist: &p.blocklist,
+        piece_count: task.piece_count(),
+    };
+    let ranked: Vec<HostId> = rank_parents(&view, &candidates, &task.dag, &opts.rank)
+        .into_iter()
+        .map(|c| c.host.clone())
+        .collect();
     let input = DecisionInput {
         has_parents: !ranked.is_empty(),
         want_origin,
@@ -99,8 +130,16 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
             let mut parents = vec![];
             for id in &ranked {
                 task.dag.add_edge(peer, id);
-                let h = hosts.get(id).map(|h| h.host.clone()).unwrap_or_else(|| task.peers[id].host.clone());
-                parents.push(Parent { host_id: id.to_string(), ip: h.ip, piece_port: h.piece_port, seed: h.seed });
+                let h = hosts
+                    .get(id)
+                    .map(|h| h.host.clone())
+                    .unwrap_or_else(|| task.peers[id].host.clone());
+                parents.push(Parent {
+                    host_id: id.to_string(),
+                    ip: h.ip,
+                    piece_port: h.piece_port,
+                    seed: h.seed,
+                });
             }
             send(&tx, peer_command::Command::Parents(Parents { parents }));
             false
@@ -125,7 +164,9 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
             };
             if let Some(h) = hosts.get(&seed) {
                 tracing::info!(task = ?task_id, %seed, "asking seed to fetch from origin");
-                let _ = h.tx.send(Ok(HostCommand { command: Some(host_command::Command::Fetch(fetch)) }));
+                let _ = h.tx.send(Ok(HostCommand {
+                    command: Some(host_command::Command::Fetch(fetch)),
+                }));
             }
             send(&tx, peer_command::Command::Wait(WaitForSeed {}));
             true
@@ -140,7 +181,12 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
 fn schedule_waiting(st: &mut State, task_id: &TaskId, opts: &SchedulerOptions) {
     let waiting: Vec<HostId> = match st.tasks.get(task_id) {
         Some(t) => {
-            let mut w: Vec<_> = t.peers.iter().filter(|(_, p)| p.waiting).map(|(id, _)| id.clone()).collect();
+            let mut w: Vec<_> = t
+                .peers
+                .iter()
+                .filter(|(_, p)| p.waiting)
+                .map(|(id, _)| id.clone())
+                .collect();
             w.sort();
             w
         }
@@ -152,18 +198,23 @@ fn schedule_waiting(st: &mut State, task_id: &TaskId, opts: &SchedulerOptions) {
 }
 
 impl SchedulerService {
-    fn register(&self, reg: Register, tx: crate::state::PeerTx) -> Result<(TaskId, HostId, u64), Status> {
-        let task_id =
-            TaskId::from_slice(&reg.task_id).ok_or_else(|| Status::invalid_argument("task_id must be 32 bytes"))?;
-        let host = reg.host.ok_or_else(|| Status::invalid_argument("register without host"))?;
+    fn register(
+        &self,
+        reg: Register,
+        tx: crate::state::PeerTx,
+    ) -> Result<(TaskId, HostId, u64), Status> {
+        let task_id = TaskId::from_slice(&reg.task_id)
+            .ok_or_else(|| Status::invalid_argument("task_id must be 32 bytes"))?;
+        let host = reg
+            .host
+            .ok_or_else(|| Status::invalid_argument("register without host"))?;
         let peer = host_id(&host.id)?;
         let now = Instant::now();
         let mut st = self.lock();
         let session = st.session();
-        let task = st
-            .tasks
-            .entry(task_id)
-            .or_insert_with(|| TaskEntry::new(reg.url.clone(), self.opts.back_to_source_limit, now));
+        let task = st.tasks.entry(task_id).or_insert_with(|| {
+            TaskEntry::new(reg.url.clone(), self.opts.back_to_source_limit, now)
+        });
         task.last_active = now;
         if task.headers.is_empty() {
             task.headers = reg.headers.clone();
@@ -173,9 +224,18 @@ impl SchedulerService {
         }
         task.dag.remove_node(&peer);
         if let Some((len, ps)) = task.info {
-            send(&tx, peer_command::Command::TaskInfo(TaskInfo { content_length: len, piece_size: ps }));
+            send(
+                &tx,
+                peer_command::Command::TaskInfo(TaskInfo {
+                    content_length: len,
+                    piece_size: ps,
+                }),
+            );
             let (index, digest) = task.digests.iter().map(|(i, d)| (*i, d.clone())).unzip();
-            send(&tx, peer_command::Command::Digests(PieceDigests { index, digest }));
+            send(
+                &tx,
+                peer_command::Command::Digests(PieceDigests { index, digest }),
+            );
         }
         let held = reg.held.len() as u32;
         let complete = task.piece_count().is_some_and(|n| n > 0 && held >= n);
@@ -184,7 +244,11 @@ impl SchedulerService {
             PeerEntry {
                 host,
                 tx,
-                state: if complete { PeerState::Succeeded } else { PeerState::Running },
+                state: if complete {
+                    PeerState::Succeeded
+                } else {
+                    PeerState::Running
+                },
                 pieces_held: held,
                 from_origin: reg.from_origin,
                 blocklist: vec![],
@@ -202,7 +266,9 @@ impl SchedulerService {
 
     fn on_message(&self, task_id: &TaskId, peer: &HostId, msg: peer_message::Message) {
         let mut st = self.lock();
-        let Some(task) = st.tasks.get_mut(task_id) else { return };
+        let Some(task) = st.tasks.get_mut(task_id) else {
+            return;
+        };
         task.last_active = Instant::now();
         match msg {
             peer_message::Message::Register(_) => {}
@@ -222,7 +288,8 @@ impl SchedulerService {
                         new_digests.digest.push(p.digest.clone());
                     }
                     if let (Ok(parent), true) = (HostId::new(p.parent.clone()), p.cost_micros > 0) {
-                        parent_rates.push((parent, p.length as u64 * 1_000_000 / p.cost_micros as u64));
+                        parent_rates
+                            .push((parent, p.length as u64 * 1_000_000 / p.cost_micros as u64));
                     }
                 }
                 let count = task.piece_count();
@@ -248,7 +315,9 @@ impl SchedulerService {
                 }
             }
             peer_message::Message::ParentFailed(f) => {
-                let Ok(parent) = HostId::new(f.parent) else { return };
+                let Ok(parent) = HostId::new(f.parent) else {
+                    return;
+                };
                 let reason = FailReason::try_from(f.reason).unwrap_or(FailReason::Unspecified);
                 tracing::info!(task = ?task_id, %peer, %parent, ?reason, "parent failed");
                 task.dag.remove_edge(peer, &parent);
@@ -262,8 +331,11 @@ impl SchedulerService {
                 }
                 schedule(&mut st, task_id, peer, false, &self.opts);
             }
-            peer_message::Message::NeedParents(n) => schedule(&mut st, task_id, peer, n.want_origin, &self.opts),
+            peer_message::Message::NeedParents(n) => {
+                schedule(&mut st, task_id, peer, n.want_origin, &self.opts)
+            }
             peer_message::Message::Finished(_) => {
+                task.dag.clear_parents(peer);
                 let count = task.piece_count().unwrap_or(0);
                 if let Some(me) = task.peers.get_mut(peer) {
                     me.state = PeerState::Succeeded;
@@ -282,9 +354,15 @@ impl SchedulerService {
                     task.seed_requested = None;
                     task.info = None;
                     task.digests.clear();
-                    let status = f.reason.split_whitespace().find_map(|w| w.parse::<u32>().ok().filter(|s| (400..600).contains(s)));
+                    let status = f
+                        .reason
+                        .split_whitespace()
+                        .find_map(|w| w.parse::<u32>().ok().filter(|s| (400..600).contains(s)));
                     task.broadcast(
-                        peer_command::Command::TaskFailed(TaskFailed { reason: f.reason, http_status: status.unwrap_or(0) }),
+                        peer_command::Command::TaskFailed(TaskFailed {
+                            reason: f.reason,
+                            http_status: status.unwrap_or(0),
+                        }),
                         Some(peer),
                     );
                 }
@@ -294,7 +372,9 @@ impl SchedulerService {
 
     fn unregister(&self, task_id: &TaskId, peer: &HostId, session: u64) {
         let mut st = self.lock();
-        let Some(task) = st.tasks.get_mut(task_id) else { return };
+        let Some(task) = st.tasks.get_mut(task_id) else {
+            return;
+        };
         if task.peers.get(peer).is_some_and(|p| p.session == session) {
             task.peers.remove(peer);
             task.dag.remove_node(peer);
@@ -316,14 +396,26 @@ impl Scheduler for SchedulerService {
         req: Request<Streaming<HostMessage>>,
     ) -> Result<Response<Self::HostSessionStream>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.and_then(|m| m.host).ok_or_else(|| Status::invalid_argument("empty host session"))?;
+        let first = inbound
+            .message()
+            .await?
+            .and_then(|m| m.host)
+            .ok_or_else(|| Status::invalid_argument("empty host session"))?;
         let id = host_id(&first.id)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let session = {
             let mut st = self.lock();
             let session = st.session();
             tracing::info!(host = %id, ip = %first.ip, seed = first.seed, "host joined");
-            st.hosts.insert(id.clone(), HostEntry { host: first, tx, last_seen: Instant::now(), session });
+            st.hosts.insert(
+                id.clone(),
+                HostEntry {
+                    host: first,
+                    tx,
+                    last_seen: Instant::now(),
+                    session,
+                },
+            );
             session
         };
         let this = self.clone();
@@ -355,7 +447,11 @@ impl Scheduler for SchedulerService {
         let mut inbound = req.into_inner();
         let reg = match inbound.message().await?.and_then(|m| m.message) {
             Some(peer_message::Message::Register(r)) => r,
-            _ => return Err(Status::invalid_argument("the first peer message must be Register")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first peer message must be Register",
+                ))
+            }
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let (task_id, peer, session) = self.register(reg, tx)?;
@@ -365,7 +461,9 @@ impl Scheduler for SchedulerService {
             async move {
                 loop {
                     match inbound.next().await {
-                        Some(Ok(PeerMessage { message: Some(m) })) => this.on_message(&task_id, &peer, m),
+                        Some(Ok(PeerMessage { message: Some(m) })) => {
+                            this.on_message(&task_id, &peer, m)
+                        }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "peer stream broke");

@@ -80,7 +80,10 @@ impl TaskEntry {
                     upload_slots: host.upload_slots,
                     uploads_active: host.uploads_active,
                     throughput: p.throughput,
-                    feeds: p.pieces_held > 0 || p.from_origin || self.dag.parents_of(id).next().is_some(),
+                    children: self.dag.children_of(id),
+                    feeds: p.pieces_held > 0
+                        || p.from_origin
+                        || self.dag.parents_of(id).next().is_some(),
                     locality: locality(host),
                 }
             })
@@ -90,14 +93,19 @@ impl TaskEntry {
     pub fn broadcast(&self, cmd: peer_command::Command, except: Option<&HostId>) {
         for (id, p) in &self.peers {
             if Some(id) != except {
-                let _ = p.tx.send(Ok(PeerCommand { command: Some(cmd.clone()) }));
+                let _ = p.tx.send(Ok(PeerCommand {
+                    command: Some(cmd.clone()),
+                }));
             }
         }
     }
 }
 
 pub fn locality(h: &Host) -> Locality {
-    Locality { zone: h.zone.clone(), rack: h.rack.clone() }
+    Locality {
+        zone: h.zone.clone(),
+        rack: h.rack.clone(),
+    }
 }
 
 #[derive(Default)]

@@ -10,7 +10,11 @@ use ferry_types::ByteSize;
 pub const DEFAULT_SOCKET: &str = "/run/ferry/daemon.sock";
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "Peer-to-peer distribution of files, images and model weights")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Peer-to-peer distribution of files, images and model weights"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -38,6 +42,12 @@ pub struct SchedulerArgs {
     /// Parents offered to a peer at once.
     #[arg(long, default_value_t = 4)]
     pub max_parents: usize,
+    /// Children a seed feeds per task; the rest of the swarm feeds itself.
+    #[arg(long, default_value_t = 4)]
+    pub seed_max_children: u32,
+    /// Children an ordinary peer feeds per task.
+    #[arg(long, default_value_t = 8)]
+    pub peer_max_children: u32,
 }
 
 #[derive(Args, Debug)]
@@ -48,7 +58,12 @@ pub struct DaemonArgs {
     #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
     pub socket: PathBuf,
     /// Scheduler address(es), HOST:PORT; repeat or separate with commas.
-    #[arg(long = "scheduler", required = true, value_delimiter = ',', env = "FERRY_SCHEDULERS")]
+    #[arg(
+        long = "scheduler",
+        required = true,
+        value_delimiter = ',',
+        env = "FERRY_SCHEDULERS"
+    )]
     pub schedulers: Vec<String>,
     /// Fetch from origin when a scheduler asks, and serve first.
     #[arg(long)]
@@ -140,7 +155,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 10m or 500ms"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 30s, 10m or 500ms"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),

@@ -14,20 +14,34 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|e| Exit::new(exit::FAILURE, format!("cannot listen on {}: {e}", a.listen)))?;
-    let addr = listener.local_addr().map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let opts = SchedulerOptions {
-        rank: RankOptions { max_parents: a.max_parents, ..Default::default() },
+        rank: RankOptions {
+            max_parents: a.max_parents,
+            seed_max_children: a.seed_max_children,
+            peer_max_children: a.peer_max_children,
+            ..Default::default()
+        },
         back_to_source_limit: a.back_to_source_limit,
     };
     let svc = SchedulerService::new(opts);
     let cancel = CancellationToken::new();
-    let gc = GcWorker { state: svc.state(), host_ttl: Duration::from_secs(15), task_ttl: Duration::from_secs(300) };
+    let gc = GcWorker {
+        state: svc.state(),
+        host_ttl: Duration::from_secs(15),
+        task_ttl: Duration::from_secs(300),
+    };
     tokio::spawn(gc.run(cancel.clone()));
     tracing::info!(%addr, "scheduler listening");
     crate::announce_ready("scheduler", &addr.to_string());
     let server = tonic::transport::Server::builder()
         .add_service(SchedulerServer::new(svc).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), crate::shutdown_signal());
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            crate::shutdown_signal(),
+        );
     let r = server.await;
     cancel.cancel();
     r.map_err(|e| Exit::new(exit::FAILURE, format!("scheduler stopped: {e}")))
