@@ -8,7 +8,7 @@
 
 mod store;
 
-pub use store::{PieceStore, Store, TaskFile, TaskRecord};
+pub use store::{HeldPieces, PieceStore, Store, TaskFile, TaskRecord};
 
 use ferry_types::TaskId;
 

@@ -23,6 +23,9 @@ pub struct TaskRecord {
     pub piece_size: u32,
 }
 
+/// Pieces already verified on disk, with their digests.
+pub type HeldPieces = Vec<(PieceIndex, PieceDigest)>;
+
 /// The piece-store seam: what the daemon needs from wherever pieces live.
 pub trait PieceStore: Send + Sync + 'static {
     /// Opens (creating if needed) the task's content and returns the pieces already held.
@@ -30,7 +33,7 @@ pub trait PieceStore: Send + Sync + 'static {
         &self,
         task: TaskId,
         record: &TaskRecord,
-    ) -> Result<(Arc<TaskFile>, Vec<(PieceIndex, PieceDigest)>), StorageError>;
+    ) -> Result<(Arc<TaskFile>, HeldPieces), StorageError>;
     fn record_piece(
         &self,
         task: TaskId,
@@ -86,11 +89,7 @@ impl Store {
         self.root.join("content").join(task.to_string())
     }
 
-    fn held_pieces(
-        &self,
-        task: TaskId,
-        layout: &PieceLayout,
-    ) -> Result<Vec<(PieceIndex, PieceDigest)>, StorageError> {
+    fn held_pieces(&self, task: TaskId, layout: &PieceLayout) -> Result<HeldPieces, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(PIECES)?;
         let mut lo = [0u8; 36];
@@ -117,7 +116,7 @@ impl PieceStore for Store {
         &self,
         task: TaskId,
         record: &TaskRecord,
-    ) -> Result<(Arc<TaskFile>, Vec<(PieceIndex, PieceDigest)>), StorageError> {
+    ) -> Result<(Arc<TaskFile>, HeldPieces), StorageError> {
         let layout = PieceLayout::new(record.content_length, record.piece_size).map_err(|e| {
             StorageError::DecodeRecord {
                 task,
