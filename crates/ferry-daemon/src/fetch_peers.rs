@@ -187,6 +187,7 @@ async fn run(
                         Err(e) => {
                             tracing::warn!(%parent, index, error = %e, "storing piece failed");
                             shared.release(index);
+                            let _ = shared.events.send(crate::task::Event::Fatal(e));
                             return FailReason::Unspecified;
                         }
                     }

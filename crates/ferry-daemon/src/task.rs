@@ -60,6 +60,8 @@ pub enum Event {
     /// The origin told us the content length: the scheduler must hear the layout.
     Layout(PieceLayout),
     OriginDone(Result<(), DaemonError>),
+    /// Local storage failed (e.g. disk full): no parent can fix that, the task fails.
+    Fatal(DaemonError),
 }
 
 pub struct Shared {
@@ -643,6 +645,12 @@ impl TaskRun {
             Event::Layout(layout) => {
                 send(peer_message::Message::TaskInfo(task_info_message(&layout)));
                 self.check_complete();
+            }
+            Event::Fatal(e) => {
+                send(peer_message::Message::Failed(Failed {
+                    reason: e.to_string(),
+                }));
+                return Err(e);
             }
             Event::OriginDone(r) => {
                 self.origin_running = false;
