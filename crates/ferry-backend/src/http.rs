@@ -23,11 +23,7 @@ impl HttpBackend {
         Self { client }
     }
 
-    pub(crate) async fn open(
-        &self,
-        req: &SourceRequest,
-        offset: u64,
-    ) -> Result<SourceBody, BackendError> {
+    pub(crate) async fn open(&self, req: &SourceRequest, offset: u64) -> Result<SourceBody, BackendError> {
         let url = req.url.as_str().to_owned();
         let mut rb = self.client.get(req.url.clone());
         for (k, v) in &req.headers {
@@ -36,16 +32,10 @@ impl HttpBackend {
         if offset > 0 {
             rb = rb.header(RANGE, format!("bytes={offset}-"));
         }
-        let resp = rb.send().await.map_err(|e| BackendError::Connect {
-            url: url.clone(),
-            reason: error_chain(&e),
-        })?;
+        let resp = rb.send().await.map_err(|e| BackendError::Connect { url: url.clone(), reason: error_chain(&e) })?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(BackendError::Status {
-                status: status.as_u16(),
-                url,
-            });
+            return Err(BackendError::Status { status: status.as_u16(), url });
         }
         let content_length = if offset > 0 {
             if status != StatusCode::PARTIAL_CONTENT {
@@ -65,10 +55,7 @@ impl HttpBackend {
                 .and_then(|v| v.parse().ok())
                 .ok_or(BackendError::NoContentLength { url: url.clone() })?
         };
-        Ok(SourceBody {
-            content_length,
-            inner: HttpBody { resp, url },
-        })
+        Ok(SourceBody { content_length, inner: HttpBody { resp, url } })
     }
 }
 
@@ -79,10 +66,7 @@ pub(crate) struct HttpBody {
 
 impl HttpBody {
     pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, BackendError> {
-        self.resp.chunk().await.map_err(|e| BackendError::Read {
-            url: self.url.clone(),
-            reason: error_chain(&e),
-        })
+        self.resp.chunk().await.map_err(|e| BackendError::Read { url: self.url.clone(), reason: error_chain(&e) })
     }
 }
 

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::daemon::daemon_server::Daemon;
-use ferry_proto::daemon::{
-    DownloadProgress, DownloadRequest, StatsRequest, StatsResponse, TaskStats,
-};
+use ferry_proto::daemon::{DownloadProgress, DownloadRequest, StatsRequest, StatsResponse, TaskStats};
 use ferry_types::{FileDigest, TaskId, TaskIdInput};
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -32,8 +30,7 @@ fn bad(msg: String) -> Status {
 
 /// Validates a request into what the task needs, and its id.
 fn parse(req: &DownloadRequest) -> Result<(TaskId, TaskSpec, PathBuf), Status> {
-    let url =
-        url::Url::parse(&req.url).map_err(|e| bad(format!("malformed URL `{}`: {e}", req.url)))?;
+    let url = url::Url::parse(&req.url).map_err(|e| bad(format!("malformed URL `{}`: {e}", req.url)))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad(format!(
             "unsupported URL scheme `{}`: Ferry can fetch http:// and https:// URLs",
@@ -42,10 +39,7 @@ fn parse(req: &DownloadRequest) -> Result<(TaskId, TaskSpec, PathBuf), Status> {
     }
     let digest: Option<FileDigest> = match req.digest.as_str() {
         "" => None,
-        d => Some(
-            d.parse()
-                .map_err(|e: ferry_types::ParseError| bad(e.to_string()))?,
-        ),
+        d => Some(d.parse().map_err(|e: ferry_types::ParseError| bad(e.to_string()))?),
     };
     let output = PathBuf::from(&req.output);
     output::check_output(&output).map_err(|e| e.to_status())?;
@@ -56,20 +50,8 @@ fn parse(req: &DownloadRequest) -> Result<(TaskId, TaskSpec, PathBuf), Status> {
         application: &req.application,
         filtered_query_params: &req.filtered_query_params,
     });
-    let headers = req
-        .headers
-        .iter()
-        .map(|h| (h.name.clone(), h.value.clone()))
-        .collect();
-    Ok((
-        id,
-        TaskSpec {
-            url,
-            headers,
-            digest,
-        },
-        output,
-    ))
+    let headers = req.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
+    Ok((id, TaskSpec { url, headers, digest }, output))
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<DownloadProgress, Status>> + Send>>;
@@ -78,16 +60,11 @@ type ProgressStream = Pin<Box<dyn Stream<Item = Result<DownloadProgress, Status>
 impl Daemon for Api {
     type DownloadStream = ProgressStream;
 
-    async fn download(
-        &self,
-        req: Request<DownloadRequest>,
-    ) -> Result<Response<Self::DownloadStream>, Status> {
+    async fn download(&self, req: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
         let req = req.into_inner();
         let (id, spec, output) = parse(&req)?;
         let span = tracing::info_span!("download", task = ?id, url = %spec.url);
-        let handle = self
-            .ctx
-            .start_task(id, spec, false, self.ctx.opts.piece_size.unwrap_or(0));
+        let handle = self.ctx.start_task(id, spec, false, self.ctx.opts.piece_size.unwrap_or(0));
         let (tx, rx) = mpsc::channel(16);
         let timeout = (req.timeout_millis > 0).then(|| Duration::from_millis(req.timeout_millis));
         tokio::spawn(
@@ -120,9 +97,7 @@ impl Daemon for Api {
                     match wait.await {
                         Some(Ok(())) => {}
                         Some(Err(_)) => break Err(Arc::new(DaemonError::ShuttingDown)),
-                        None => {
-                            break Err(Arc::new(DaemonError::Timeout(timeout.unwrap_or_default())))
-                        }
+                        None => break Err(Arc::new(DaemonError::Timeout(timeout.unwrap_or_default()))),
                     }
                 };
                 let result = match outcome {
@@ -176,11 +151,7 @@ impl Daemon for Api {
             bytes_from_origin: Counters::get(&c.bytes_from_origin),
             bytes_from_peers: Counters::get(&c.bytes_from_peers),
             bytes_from_cache: Counters::get(&c.bytes_from_cache),
-            bytes_uploaded: self
-                .ctx
-                .server_stats
-                .bytes_uploaded
-                .load(std::sync::atomic::Ordering::Relaxed),
+            bytes_uploaded: self.ctx.server_stats.bytes_uploaded.load(std::sync::atomic::Ordering::Relaxed),
             pieces_from_origin: Counters::get(&c.pieces_from_origin),
             pieces_from_peers: Counters::get(&c.pieces_from_peers),
             pieces_resumed: Counters::get(&c.pieces_resumed),

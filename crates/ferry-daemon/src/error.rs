@@ -21,20 +21,13 @@ pub enum DaemonError {
     #[error("origin bytes changed: piece {index} does not match the digest other peers reported")]
     OriginChanged { index: u32 },
     #[error("write output {path}: {source}")]
-    WriteOutput {
-        path: String,
-        source: std::io::Error,
-    },
+    WriteOutput { path: String, source: std::io::Error },
     #[error("download timed out after {0:?}")]
     Timeout(std::time::Duration),
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("bind {what} at {addr}: {source}")]
-    Bind {
-        what: &'static str,
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { what: &'static str, addr: String, source: std::io::Error },
     #[error("a daemon already listens on {0}")]
     AlreadyRunning(String),
 }

@@ -17,10 +17,7 @@ pub async fn fetch(shared: &Shared, piece_size: u32) -> Result<(), DaemonError> 
     let ctx = &shared.ctx;
     let spec = &shared.handle.spec;
     let backend = Backend::for_url(&spec.url, &ctx.backend)?;
-    let req = SourceRequest {
-        url: spec.url.clone(),
-        headers: spec.headers.clone(),
-    };
+    let req = SourceRequest { url: spec.url.clone(), headers: spec.headers.clone() };
     let mut attempt = 0u32;
     loop {
         let offset = first_missing_offset(shared);
@@ -63,10 +60,7 @@ async fn read_from(
     offset: u64,
     piece_size: u32,
 ) -> Result<(), (DaemonError, bool)> {
-    let mut body = backend
-        .open(req, offset)
-        .await
-        .map_err(|e| (e.into(), false))?;
+    let mut body = backend.open(req, offset).await.map_err(|e| (e.into(), false))?;
     let layout = match shared.layout() {
         Some(l) => l,
         None => {
@@ -111,10 +105,7 @@ async fn read_from(
         let rest = buf.split_off(want);
         let piece = std::mem::replace(&mut buf, rest);
         if !shared.is_done(index) {
-            let stored = shared
-                .store_piece(index, piece, Source::Origin)
-                .await
-                .map_err(|e| (e, progressed))?;
+            let stored = shared.store_piece(index, piece, Source::Origin).await.map_err(|e| (e, progressed))?;
             if stored == crate::task::Stored::Mismatch {
                 return Err((DaemonError::OriginChanged { index }, progressed));
             }

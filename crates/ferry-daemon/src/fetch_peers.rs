@@ -22,12 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::task::{Shared, Source, Stored};
 
-pub async fn parent_worker(
-    shared: &Shared,
-    parent: &HostId,
-    addr: SocketAddr,
-    seed: bool,
-) -> FailReason {
+pub async fn parent_worker(shared: &Shared, parent: &HostId, addr: SocketAddr, seed: bool) -> FailReason {
     let mut inflight: VecDeque<(u32, Instant)> = VecDeque::new();
     let mut has = vec![];
     let reason = run(shared, parent, addr, seed, &mut inflight, &mut has).await;
@@ -41,10 +36,7 @@ pub async fn parent_worker(
 }
 
 fn held(has: &[bool]) -> impl Iterator<Item = u32> + '_ {
-    has.iter()
-        .enumerate()
-        .filter(|(_, b)| **b)
-        .map(|(i, _)| i as u32)
+    has.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i as u32)
 }
 
 async fn run(
@@ -64,13 +56,7 @@ async fn run(
         }
     }
     let layout = shared.layout().expect("layout known");
-    let (mut reader, mut writer) = match connect(
-        addr,
-        shared.handle.id,
-        layout.piece_size(),
-        opts.piece_timeout,
-    )
-    .await
+    let (mut reader, mut writer) = match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await
     {
         Ok((bits, r, w)) => {
             *has = bits;
@@ -108,17 +94,8 @@ async fn run(
             return FailReason::Unspecified;
         }
         while inflight.len() < opts.pieces_in_flight {
-            let mask = if seed {
-                shared.seed_mask(has)
-            } else {
-                has.clone()
-            };
-            let pick = shared
-                .picker
-                .lock()
-                .expect("not poisoned")
-                .as_mut()
-                .and_then(|p| p.pick(&mask, &mut rng));
+            let mask = if seed { shared.seed_mask(has) } else { has.clone() };
+            let pick = shared.picker.lock().expect("not poisoned").as_mut().and_then(|p| p.pick(&mask, &mut rng));
             let Some(index) = pick else { break };
             if writer.request(index).await.is_err() {
                 shared.release(index);
@@ -126,9 +103,7 @@ async fn run(
             }
             inflight.push_back((index, Instant::now()));
         }
-        let deadline = inflight
-            .front()
-            .map(|(_, t)| (*t).max(last_arrival) + opts.piece_timeout);
+        let deadline = inflight.front().map(|(_, t)| (*t).max(last_arrival) + opts.piece_timeout);
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,

@@ -15,10 +15,7 @@ use crate::DaemonError;
 /// Checks the output path before a download starts, so a bad path fails fast.
 pub fn check_output(output: &Path) -> Result<(), DaemonError> {
     if !output.is_absolute() {
-        return Err(DaemonError::BadRequest(format!(
-            "output path {} must be absolute",
-            output.display()
-        )));
+        return Err(DaemonError::BadRequest(format!("output path {} must be absolute", output.display())));
     }
     if output.is_dir() {
         return Err(DaemonError::BadRequest(format!(
@@ -29,22 +26,15 @@ pub fn check_output(output: &Path) -> Result<(), DaemonError> {
     }
     match output.parent() {
         Some(dir) if dir.is_dir() => Ok(()),
-        Some(dir) => Err(DaemonError::BadRequest(format!(
-            "output directory {} does not exist; create it first",
-            dir.display()
-        ))),
-        None => Err(DaemonError::BadRequest(format!(
-            "output path {} has no directory",
-            output.display()
-        ))),
+        Some(dir) => {
+            Err(DaemonError::BadRequest(format!("output directory {} does not exist; create it first", dir.display())))
+        }
+        None => Err(DaemonError::BadRequest(format!("output path {} has no directory", output.display()))),
     }
 }
 
 pub fn verify_digest(content: &Path, expected: &FileDigest) -> Result<(), DaemonError> {
-    let read_err = |source| DaemonError::WriteOutput {
-        path: content.display().to_string(),
-        source,
-    };
+    let read_err = |source| DaemonError::WriteOutput { path: content.display().to_string(), source };
     let mut f = std::fs::File::open(content).map_err(read_err)?;
     let mut h = expected.hasher();
     let mut buf = vec![0u8; 1 << 20];
@@ -57,10 +47,7 @@ pub fn verify_digest(content: &Path, expected: &FileDigest) -> Result<(), Daemon
     }
     let actual = h.finish();
     if &actual != expected {
-        return Err(DaemonError::DigestMismatch {
-            expected: expected.to_string(),
-            actual: actual.to_string(),
-        });
+        return Err(DaemonError::DigestMismatch { expected: expected.to_string(), actual: actual.to_string() });
     }
     Ok(())
 }
@@ -68,13 +55,9 @@ pub fn verify_digest(content: &Path, expected: &FileDigest) -> Result<(), Daemon
 /// Links or copies `content` to `output` through a temporary name.
 pub fn land(content: &Path, output: &Path) -> Result<(), DaemonError> {
     check_output(output)?;
-    let err = |source| DaemonError::WriteOutput {
-        path: output.display().to_string(),
-        source,
-    };
+    let err = |source| DaemonError::WriteOutput { path: output.display().to_string(), source };
     let tmp = temp_path(output);
-    let placed =
-        std::fs::hard_link(content, &tmp).or_else(|_| std::fs::copy(content, &tmp).map(|_| ()));
+    let placed = std::fs::hard_link(content, &tmp).or_else(|_| std::fs::copy(content, &tmp).map(|_| ()));
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
         return Err(err(e));
@@ -86,10 +69,7 @@ pub fn land(content: &Path, output: &Path) -> Result<(), DaemonError> {
 }
 
 fn temp_path(output: &Path) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     output.with_file_name(format!(".{name}.ferry-{:08x}", rand::random::<u32>()))
 }
 
@@ -122,14 +102,9 @@ mod tests {
         let content = dir.path().join("c");
         std::fs::write(&content, b"abc").unwrap();
         let good: FileDigest =
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-                .parse()
-                .unwrap();
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".parse().unwrap();
         verify_digest(&content, &good).unwrap();
         let bad: FileDigest = format!("sha256:{}", "00".repeat(32)).parse().unwrap();
-        assert!(matches!(
-            verify_digest(&content, &bad),
-            Err(DaemonError::DigestMismatch { .. })
-        ));
+        assert!(matches!(verify_digest(&content, &bad), Err(DaemonError::DigestMismatch { .. })));
     }
 }

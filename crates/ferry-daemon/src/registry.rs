@@ -40,6 +40,8 @@ pub struct TaskHandle {
     pub content: OnceLock<Content>,
     pub progress: watch::Sender<Progress>,
     pub counters: TaskCounters,
+    /// A scheduler asked this (seed) daemon to read the origin for a task it already runs.
+    pub fetch_origin: tokio::sync::Notify,
 }
 
 impl TaskHandle {
@@ -50,6 +52,7 @@ impl TaskHandle {
             content: OnceLock::new(),
             progress: watch::Sender::new(Progress::default()),
             counters: TaskCounters::default(),
+            fetch_origin: tokio::sync::Notify::new(),
         }
     }
 
@@ -79,12 +82,7 @@ impl Registry {
     }
 
     pub fn all(&self) -> Vec<Arc<TaskHandle>> {
-        self.tasks
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .cloned()
-            .collect()
+        self.tasks.lock().expect("not poisoned").values().cloned().collect()
     }
 }
 

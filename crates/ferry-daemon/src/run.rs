@@ -44,12 +44,7 @@ impl Ctx {
     ) -> Arc<TaskHandle> {
         let (handle, new) = self.registry.get_or_insert(id, spec);
         if new {
-            tokio::spawn(crate::task::drive(
-                self.clone(),
-                handle.clone(),
-                from_origin,
-                piece_size,
-            ));
+            tokio::spawn(crate::task::drive(self.clone(), handle.clone(), from_origin, piece_size));
         } else if matches!(handle.progress.borrow().outcome, Some(Ok(()))) {
             let len = handle.progress.borrow().content_length;
             Counters::add(&self.counters.bytes_from_cache, len);
@@ -68,13 +63,11 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let store = Arc::new(Store::open(&opts.data_dir)?);
     let piece_addr = SocketAddr::new(opts.listen_ip, opts.piece_port);
-    let listener = ferry_transport::server::bind(piece_addr)
-        .await
-        .map_err(|e| DaemonError::Bind {
-            what: "piece server",
-            addr: piece_addr.to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+    let listener = ferry_transport::server::bind(piece_addr).await.map_err(|e| DaemonError::Bind {
+        what: "piece server",
+        addr: piece_addr.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     let bound = listener.local_addr().map_err(|source| DaemonError::Bind {
         what: "piece server",
         addr: piece_addr.to_string(),
@@ -113,9 +106,7 @@ pub async fn run(
     tokio::spawn(serve(
         listener,
         registry,
-        ServerOptions {
-            corrupt_uploads: opts.corrupt_uploads,
-        },
+        ServerOptions { corrupt_uploads: opts.corrupt_uploads },
         server_stats,
         cancel.clone(),
     ));
@@ -126,23 +117,16 @@ pub async fn run(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             while let Some(f) = fetch_rx.recv().await {
-                let (Some(id), Ok(url)) = (TaskId::from_slice(&f.task_id), url::Url::parse(&f.url))
-                else {
+                let (Some(id), Ok(url)) = (TaskId::from_slice(&f.task_id), url::Url::parse(&f.url)) else {
                     continue;
                 };
                 let headers = f.headers.into_iter().map(|h| (h.name, h.value)).collect();
                 let piece_size = ctx.opts.piece_size.unwrap_or(f.piece_size);
                 tracing::info!(task = ?id, %url, "fetching from origin for the scheduler");
-                ctx.start_task(
-                    id,
-                    TaskSpec {
-                        url,
-                        headers,
-                        digest: None,
-                    },
-                    true,
-                    piece_size,
-                );
+                let handle = ctx.start_task(id, TaskSpec { url, headers, digest: None }, true, piece_size);
+                // Already running as an ordinary download here (a local `get` on the seed host
+                // came first): that download must now read the origin itself.
+                handle.fetch_origin.notify_one();
             }
         });
     }

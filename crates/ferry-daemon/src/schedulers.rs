@@ -39,20 +39,12 @@ impl Schedulers {
         let entries = addrs
             .iter()
             .map(|a| {
-                let uri = if a.contains("://") {
-                    a.clone()
-                } else {
-                    format!("http://{a}")
-                };
+                let uri = if a.contains("://") { a.clone() } else { format!("http://{a}") };
                 let ep = Endpoint::from_shared(uri)
                     .map_err(|e| format!("scheduler address `{a}`: {e}"))?
                     .connect_timeout(Duration::from_secs(3))
                     .tcp_nodelay(true);
-                Ok(Entry {
-                    addr: a.clone(),
-                    channel: ep.connect_lazy(),
-                    live: AtomicBool::new(false),
-                })
+                Ok(Entry { addr: a.clone(), channel: ep.connect_lazy(), live: AtomicBool::new(false) })
             })
             .collect::<Result<Vec<_>, String>>()?;
         if entries.is_empty() {
@@ -63,31 +55,14 @@ impl Schedulers {
 
     /// The scheduler owning `task`: rendezvous over the live ones, or over all when none is.
     pub fn pick(&self, task: &TaskId) -> (String, SchedulerClient<Channel>) {
-        let live: Vec<&Entry> = self
-            .entries
-            .iter()
-            .filter(|e| e.live.load(Ordering::Relaxed))
-            .collect();
-        let pool: Vec<&Entry> = if live.is_empty() {
-            self.entries.iter().collect()
-        } else {
-            live
-        };
-        let e = pool
-            .into_iter()
-            .max_by_key(|e| score(task, &e.addr))
-            .expect("at least one scheduler");
-        (
-            e.addr.clone(),
-            SchedulerClient::new(e.channel.clone()).max_decoding_message_size(64 << 20),
-        )
+        let live: Vec<&Entry> = self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).collect();
+        let pool: Vec<&Entry> = if live.is_empty() { self.entries.iter().collect() } else { live };
+        let e = pool.into_iter().max_by_key(|e| score(task, &e.addr)).expect("at least one scheduler");
+        (e.addr.clone(), SchedulerClient::new(e.channel.clone()).max_decoding_message_size(64 << 20))
     }
 
     pub fn live_count(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| e.live.load(Ordering::Relaxed))
-            .count()
+        self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).count()
     }
 
     /// Starts one session worker per scheduler; fetch requests go to `fetches`.
@@ -98,8 +73,7 @@ impl Schedulers {
         cancel: CancellationToken,
     ) {
         for i in 0..self.entries.len() {
-            let (this, host, fetches, cancel) =
-                (self.clone(), host.clone(), fetches.clone(), cancel.clone());
+            let (this, host, fetches, cancel) = (self.clone(), host.clone(), fetches.clone(), cancel.clone());
             tokio::spawn(async move {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
@@ -130,9 +104,7 @@ impl Schedulers {
                 }
             });
             let mut client = SchedulerClient::new(e.channel.clone());
-            let result = client
-                .host_session(tokio_stream::wrappers::ReceiverStream::new(ticks_rx))
-                .await;
+            let result = client.host_session(tokio_stream::wrappers::ReceiverStream::new(ticks_rx)).await;
             match result {
                 Ok(resp) => {
                     e.live.store(true, Ordering::Relaxed);
@@ -166,8 +138,7 @@ mod tests {
     fn rendezvous_spreads_tasks_and_moves_few_on_growth() {
         let two = ["a:1".to_string(), "b:1".to_string()];
         let three = ["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
-        let owner =
-            |set: &[String], t: &TaskId| set.iter().max_by_key(|a| score(t, a)).unwrap().clone();
+        let owner = |set: &[String], t: &TaskId| set.iter().max_by_key(|a| score(t, a)).unwrap().clone();
         let tasks: Vec<TaskId> = (0..200u8).map(|i| TaskId([i; 32])).collect();
         let on_a = tasks.iter().filter(|t| owner(&two, t) == "a:1").count();
         assert!((60..140).contains(&on_a), "unbalanced: {on_a}/200");

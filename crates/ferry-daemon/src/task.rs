@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use ferry_policy::PiecePicker;
 use ferry_proto::scheduler::{
-    peer_command, peer_message, FailReason, Failed, Finished, FinishedPiece, Header, NeedParents,
-    Parent, ParentFailed, PeerMessage, PiecesFinished, Register, TaskInfo,
+    peer_command, peer_message, FailReason, Failed, Finished, FinishedPiece, Header, NeedParents, Parent, ParentFailed,
+    PeerMessage, PiecesFinished, Register, TaskInfo,
 };
 use ferry_storage::{PieceStore, TaskRecord};
 use ferry_transport::Availability;
@@ -90,11 +90,7 @@ impl Shared {
     pub fn init_content(&self, layout: PieceLayout) -> Result<(), DaemonError> {
         if let Some(existing) = self.layout() {
             if existing != layout {
-                tracing::warn!(
-                    ?existing,
-                    ?layout,
-                    "peers disagree on the task layout; keeping ours"
-                );
+                tracing::warn!(?existing, ?layout, "peers disagree on the task layout; keeping ours");
             }
             return Ok(());
         }
@@ -108,11 +104,7 @@ impl Shared {
         Ok(())
     }
 
-    fn install(
-        &self,
-        file: Arc<ferry_storage::TaskFile>,
-        held: Vec<(ferry_types::PieceIndex, PieceDigest)>,
-    ) {
+    fn install(&self, file: Arc<ferry_storage::TaskFile>, held: Vec<(ferry_types::PieceIndex, PieceDigest)>) {
         let layout = *file.layout();
         let avail = Arc::new(Availability::new(layout.piece_count()));
         let mut picker = PiecePicker::new(layout.piece_count());
@@ -175,18 +167,11 @@ impl Shared {
     /// What a seed parent should be asked for: what it has and no other parent does.
     pub fn seed_mask(&self, has: &[bool]) -> Vec<bool> {
         let h = self.peer_holders.lock().expect("not poisoned");
-        has.iter()
-            .enumerate()
-            .map(|(i, b)| *b && h.get(i).is_none_or(|c| *c == 0))
-            .collect()
+        has.iter().enumerate().map(|(i, b)| *b && h.get(i).is_none_or(|c| *c == 0)).collect()
     }
 
     pub fn is_done(&self, index: u32) -> bool {
-        self.picker
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .is_some_and(|p| p.is_done(index))
+        self.picker.lock().expect("not poisoned").as_ref().is_some_and(|p| p.is_done(index))
     }
 
     pub fn release(&self, index: u32) {
@@ -198,12 +183,7 @@ impl Shared {
 
     /// Verifies, writes and records one piece. A piece from origin establishes the digest
     /// when none is known; one from a parent must match the known digest.
-    pub async fn store_piece(
-        &self,
-        index: u32,
-        bytes: Vec<u8>,
-        source: Source,
-    ) -> Result<Stored, DaemonError> {
+    pub async fn store_piece(&self, index: u32, bytes: Vec<u8>, source: Source) -> Result<Stored, DaemonError> {
         let Some(content) = self.handle.content.get() else {
             return Ok(Stored::Skipped);
         };
@@ -220,12 +200,7 @@ impl Shared {
         let (digest, bytes) = tokio::task::spawn_blocking(move || (PieceDigest::of(&bytes), bytes))
             .await
             .expect("hashing does not panic");
-        let known = self
-            .digests
-            .lock()
-            .expect("not poisoned")
-            .get(&index)
-            .copied();
+        let known = self.digests.lock().expect("not poisoned").get(&index).copied();
         match (&source, known) {
             (_, Some(k)) if k != digest => {
                 return match source {
@@ -246,19 +221,11 @@ impl Shared {
         })
         .await
         .expect("storage does not panic")?;
-        let newly = self
-            .picker
-            .lock()
-            .expect("not poisoned")
-            .as_mut()
-            .is_some_and(|p| p.mark_done(index));
+        let newly = self.picker.lock().expect("not poisoned").as_mut().is_some_and(|p| p.mark_done(index));
         if !newly {
             return Ok(Stored::Skipped);
         }
-        self.digests
-            .lock()
-            .expect("not poisoned")
-            .insert(index, digest);
+        self.digests.lock().expect("not poisoned").insert(index, digest);
         content.avail.insert(index);
         let len = layout.len(idx);
         let c = &self.ctx.counters;
@@ -274,25 +241,14 @@ impl Shared {
                 Counters::add(&self.handle.counters.from_peers, len as u64);
             }
         }
-        self.handle
-            .progress
-            .send_modify(|p| p.completed_bytes += len as u64);
+        self.handle.progress.send_modify(|p| p.completed_bytes += len as u64);
         let origin_digest = matches!(source, Source::Origin).then_some(digest);
-        let _ = self.events.send(Event::Stored {
-            index,
-            len,
-            source,
-            digest: origin_digest,
-        });
+        let _ = self.events.send(Event::Stored { index, len, source, digest: origin_digest });
         Ok(Stored::New)
     }
 
     pub fn complete(&self) -> bool {
-        self.picker
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .is_some_and(|p| p.is_complete())
+        self.picker.lock().expect("not poisoned").as_ref().is_some_and(|p| p.is_complete())
     }
 }
 
@@ -399,10 +355,7 @@ impl TaskRun {
                     failures += 1;
                     tracing::debug!(scheduler = %addr, %status, "register failed");
                     if failures >= 20 && !self.shared.complete() {
-                        return Err(DaemonError::NoScheduler(format!(
-                            "{addr}: {}",
-                            status.message()
-                        )));
+                        return Err(DaemonError::NoScheduler(format!("{addr}: {}", status.message())));
                     }
                 }
             }
@@ -415,9 +368,7 @@ impl TaskRun {
 
     fn register_message(&self) -> PeerMessage {
         let held: Vec<u32> = match self.shared.handle.content.get() {
-            Some(c) => (0..c.avail.piece_count())
-                .filter(|i| c.avail.has(*i))
-                .collect(),
+            Some(c) => (0..c.avail.piece_count()).filter(|i| c.avail.has(*i)).collect(),
             None => vec![],
         };
         let spec = &self.shared.handle.spec;
@@ -426,14 +377,7 @@ impl TaskRun {
                 task_id: self.shared.handle.id.0.to_vec(),
                 host: Some(proto_host(&self.shared.ctx)),
                 url: spec.url.to_string(),
-                headers: spec
-                    .headers
-                    .iter()
-                    .map(|(n, v)| Header {
-                        name: n.clone(),
-                        value: v.clone(),
-                    })
-                    .collect(),
+                headers: spec.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
                 held,
                 from_origin: self.from_origin,
                 piece_size: self.piece_size,
@@ -468,10 +412,7 @@ impl TaskRun {
         let Ok(host) = HostId::new(p.host_id.clone()) else {
             return;
         };
-        if host == self.shared.ctx.opts.host_id
-            || self.parents.contains(&host)
-            || self.blocked.contains(&host)
-        {
+        if host == self.shared.ctx.opts.host_id || self.parents.contains(&host) || self.blocked.contains(&host) {
             return;
         }
         let Ok(ip) = p.ip.parse::<std::net::IpAddr>() else {
@@ -482,10 +423,7 @@ impl TaskRun {
         let addr = std::net::SocketAddr::new(ip, p.piece_port as u16);
         self.workers.spawn(async move {
             let reason = crate::fetch_peers::parent_worker(&shared, &host, addr, p.seed).await;
-            let _ = shared.events.send(Event::ParentGone {
-                parent: host,
-                reason,
-            });
+            let _ = shared.events.send(Event::ParentGone { parent: host, reason });
         });
     }
 
@@ -507,6 +445,7 @@ impl TaskRun {
             send(peer_message::Message::Finished(Finished {}));
         }
         let ctx = self.shared.ctx.clone();
+        let handle = self.shared.handle.clone();
         let mut flush = tokio::time::interval(Duration::from_millis(20));
         let mut watchdog = tokio::time::interval(Duration::from_millis(500));
         let mut last_ask = Instant::now();
@@ -523,6 +462,12 @@ impl TaskRun {
                     Ok(None) | Err(_) => return Ok(SessionEnd::Reconnect),
                 },
                 Some(ev) = self.events.recv() => self.on_event(ev, &send)?,
+                _ = handle.fetch_origin.notified() => {
+                    if !self.shared.complete() {
+                        tracing::info!("a scheduler asks this seed to read the origin");
+                        self.start_origin();
+                    }
+                }
                 _ = flush.tick() => self.flush(&send),
                 _ = watchdog.tick() => {
                     if self.shared.complete() {
@@ -550,10 +495,8 @@ impl TaskRun {
     ) -> Result<(), DaemonError> {
         match c {
             peer_command::Command::TaskInfo(info) => {
-                let layout =
-                    PieceLayout::new(info.content_length, info.piece_size).map_err(|e| {
-                        DaemonError::BadRequest(format!("scheduler sent a bad layout: {e}"))
-                    })?;
+                let layout = PieceLayout::new(info.content_length, info.piece_size)
+                    .map_err(|e| DaemonError::BadRequest(format!("scheduler sent a bad layout: {e}")))?;
                 self.shared.init_content(layout)?;
                 self.check_complete();
                 if self.shared.complete() && !self.finished_sent {
@@ -563,11 +506,7 @@ impl TaskRun {
                 }
             }
             peer_command::Command::Digests(d) => {
-                let pairs = d
-                    .index
-                    .iter()
-                    .zip(&d.digest)
-                    .filter_map(|(i, b)| Some((*i, PieceDigest::from_slice(b)?)));
+                let pairs = d.index.iter().zip(&d.digest).filter_map(|(i, b)| Some((*i, PieceDigest::from_slice(b)?)));
                 self.shared.add_digests(pairs);
             }
             peer_command::Command::Parents(ps) => {
@@ -584,35 +523,20 @@ impl TaskRun {
             }
             peer_command::Command::TaskFailed(f) => {
                 if !self.shared.complete() && !self.origin_running {
-                    return Err(DaemonError::OriginRemote {
-                        reason: f.reason,
-                        http_status: f.http_status,
-                    });
+                    return Err(DaemonError::OriginRemote { reason: f.reason, http_status: f.http_status });
                 }
             }
         }
         Ok(())
     }
 
-    fn on_event(
-        &mut self,
-        ev: Event,
-        send: &impl Fn(peer_message::Message),
-    ) -> Result<(), DaemonError> {
+    fn on_event(&mut self, ev: Event, send: &impl Fn(peer_message::Message)) -> Result<(), DaemonError> {
         match ev {
-            Event::Stored {
-                index,
-                len,
-                source,
-                digest,
-            } => {
+            Event::Stored { index, len, source, digest } => {
                 self.last_progress = Instant::now();
                 let (parent, cost) = match source {
                     Source::Origin => (String::new(), 0),
-                    Source::Parent { host, cost } => (
-                        host.to_string(),
-                        cost.as_micros().min(u32::MAX as u128) as u32,
-                    ),
+                    Source::Parent { host, cost } => (host.to_string(), cost.as_micros().min(u32::MAX as u128) as u32),
                 };
                 self.pending.push(FinishedPiece {
                     index,
@@ -647,18 +571,14 @@ impl TaskRun {
                 self.check_complete();
             }
             Event::Fatal(e) => {
-                send(peer_message::Message::Failed(Failed {
-                    reason: e.to_string(),
-                }));
+                send(peer_message::Message::Failed(Failed { reason: e.to_string() }));
                 return Err(e);
             }
             Event::OriginDone(r) => {
                 self.origin_running = false;
                 if let Err(e) = r {
                     self.flush(send);
-                    send(peer_message::Message::Failed(Failed {
-                        reason: e.to_string(),
-                    }));
+                    send(peer_message::Message::Failed(Failed { reason: e.to_string() }));
                     return Err(e);
                 }
             }
@@ -676,8 +596,5 @@ impl TaskRun {
 
 /// Used by `fetch_origin` to tell the scheduler the layout as soon as it is known.
 pub fn task_info_message(layout: &PieceLayout) -> TaskInfo {
-    TaskInfo {
-        content_length: layout.content_length(),
-        piece_size: layout.piece_size(),
-    }
+    TaskInfo { content_length: layout.content_length(), piece_size: layout.piece_size() }
 }

@@ -67,14 +67,7 @@ pub fn pick_seed(seeds: &[SeedCandidate], task: &TaskId) -> Option<HostId> {
         }
         h
     };
-    seeds
-        .iter()
-        .min_by(|a, b| {
-            load(a)
-                .total_cmp(&load(b))
-                .then_with(|| tie(a).cmp(&tie(b)))
-        })
-        .map(|s| s.host.clone())
+    seeds.iter().min_by(|a, b| load(a).total_cmp(&load(b)).then_with(|| tie(a).cmp(&tie(b)))).map(|s| s.host.clone())
 }
 
 #[cfg(test)]
@@ -82,21 +75,11 @@ mod tests {
     use super::*;
 
     fn seed(name: &str, active: u32) -> SeedCandidate {
-        SeedCandidate {
-            host: HostId::new(name).unwrap(),
-            uploads_active: active,
-            upload_slots: 10,
-        }
+        SeedCandidate { host: HostId::new(name).unwrap(), uploads_active: active, upload_slots: 10 }
     }
 
     fn input<'a>(seeds: &'a [SeedCandidate], task: &'a TaskId) -> DecisionInput<'a> {
-        DecisionInput {
-            has_parents: false,
-            want_origin: false,
-            seed_requested: false,
-            seeds,
-            task,
-        }
+        DecisionInput { has_parents: false, want_origin: false, seed_requested: false, seeds, task }
     }
 
     const T: TaskId = TaskId([1; 32]);
@@ -104,10 +87,7 @@ mod tests {
     #[test]
     fn parents_win() {
         let mut b = BackToSourceBudget::new(1);
-        let i = DecisionInput {
-            has_parents: true,
-            ..input(&[], &T)
-        };
+        let i = DecisionInput { has_parents: true, ..input(&[], &T) };
         assert_eq!(decide(&i, &mut b), Decision::Parents);
         assert_eq!(b.granted(), 0);
     }
@@ -116,14 +96,8 @@ mod tests {
     fn asks_one_seed_once_then_waits() {
         let seeds = [seed("s1", 0)];
         let mut b = BackToSourceBudget::new(1);
-        assert_eq!(
-            decide(&input(&seeds, &T), &mut b),
-            Decision::AskSeed(seeds[0].host.clone())
-        );
-        let again = DecisionInput {
-            seed_requested: true,
-            ..input(&seeds, &T)
-        };
+        assert_eq!(decide(&input(&seeds, &T), &mut b), Decision::AskSeed(seeds[0].host.clone()));
+        let again = DecisionInput { seed_requested: true, ..input(&seeds, &T) };
         assert_eq!(decide(&again, &mut b), Decision::WaitForSeed);
         assert_eq!(b.granted(), 0);
     }
@@ -141,11 +115,7 @@ mod tests {
     fn waiting_peer_may_go_to_origin_within_budget() {
         let seeds = [seed("s1", 0)];
         let mut b = BackToSourceBudget::new(1);
-        let i = DecisionInput {
-            want_origin: true,
-            seed_requested: true,
-            ..input(&seeds, &T)
-        };
+        let i = DecisionInput { want_origin: true, seed_requested: true, ..input(&seeds, &T) };
         assert_eq!(decide(&i, &mut b), Decision::BackToSource);
         assert_eq!(decide(&i, &mut b), Decision::WaitForSeed);
     }

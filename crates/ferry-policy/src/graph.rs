@@ -36,10 +36,7 @@ impl Dag {
         if self.would_cycle(child, parent) {
             return false;
         }
-        self.parents
-            .entry(child.clone())
-            .or_default()
-            .insert(parent.clone());
+        self.parents.entry(child.clone()).or_default().insert(parent.clone());
         true
     }
 
@@ -63,10 +60,7 @@ impl Dag {
     }
 
     pub fn children_of(&self, parent: &HostId) -> u32 {
-        self.parents
-            .values()
-            .filter(|ps| ps.contains(parent))
-            .count() as u32
+        self.parents.values().filter(|ps| ps.contains(parent)).count() as u32
     }
 
     pub fn parents_of(&self, child: &HostId) -> impl Iterator<Item = &HostId> {

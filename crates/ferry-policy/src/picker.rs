@@ -85,16 +85,9 @@ impl PiecePicker {
 
     /// Picks a piece for a parent holding `has`, and marks it in flight.
     pub fn pick<R: Rng>(&mut self, has: &[bool], rng: &mut R) -> Option<u32> {
-        let ok = |i: usize, s: &Slot, want: Slot| {
-            *s == want && self.verifiable[i] && has.get(i) == Some(&true)
-        };
-        let fresh: Vec<usize> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| ok(*i, s, Slot::Missing))
-            .map(|(i, _)| i)
-            .collect();
+        let ok = |i: usize, s: &Slot, want: Slot| *s == want && self.verifiable[i] && has.get(i) == Some(&true);
+        let fresh: Vec<usize> =
+            self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::Missing)).map(|(i, _)| i).collect();
         let chosen = if !fresh.is_empty() {
             fresh[rng.gen_range(0..fresh.len())]
         } else if self.slots.contains(&Slot::Missing) {
@@ -102,13 +95,8 @@ impl PiecePicker {
             // this parent) will come; duplicating now would only waste the parent's upload.
             return None;
         } else {
-            let dup: Vec<usize> = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| ok(*i, s, Slot::InFlight(1)))
-                .map(|(i, _)| i)
-                .collect();
+            let dup: Vec<usize> =
+                self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::InFlight(1))).map(|(i, _)| i).collect();
             if dup.is_empty() {
                 return None;
             }

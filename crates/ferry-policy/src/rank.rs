@@ -73,13 +73,7 @@ pub struct Weights {
 
 impl Default for Weights {
     fn default() -> Self {
-        Self {
-            pieces: 0.3,
-            free_slots: 0.25,
-            throughput: 0.2,
-            locality: 0.15,
-            seed: 0.1,
-        }
+        Self { pieces: 0.3, free_slots: 0.25, throughput: 0.2, locality: 0.15, seed: 0.1 }
     }
 }
 
@@ -93,12 +87,7 @@ pub struct RankOptions {
 
 impl Default for RankOptions {
     fn default() -> Self {
-        Self {
-            max_parents: 4,
-            seed_max_children: 4,
-            peer_max_children: 8,
-            weights: Weights::default(),
-        }
+        Self { max_parents: 4, seed_max_children: 4, peer_max_children: 8, weights: Weights::default() }
     }
 }
 
@@ -114,11 +103,7 @@ fn locality_score(child: &Locality, c: &Locality) -> f64 {
 
 /// True when the candidate may serve this child at all.
 pub fn admissible(child: &ChildView<'_>, c: &Candidate, dag: &Dag, opts: &RankOptions) -> bool {
-    let child_limit = if c.is_seed {
-        opts.seed_max_children
-    } else {
-        opts.peer_max_children
-    };
+    let child_limit = if c.is_seed { opts.seed_max_children } else { opts.peer_max_children };
     c.host != *child.host
         && c.children < child_limit
         && !child.blocklist.contains(&c.host)
@@ -157,22 +142,14 @@ pub fn rank_parents<'c>(
     dag: &Dag,
     opts: &RankOptions,
 ) -> Vec<&'c Candidate> {
-    let best = candidates
-        .iter()
-        .filter_map(|c| c.throughput)
-        .max()
-        .unwrap_or(0);
+    let best = candidates.iter().filter_map(|c| c.throughput).max().unwrap_or(0);
     let mut scored: Vec<(f64, &Candidate)> = candidates
         .iter()
         .filter(|c| admissible(child, c, dag, opts))
         .map(|c| (score(child, c, best, &opts.weights), c))
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.host.cmp(&b.1.host)));
-    scored
-        .into_iter()
-        .take(opts.max_parents)
-        .map(|(_, c)| c)
-        .collect()
+    scored.into_iter().take(opts.max_parents).map(|(_, c)| c).collect()
 }
 
 #[cfg(test)]
@@ -200,37 +177,20 @@ mod tests {
     }
 
     fn rank(child: &str, cs: &[Candidate], dag: &Dag, blocklist: &[HostId]) -> Vec<String> {
-        let loc = Locality {
-            zone: "z1".into(),
-            rack: "r1".into(),
-        };
+        let loc = Locality { zone: "z1".into(), rack: "r1".into() };
         let me = h(child);
-        let view = ChildView {
-            host: &me,
-            locality: &loc,
-            blocklist,
-            piece_count: Some(10),
-        };
-        rank_parents(&view, cs, dag, &RankOptions::default())
-            .into_iter()
-            .map(|c| c.host.to_string())
-            .collect()
+        let view = ChildView { host: &me, locality: &loc, blocklist, piece_count: Some(10) };
+        rank_parents(&view, cs, dag, &RankOptions::default()).into_iter().map(|c| c.host.to_string()).collect()
     }
 
     #[test]
     fn excludes_own_host() {
-        assert_eq!(
-            rank("a", &[cand("a"), cand("b")], &Dag::default(), &[]),
-            ["b"]
-        );
+        assert_eq!(rank("a", &[cand("a"), cand("b")], &Dag::default(), &[]), ["b"]);
     }
 
     #[test]
     fn excludes_blocklisted() {
-        assert_eq!(
-            rank("a", &[cand("b"), cand("c")], &Dag::default(), &[h("b")]),
-            ["c"]
-        );
+        assert_eq!(rank("a", &[cand("b"), cand("c")], &Dag::default(), &[h("b")]), ["c"]);
     }
 
     #[test]
@@ -241,10 +201,7 @@ mod tests {
         leaving.state = PeerState::Leaving;
         let mut done = cand("d");
         done.state = PeerState::Succeeded;
-        assert_eq!(
-            rank("a", &[failed, leaving, done], &Dag::default(), &[]),
-            ["d"]
-        );
+        assert_eq!(rank("a", &[failed, leaving, done], &Dag::default(), &[]), ["d"]);
     }
 
     #[test]
@@ -269,30 +226,21 @@ mod tests {
         let mut dag = Dag::default();
         dag.add_edge(&h("b"), &h("a"));
         dag.add_edge(&h("c"), &h("b"));
-        assert_eq!(
-            rank("a", &[cand("b"), cand("c"), cand("d")], &dag, &[]),
-            ["d"]
-        );
+        assert_eq!(rank("a", &[cand("b"), cand("c"), cand("d")], &dag, &[]), ["d"]);
     }
 
     #[test]
     fn prefers_more_pieces() {
         let mut rich = cand("b");
         rich.pieces_held = 9;
-        assert_eq!(
-            rank("a", &[cand("c"), rich], &Dag::default(), &[]),
-            ["b", "c"]
-        );
+        assert_eq!(rank("a", &[cand("c"), rich], &Dag::default(), &[]), ["b", "c"]);
     }
 
     #[test]
     fn prefers_free_upload_slots() {
         let mut busy = cand("b");
         busy.uploads_active = 8;
-        assert_eq!(
-            rank("a", &[busy, cand("c")], &Dag::default(), &[]),
-            ["c", "b"]
-        );
+        assert_eq!(rank("a", &[busy, cand("c")], &Dag::default(), &[]), ["c", "b"]);
     }
 
     #[test]
@@ -306,38 +254,23 @@ mod tests {
     #[test]
     fn prefers_same_rack_then_same_zone() {
         let mut rack = cand("d");
-        rack.locality = Locality {
-            zone: "z1".into(),
-            rack: "r1".into(),
-        };
+        rack.locality = Locality { zone: "z1".into(), rack: "r1".into() };
         let mut zone = cand("c");
-        zone.locality = Locality {
-            zone: "z1".into(),
-            rack: "r9".into(),
-        };
-        assert_eq!(
-            rank("a", &[cand("b"), zone, rack], &Dag::default(), &[]),
-            ["d", "c", "b"]
-        );
+        zone.locality = Locality { zone: "z1".into(), rack: "r9".into() };
+        assert_eq!(rank("a", &[cand("b"), zone, rack], &Dag::default(), &[]), ["d", "c", "b"]);
     }
 
     #[test]
     fn prefers_seed_when_otherwise_equal() {
         let mut seed = cand("c");
         seed.is_seed = true;
-        assert_eq!(
-            rank("a", &[cand("b"), seed], &Dag::default(), &[]),
-            ["c", "b"]
-        );
+        assert_eq!(rank("a", &[cand("b"), seed], &Dag::default(), &[]), ["c", "b"]);
     }
 
     #[test]
     fn returns_at_most_max_parents() {
         let cs: Vec<_> = (0..10).map(|i| cand(&format!("p{i}"))).collect();
-        assert_eq!(
-            rank("a", &cs, &Dag::default(), &[]).len(),
-            RankOptions::default().max_parents
-        );
+        assert_eq!(rank("a", &cs, &Dag::default(), &[]).len(), RankOptions::default().max_parents);
     }
 
     proptest! {

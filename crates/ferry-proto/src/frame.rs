@@ -101,11 +101,7 @@ pub fn decode_head(head: &[u8; HEAD_LEN]) -> Result<Head, FrameError> {
         return Err(FrameError::Malformed { kind, len });
     }
     let body_len = len - 2;
-    let max = if kind == Kind::Piece {
-        MAX_PIECE_BODY
-    } else {
-        MAX_CONTROL_BODY
-    };
+    let max = if kind == Kind::Piece { MAX_PIECE_BODY } else { MAX_CONTROL_BODY };
     if body_len > max {
         return Err(FrameError::TooLarge { len: body_len, max });
     }
@@ -114,10 +110,7 @@ pub fn decode_head(head: &[u8; HEAD_LEN]) -> Result<Head, FrameError> {
 
 /// Decodes the body of a control frame (any kind but `Piece`).
 pub fn decode_control(kind: Kind, body: &[u8]) -> Result<Frame, FrameError> {
-    let bad = || FrameError::Malformed {
-        kind,
-        len: body.len() as u32,
-    };
+    let bad = || FrameError::Malformed { kind, len: body.len() as u32 };
     let u32_at = |at: usize| -> Result<u32, FrameError> {
         let b = body.get(at..at + 4).ok_or_else(bad)?;
         Ok(u32::from_be_bytes(b.try_into().expect("4 bytes")))
@@ -126,9 +119,7 @@ pub fn decode_control(kind: Kind, body: &[u8]) -> Result<Frame, FrameError> {
     match kind {
         Kind::Hello => {
             exact(32)?;
-            Ok(Frame::Hello {
-                task_id: body.try_into().expect("32 bytes"),
-            })
+            Ok(Frame::Hello { task_id: body.try_into().expect("32 bytes") })
         }
         Kind::Bitfield => {
             let piece_count = u32_at(0)?;
@@ -148,27 +139,18 @@ pub fn decode_control(kind: Kind, body: &[u8]) -> Result<Frame, FrameError> {
                 3 => RejectCode::Busy,
                 _ => return Err(bad()),
             };
-            Ok(Frame::Reject {
-                index: u32_at(0)?,
-                code,
-            })
+            Ok(Frame::Reject { index: u32_at(0)?, code })
         }
         Kind::Piece => Err(bad()),
     }
 }
 
 /// Decodes the 8-byte header that opens a `Piece` body and checks it against the frame.
-pub fn decode_piece_head(
-    body_len: u32,
-    head: &[u8; PIECE_HEAD_LEN],
-) -> Result<PieceHead, FrameError> {
+pub fn decode_piece_head(body_len: u32, head: &[u8; PIECE_HEAD_LEN]) -> Result<PieceHead, FrameError> {
     let index = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes"));
     let len = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
     if body_len as u64 != PIECE_HEAD_LEN as u64 + len as u64 {
-        return Err(FrameError::Malformed {
-            kind: Kind::Piece,
-            len: body_len,
-        });
+        return Err(FrameError::Malformed { kind: Kind::Piece, len: body_len });
     }
     Ok(PieceHead { index, len })
 }
@@ -230,14 +212,8 @@ pub fn decode_buf(buf: &[u8]) -> Result<Option<(Decoded<'_>, usize)>, FrameError
         let ph: &[u8; PIECE_HEAD_LEN] = body
             .get(..PIECE_HEAD_LEN)
             .and_then(|b| b.try_into().ok())
-            .ok_or(FrameError::Malformed {
-                kind: Kind::Piece,
-                len: head.body_len,
-            })?;
-        Decoded::Piece(
-            decode_piece_head(head.body_len, ph)?,
-            &body[PIECE_HEAD_LEN..],
-        )
+            .ok_or(FrameError::Malformed { kind: Kind::Piece, len: head.body_len })?;
+        Decoded::Piece(decode_piece_head(head.body_len, ph)?, &body[PIECE_HEAD_LEN..])
     } else {
         Decoded::Control(decode_control(head.kind, body)?)
     };
@@ -266,16 +242,10 @@ mod tests {
     #[test]
     fn control_frames_round_trip() {
         round_trip(Frame::Hello { task_id: [7; 32] });
-        round_trip(Frame::Bitfield {
-            piece_count: 9,
-            bits: vec![0xff, 0x80],
-        });
+        round_trip(Frame::Bitfield { piece_count: 9, bits: vec![0xff, 0x80] });
         round_trip(Frame::Have { index: 3 });
         round_trip(Frame::Request { index: u32::MAX });
-        round_trip(Frame::Reject {
-            index: 1,
-            code: RejectCode::Busy,
-        });
+        round_trip(Frame::Reject { index: 1, code: RejectCode::Busy });
     }
 
     #[test]
@@ -303,24 +273,15 @@ mod tests {
         head[..4].copy_from_slice(&(MAX_CONTROL_BODY + 3).to_be_bytes());
         head[4] = VERSION;
         head[5] = Kind::Bitfield as u8;
-        assert!(matches!(
-            decode_head(&head),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_head(&head), Err(FrameError::TooLarge { .. })));
         head[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         head[5] = Kind::Piece as u8;
-        assert!(matches!(
-            decode_head(&head),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(decode_head(&head), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]
     fn rejects_wrong_version_and_kind() {
-        assert_eq!(
-            decode_head(&[0, 0, 0, 6, 2, 3]),
-            Err(FrameError::Version(2))
-        );
+        assert_eq!(decode_head(&[0, 0, 0, 6, 2, 3]), Err(FrameError::Version(2)));
         assert_eq!(decode_head(&[0, 0, 0, 6, 1, 99]), Err(FrameError::Kind(99)));
     }
 
@@ -332,10 +293,7 @@ mod tests {
         // Shrink the outer length to match what is there; inner still says 10.
         let outer = (2 + PIECE_HEAD_LEN + 4) as u32;
         buf[..4].copy_from_slice(&outer.to_be_bytes());
-        assert!(matches!(
-            decode_buf(&buf),
-            Err(FrameError::Malformed { .. })
-        ));
+        assert!(matches!(decode_buf(&buf), Err(FrameError::Malformed { .. })));
     }
 
     proptest! {

@@ -18,12 +18,9 @@ impl GcWorker {
     pub fn work(&self, now: Instant) -> (usize, usize) {
         let mut st = self.state.lock().expect("not poisoned");
         let hosts_before = st.hosts.len();
-        st.hosts
-            .retain(|_, h| now.duration_since(h.last_seen) < self.host_ttl);
+        st.hosts.retain(|_, h| now.duration_since(h.last_seen) < self.host_ttl);
         let tasks_before = st.tasks.len();
-        st.tasks.retain(|_, t| {
-            !t.peers.is_empty() || now.duration_since(t.last_active) < self.task_ttl
-        });
+        st.tasks.retain(|_, t| !t.peers.is_empty() || now.duration_since(t.last_active) < self.task_ttl);
         (hosts_before - st.hosts.len(), tasks_before - st.tasks.len())
     }
 

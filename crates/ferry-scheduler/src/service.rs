@@ -4,14 +4,12 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ferry_policy::{
-    decide, rank_parents, ChildView, Decision, DecisionInput, PeerState, RankOptions, SeedCandidate,
-};
+use ferry_policy::{decide, rank_parents, ChildView, Decision, DecisionInput, PeerState, RankOptions, SeedCandidate};
 use ferry_proto::scheduler::scheduler_server::Scheduler;
 use ferry_proto::scheduler::{
-    host_command, peer_command, peer_message, BackToSource, FailReason, FetchFromOrigin,
-    HostCommand, HostMessage, Parent, Parents, PeerCommand, PeerMessage, PieceDigests, Register,
-    StatsRequest, StatsResponse, TaskFailed, TaskInfo, WaitForSeed,
+    host_command, peer_command, peer_message, BackToSource, FailReason, FetchFromOrigin, HostCommand, HostMessage,
+    Parent, Parents, PeerCommand, PeerMessage, PieceDigests, Register, StatsRequest, StatsResponse, TaskFailed,
+    TaskInfo, WaitForSeed,
 };
 use ferry_types::{HostId, TaskId};
 use futures::Stream;
@@ -32,10 +30,7 @@ pub struct SchedulerOptions {
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        Self {
-            rank: RankOptions::default(),
-            back_to_source_limit: 1,
-        }
+        Self { rank: RankOptions::default(), back_to_source_limit: 1 }
     }
 }
 
@@ -49,10 +44,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl SchedulerService {
     pub fn new(opts: SchedulerOptions) -> Self {
-        Self {
-            state: Arc::default(),
-            opts: Arc::new(opts),
-        }
+        Self { state: Arc::default(), opts: Arc::new(opts) }
     }
 
     pub fn state(&self) -> Arc<Mutex<State>> {
@@ -73,13 +65,7 @@ fn send(tx: &crate::state::PeerTx, c: peer_command::Command) {
 }
 
 /// Decides what one peer of a task is told now, and tells it.
-fn schedule(
-    st: &mut State,
-    task_id: &TaskId,
-    peer: &HostId,
-    want_origin: bool,
-    opts: &SchedulerOptions,
-) {
+fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, opts: &SchedulerOptions) {
     let seeds: Vec<SeedCandidate> = st
         .hosts
         .iter()
@@ -90,13 +76,7 @@ fn schedule(
             upload_slots: h.host.upload_slots,
         })
         .collect();
-    let State {
-        hosts,
-        tasks,
-        seed_fetches,
-        back_to_source_grants,
-        ..
-    } = st;
+    let State { hosts, tasks, seed_fetches, back_to_source_grants, .. } = st;
     let Some(task) = tasks.get_mut(task_id) else {
         return;
     };
@@ -105,16 +85,9 @@ fn schedule(
     };
     let candidates = task.candidates(hosts);
     let loc = locality(&p.host);
-    let view = ChildView {
-        host: peer,
-        locality: &loc,
-        blocklist: &p.blocklist,
-        piece_count: task.piece_count(),
-    };
-    let ranked: Vec<HostId> = rank_parents(&view, &candidates, &task.dag, &opts.rank)
-        .into_iter()
-        .map(|c| c.host.clone())
-        .collect();
+    let view = ChildView { host: peer, locality: &loc, blocklist: &p.blocklist, piece_count: task.piece_count() };
+    let ranked: Vec<HostId> =
+        rank_parents(&view, &candidates, &task.dag, &opts.rank).into_iter().map(|c| c.host.clone()).collect();
     let input = DecisionInput {
         has_parents: !ranked.is_empty(),
         want_origin,
@@ -130,16 +103,8 @@ fn schedule(
             let mut parents = vec![];
             for id in &ranked {
                 task.dag.add_edge(peer, id);
-                let h = hosts
-                    .get(id)
-                    .map(|h| h.host.clone())
-                    .unwrap_or_else(|| task.peers[id].host.clone());
-                parents.push(Parent {
-                    host_id: id.to_string(),
-                    ip: h.ip,
-                    piece_port: h.piece_port,
-                    seed: h.seed,
-                });
+                let h = hosts.get(id).map(|h| h.host.clone()).unwrap_or_else(|| task.peers[id].host.clone());
+                parents.push(Parent { host_id: id.to_string(), ip: h.ip, piece_port: h.piece_port, seed: h.seed });
             }
             send(&tx, peer_command::Command::Parents(Parents { parents }));
             false
@@ -164,9 +129,7 @@ fn schedule(
             };
             if let Some(h) = hosts.get(&seed) {
                 tracing::info!(task = ?task_id, %seed, "asking seed to fetch from origin");
-                let _ = h.tx.send(Ok(HostCommand {
-                    command: Some(host_command::Command::Fetch(fetch)),
-                }));
+                let _ = h.tx.send(Ok(HostCommand { command: Some(host_command::Command::Fetch(fetch)) }));
             }
             send(&tx, peer_command::Command::Wait(WaitForSeed {}));
             true
@@ -181,12 +144,7 @@ fn schedule(
 fn schedule_waiting(st: &mut State, task_id: &TaskId, opts: &SchedulerOptions) {
     let waiting: Vec<HostId> = match st.tasks.get(task_id) {
         Some(t) => {
-            let mut w: Vec<_> = t
-                .peers
-                .iter()
-                .filter(|(_, p)| p.waiting)
-                .map(|(id, _)| id.clone())
-                .collect();
+            let mut w: Vec<_> = t.peers.iter().filter(|(_, p)| p.waiting).map(|(id, _)| id.clone()).collect();
             w.sort();
             w
         }
@@ -198,23 +156,18 @@ fn schedule_waiting(st: &mut State, task_id: &TaskId, opts: &SchedulerOptions) {
 }
 
 impl SchedulerService {
-    fn register(
-        &self,
-        reg: Register,
-        tx: crate::state::PeerTx,
-    ) -> Result<(TaskId, HostId, u64), Status> {
-        let task_id = TaskId::from_slice(&reg.task_id)
-            .ok_or_else(|| Status::invalid_argument("task_id must be 32 bytes"))?;
-        let host = reg
-            .host
-            .ok_or_else(|| Status::invalid_argument("register without host"))?;
+    fn register(&self, reg: Register, tx: crate::state::PeerTx) -> Result<(TaskId, HostId, u64), Status> {
+        let task_id =
+            TaskId::from_slice(&reg.task_id).ok_or_else(|| Status::invalid_argument("task_id must be 32 bytes"))?;
+        let host = reg.host.ok_or_else(|| Status::invalid_argument("register without host"))?;
         let peer = host_id(&host.id)?;
         let now = Instant::now();
         let mut st = self.lock();
         let session = st.session();
-        let task = st.tasks.entry(task_id).or_insert_with(|| {
-            TaskEntry::new(reg.url.clone(), self.opts.back_to_source_limit, now)
-        });
+        let task = st
+            .tasks
+            .entry(task_id)
+            .or_insert_with(|| TaskEntry::new(reg.url.clone(), self.opts.back_to_source_limit, now));
         task.last_active = now;
         if task.headers.is_empty() {
             task.headers = reg.headers.clone();
@@ -224,18 +177,9 @@ impl SchedulerService {
         }
         task.dag.remove_node(&peer);
         if let Some((len, ps)) = task.info {
-            send(
-                &tx,
-                peer_command::Command::TaskInfo(TaskInfo {
-                    content_length: len,
-                    piece_size: ps,
-                }),
-            );
+            send(&tx, peer_command::Command::TaskInfo(TaskInfo { content_length: len, piece_size: ps }));
             let (index, digest) = task.digests.iter().map(|(i, d)| (*i, d.clone())).unzip();
-            send(
-                &tx,
-                peer_command::Command::Digests(PieceDigests { index, digest }),
-            );
+            send(&tx, peer_command::Command::Digests(PieceDigests { index, digest }));
         }
         let held = reg.held.len() as u32;
         let complete = task.piece_count().is_some_and(|n| n > 0 && held >= n);
@@ -244,11 +188,7 @@ impl SchedulerService {
             PeerEntry {
                 host,
                 tx,
-                state: if complete {
-                    PeerState::Succeeded
-                } else {
-                    PeerState::Running
-                },
+                state: if complete { PeerState::Succeeded } else { PeerState::Running },
                 pieces_held: held,
                 from_origin: reg.from_origin,
                 blocklist: vec![],
@@ -288,8 +228,7 @@ impl SchedulerService {
                         new_digests.digest.push(p.digest.clone());
                     }
                     if let (Ok(parent), true) = (HostId::new(p.parent.clone()), p.cost_micros > 0) {
-                        parent_rates
-                            .push((parent, p.length as u64 * 1_000_000 / p.cost_micros as u64));
+                        parent_rates.push((parent, p.length as u64 * 1_000_000 / p.cost_micros as u64));
                     }
                 }
                 let count = task.piece_count();
@@ -331,9 +270,7 @@ impl SchedulerService {
                 }
                 schedule(&mut st, task_id, peer, false, &self.opts);
             }
-            peer_message::Message::NeedParents(n) => {
-                schedule(&mut st, task_id, peer, n.want_origin, &self.opts)
-            }
+            peer_message::Message::NeedParents(n) => schedule(&mut st, task_id, peer, n.want_origin, &self.opts),
             peer_message::Message::Finished(_) => {
                 task.dag.clear_parents(peer);
                 let count = task.piece_count().unwrap_or(0);
@@ -407,15 +344,7 @@ impl Scheduler for SchedulerService {
             let mut st = self.lock();
             let session = st.session();
             tracing::info!(host = %id, ip = %first.ip, seed = first.seed, "host joined");
-            st.hosts.insert(
-                id.clone(),
-                HostEntry {
-                    host: first,
-                    tx,
-                    last_seen: Instant::now(),
-                    session,
-                },
-            );
+            st.hosts.insert(id.clone(), HostEntry { host: first, tx, last_seen: Instant::now(), session });
             session
         };
         let this = self.clone();
@@ -447,11 +376,7 @@ impl Scheduler for SchedulerService {
         let mut inbound = req.into_inner();
         let reg = match inbound.message().await?.and_then(|m| m.message) {
             Some(peer_message::Message::Register(r)) => r,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first peer message must be Register",
-                ))
-            }
+            _ => return Err(Status::invalid_argument("the first peer message must be Register")),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let (task_id, peer, session) = self.register(reg, tx)?;
@@ -461,9 +386,7 @@ impl Scheduler for SchedulerService {
             async move {
                 loop {
                     match inbound.next().await {
-                        Some(Ok(PeerMessage { message: Some(m) })) => {
-                            this.on_message(&task_id, &peer, m)
-                        }
+                        Some(Ok(PeerMessage { message: Some(m) })) => this.on_message(&task_id, &peer, m),
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "peer stream broke");

@@ -81,9 +81,7 @@ impl TaskEntry {
                     uploads_active: host.uploads_active,
                     throughput: p.throughput,
                     children: self.dag.children_of(id),
-                    feeds: p.pieces_held > 0
-                        || p.from_origin
-                        || self.dag.parents_of(id).next().is_some(),
+                    feeds: p.pieces_held > 0 || p.from_origin || self.dag.parents_of(id).next().is_some(),
                     locality: locality(host),
                 }
             })
@@ -93,19 +91,14 @@ impl TaskEntry {
     pub fn broadcast(&self, cmd: peer_command::Command, except: Option<&HostId>) {
         for (id, p) in &self.peers {
             if Some(id) != except {
-                let _ = p.tx.send(Ok(PeerCommand {
-                    command: Some(cmd.clone()),
-                }));
+                let _ = p.tx.send(Ok(PeerCommand { command: Some(cmd.clone()) }));
             }
         }
     }
 }
 
 pub fn locality(h: &Host) -> Locality {
-    Locality {
-        zone: h.zone.clone(),
-        rack: h.rack.clone(),
-    }
+    Locality { zone: h.zone.clone(), rack: h.rack.clone() }
 }
 
 #[derive(Default)]

@@ -15,53 +15,30 @@ use ferry_types::TaskId;
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("open metadata database {path}: {source}")]
-    OpenDatabase {
-        path: String,
-        source: Box<redb::DatabaseError>,
-    },
+    OpenDatabase { path: String, source: Box<redb::DatabaseError> },
     #[error("metadata database: {0}")]
     Database(String),
     #[error("create storage directory {path}: {source}")]
-    CreateDir {
-        path: String,
-        source: std::io::Error,
-    },
+    CreateDir { path: String, source: std::io::Error },
     #[error("open content file of {task:?}: {source}")]
-    OpenContent {
-        task: TaskId,
-        source: std::io::Error,
-    },
+    OpenContent { task: TaskId, source: std::io::Error },
     #[error("write piece {index} of {task:?}: {source}")]
-    WritePiece {
-        task: TaskId,
-        index: u32,
-        source: std::io::Error,
-    },
+    WritePiece { task: TaskId, index: u32, source: std::io::Error },
     #[error("read piece {index} of {task:?}: {source}")]
-    ReadPiece {
-        task: TaskId,
-        index: u32,
-        source: std::io::Error,
-    },
+    ReadPiece { task: TaskId, index: u32, source: std::io::Error },
     #[error("decode metadata of {task:?}: {reason}")]
     DecodeRecord { task: TaskId, reason: String },
     #[error("{task:?} is stored with {stored} bytes in pieces of {stored_piece}, asked for {asked} in pieces of {asked_piece}")]
-    LayoutMismatch {
-        task: TaskId,
-        stored: u64,
-        stored_piece: u32,
-        asked: u64,
-        asked_piece: u32,
-    },
+    LayoutMismatch { task: TaskId, stored: u64, stored_piece: u32, asked: u64, asked_piece: u32 },
 }
 
 impl StorageError {
     /// True when the disk is full, so the edge can say so plainly.
     pub fn is_disk_full(&self) -> bool {
         let io = match self {
-            Self::CreateDir { source, .. }
-            | Self::OpenContent { source, .. }
-            | Self::WritePiece { source, .. } => source,
+            Self::CreateDir { source, .. } | Self::OpenContent { source, .. } | Self::WritePiece { source, .. } => {
+                source
+            }
             _ => return false,
         };
         io.raw_os_error() == Some(libc::ENOSPC)
@@ -75,9 +52,4 @@ macro_rules! db_err {
         }
     )*};
 }
-db_err!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);

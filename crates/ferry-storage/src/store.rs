@@ -29,17 +29,8 @@ pub type HeldPieces = Vec<(PieceIndex, PieceDigest)>;
 /// The piece-store seam: what the daemon needs from wherever pieces live.
 pub trait PieceStore: Send + Sync + 'static {
     /// Opens (creating if needed) the task's content and returns the pieces already held.
-    fn open_task(
-        &self,
-        task: TaskId,
-        record: &TaskRecord,
-    ) -> Result<(Arc<TaskFile>, HeldPieces), StorageError>;
-    fn record_piece(
-        &self,
-        task: TaskId,
-        index: PieceIndex,
-        digest: PieceDigest,
-    ) -> Result<(), StorageError>;
+    fn open_task(&self, task: TaskId, record: &TaskRecord) -> Result<(Arc<TaskFile>, HeldPieces), StorageError>;
+    fn record_piece(&self, task: TaskId, index: PieceIndex, digest: PieceDigest) -> Result<(), StorageError>;
     fn task_record(&self, task: TaskId) -> Result<Option<TaskRecord>, StorageError>;
 }
 
@@ -66,23 +57,16 @@ fn piece_key(task: TaskId, index: PieceIndex) -> [u8; 36] {
 impl Store {
     pub fn open(root: &Path) -> Result<Self, StorageError> {
         let content = root.join("content");
-        std::fs::create_dir_all(&content).map_err(|source| StorageError::CreateDir {
-            path: content.display().to_string(),
-            source,
-        })?;
+        std::fs::create_dir_all(&content)
+            .map_err(|source| StorageError::CreateDir { path: content.display().to_string(), source })?;
         let path = root.join("meta.redb");
-        let db = Database::create(&path).map_err(|e| StorageError::OpenDatabase {
-            path: path.display().to_string(),
-            source: Box::new(e),
-        })?;
+        let db = Database::create(&path)
+            .map_err(|e| StorageError::OpenDatabase { path: path.display().to_string(), source: Box::new(e) })?;
         let tx = db.begin_write()?;
         tx.open_table(TASKS)?;
         tx.open_table(PIECES)?;
         tx.commit()?;
-        Ok(Self {
-            root: root.to_owned(),
-            db,
-        })
+        Ok(Self { root: root.to_owned(), db })
     }
 
     fn content_path(&self, task: TaskId) -> PathBuf {
@@ -100,9 +84,7 @@ impl Store {
         for entry in table.range(&lo[..]..=&hi[..])? {
             let (k, v) = entry?;
             let index = u32::from_be_bytes(k.value()[32..36].try_into().expect("key is 36 bytes"));
-            let (Ok(index), Some(digest)) =
-                (layout.index(index), PieceDigest::from_slice(v.value()))
-            else {
+            let (Ok(index), Some(digest)) = (layout.index(index), PieceDigest::from_slice(v.value())) else {
                 continue;
             };
             out.push((index, digest));
@@ -112,22 +94,11 @@ impl Store {
 }
 
 impl PieceStore for Store {
-    fn open_task(
-        &self,
-        task: TaskId,
-        record: &TaskRecord,
-    ) -> Result<(Arc<TaskFile>, HeldPieces), StorageError> {
-        let layout = PieceLayout::new(record.content_length, record.piece_size).map_err(|e| {
-            StorageError::DecodeRecord {
-                task,
-                reason: e.to_string(),
-            }
-        })?;
+    fn open_task(&self, task: TaskId, record: &TaskRecord) -> Result<(Arc<TaskFile>, HeldPieces), StorageError> {
+        let layout = PieceLayout::new(record.content_length, record.piece_size)
+            .map_err(|e| StorageError::DecodeRecord { task, reason: e.to_string() })?;
         let held = match self.task_record(task)? {
-            Some(old)
-                if old.content_length == record.content_length
-                    && old.piece_size == record.piece_size =>
-            {
+            Some(old) if old.content_length == record.content_length && old.piece_size == record.piece_size => {
                 self.held_pieces(task, &layout)?
             }
             Some(old) => {
@@ -159,29 +130,15 @@ impl PieceStore for Store {
             .and_then(|f| f.set_len(record.content_length).map(|_| f))
             .map_err(|source| StorageError::OpenContent { task, source })?;
         tracing::debug!(?task, held = held.len(), "opened task content");
-        Ok((
-            Arc::new(TaskFile {
-                task,
-                path,
-                file,
-                layout,
-            }),
-            held,
-        ))
+        Ok((Arc::new(TaskFile { task, path, file, layout }), held))
     }
 
-    fn record_piece(
-        &self,
-        task: TaskId,
-        index: PieceIndex,
-        digest: PieceDigest,
-    ) -> Result<(), StorageError> {
+    fn record_piece(&self, task: TaskId, index: PieceIndex, digest: PieceDigest) -> Result<(), StorageError> {
         let mut tx = self.db.begin_write()?;
         // Eventual: written to the file without fsync; survives a killed process, which is
         // the failure resume must handle. A lost record after power loss costs one refetch.
         tx.set_durability(Durability::Eventual);
-        tx.open_table(PIECES)?
-            .insert(&piece_key(task, index)[..], &digest.0[..])?;
+        tx.open_table(PIECES)?.insert(&piece_key(task, index)[..], &digest.0[..])?;
         tx.commit()?;
         Ok(())
     }
@@ -194,10 +151,7 @@ impl PieceStore for Store {
         };
         serde_json::from_slice(v.value())
             .map(Some)
-            .map_err(|e| StorageError::DecodeRecord {
-                task,
-                reason: e.to_string(),
-            })
+            .map_err(|e| StorageError::DecodeRecord { task, reason: e.to_string() })
     }
 }
 
@@ -216,24 +170,20 @@ impl TaskFile {
 
     pub fn write_piece(&self, index: PieceIndex, bytes: &[u8]) -> Result<(), StorageError> {
         debug_assert_eq!(bytes.len(), self.layout.len(index) as usize);
-        self.file
-            .write_all_at(bytes, self.layout.offset(index))
-            .map_err(|source| StorageError::WritePiece {
-                task: self.task,
-                index: index.get(),
-                source,
-            })
+        self.file.write_all_at(bytes, self.layout.offset(index)).map_err(|source| StorageError::WritePiece {
+            task: self.task,
+            index: index.get(),
+            source,
+        })
     }
 
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, StorageError> {
         let mut buf = vec![0u8; self.layout.len(index) as usize];
-        self.file
-            .read_exact_at(&mut buf, self.layout.offset(index))
-            .map_err(|source| StorageError::ReadPiece {
-                task: self.task,
-                index: index.get(),
-                source,
-            })?;
+        self.file.read_exact_at(&mut buf, self.layout.offset(index)).map_err(|source| StorageError::ReadPiece {
+            task: self.task,
+            index: index.get(),
+            source,
+        })?;
         Ok(buf)
     }
 }
@@ -243,11 +193,7 @@ mod tests {
     use super::*;
 
     fn record(len: u64) -> TaskRecord {
-        TaskRecord {
-            url: "http://o/f".into(),
-            content_length: len,
-            piece_size: 16 * 1024,
-        }
+        TaskRecord { url: "http://o/f".into(), content_length: len, piece_size: 16 * 1024 }
     }
 
     #[test]
@@ -262,9 +208,7 @@ mod tests {
             let idx = file.layout().index(2).unwrap();
             let bytes = vec![9u8; file.layout().len(idx) as usize];
             file.write_piece(idx, &bytes).unwrap();
-            store
-                .record_piece(task, idx, PieceDigest::of(&bytes))
-                .unwrap();
+            store.record_piece(task, idx, PieceDigest::of(&bytes)).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         let (file, held) = store.open_task(task, &rec).unwrap();
@@ -283,9 +227,7 @@ mod tests {
         let (a, b) = (TaskId([1; 32]), TaskId([2; 32]));
         let (fa, _) = store.open_task(a, &record(20_000)).unwrap();
         store.open_task(b, &record(20_000)).unwrap();
-        store
-            .record_piece(a, fa.layout().index(0).unwrap(), PieceDigest::of(b"x"))
-            .unwrap();
+        store.record_piece(a, fa.layout().index(0).unwrap(), PieceDigest::of(b"x")).unwrap();
         assert_eq!(store.open_task(b, &record(20_000)).unwrap().1.len(), 0);
     }
 
@@ -295,9 +237,6 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let task = TaskId([1; 32]);
         store.open_task(task, &record(20_000)).unwrap();
-        assert!(matches!(
-            store.open_task(task, &record(30_000)),
-            Err(StorageError::LayoutMismatch { .. })
-        ));
+        assert!(matches!(store.open_task(task, &record(30_000)), Err(StorageError::LayoutMismatch { .. })));
     }
 }

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferry_storage::{PieceStore, Store, TaskFile, TaskRecord};
-use ferry_transport::{
-    connect, serve, Availability, ParentEvent, ServerOptions, ServerStats, TaskLookup,
-};
+use ferry_transport::{connect, serve, Availability, ParentEvent, ServerOptions, ServerStats, TaskLookup};
 use ferry_types::TaskId;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -27,24 +25,14 @@ impl TaskLookup for One {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let record = TaskRecord {
-        url: "bench".into(),
-        content_length: SIZE,
-        piece_size: PIECE,
-    };
+    let record = TaskRecord { url: "bench".into(), content_length: SIZE, piece_size: PIECE };
     let (file, _) = store.open_task(TASK, &record).unwrap();
     let avail = Arc::new(Availability::new(file.layout().piece_count()));
     for idx in file.layout().indices() {
-        let bytes: Vec<u8> = (0..file.layout().len(idx))
-            .map(|i| (i % 251) as u8)
-            .collect();
+        let bytes: Vec<u8> = (0..file.layout().len(idx)).map(|i| (i % 251) as u8).collect();
         file.write_piece(idx, &bytes).unwrap();
         avail.insert(idx.get());
     }
@@ -53,13 +41,7 @@ fn bench(c: &mut Criterion) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ferry_addr = l.local_addr().unwrap();
         let lookup = Arc::new(One(file.clone(), avail.clone()));
-        tokio::spawn(serve(
-            l,
-            lookup,
-            ServerOptions::default(),
-            Arc::new(ServerStats::default()),
-            cancel.clone(),
-        ));
+        tokio::spawn(serve(l, lookup, ServerOptions::default(), Arc::new(ServerStats::default()), cancel.clone()));
         let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let plain_addr = plain.local_addr().unwrap();
         let path = file.path().to_owned();
@@ -68,9 +50,7 @@ fn bench(c: &mut Criterion) {
                 let (sock, _) = plain.accept().await.unwrap();
                 let f = std::fs::File::open(&path).unwrap();
                 tokio::spawn(async move {
-                    ferry_transport::io::sendfile_all(&sock, &f, 0, SIZE as usize)
-                        .await
-                        .unwrap();
+                    ferry_transport::io::sendfile_all(&sock, &f, 0, SIZE as usize).await.unwrap();
                 });
             }
         });
@@ -83,9 +63,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ferry_piece_protocol", |b| {
         b.to_async(&rt).iter(|| async {
             let (_, mut rd, mut wr) =
-                connect(ferry_addr, TASK, PIECE, std::time::Duration::from_secs(5))
-                    .await
-                    .unwrap();
+                connect(ferry_addr, TASK, PIECE, std::time::Duration::from_secs(5)).await.unwrap();
             let count = SIZE.div_ceil(PIECE as u64) as u32;
             let requests = async move {
                 for i in 0..count {

@@ -12,10 +12,7 @@ pub struct Availability {
 impl Availability {
     pub fn new(piece_count: u32) -> Self {
         let (haves, _) = broadcast::channel(4096);
-        Self {
-            bits: Mutex::new(vec![false; piece_count as usize]),
-            haves,
-        }
+        Self { bits: Mutex::new(vec![false; piece_count as usize]), haves }
     }
 
     pub fn piece_count(&self) -> u32 {
@@ -23,21 +20,11 @@ impl Availability {
     }
 
     pub fn has(&self, index: u32) -> bool {
-        self.bits
-            .lock()
-            .expect("not poisoned")
-            .get(index as usize)
-            .copied()
-            .unwrap_or(false)
+        self.bits.lock().expect("not poisoned").get(index as usize).copied().unwrap_or(false)
     }
 
     pub fn held_count(&self) -> u32 {
-        self.bits
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter(|b| **b)
-            .count() as u32
+        self.bits.lock().expect("not poisoned").iter().filter(|b| **b).count() as u32
     }
 
     /// Marks a piece held; returns false if it already was. Subscribers hear about it.
@@ -75,9 +62,7 @@ pub fn pack_bits(bits: &[bool]) -> Vec<u8> {
 }
 
 pub fn unpack_bits(bytes: &[u8], count: u32) -> Vec<bool> {
-    (0..count as usize)
-        .map(|i| bytes[i / 8] & (0x80 >> (i % 8)) != 0)
-        .collect()
+    (0..count as usize).map(|i| bytes[i / 8] & (0x80 >> (i % 8)) != 0).collect()
 }
 
 #[cfg(test)]

@@ -39,10 +39,7 @@ pub async fn connect(
     let sock = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| TransportError::ConnectTimeout { addr: a.clone() })?
-        .map_err(|source| TransportError::ConnectParent {
-            addr: a.clone(),
-            source,
-        })?;
+        .map_err(|source| TransportError::ConnectParent { addr: a.clone(), source })?;
     sock.set_nodelay(true)?;
     let (mut rd, mut wr) = sock.into_split();
     write_frame(&mut wr, &Frame::Hello { task_id: task.0 }).await?;
@@ -50,15 +47,12 @@ pub async fn connect(
         .await
         .map_err(|_| TransportError::ConnectTimeout { addr: a.clone() })??;
     match first {
-        Some(Incoming::Control(Frame::Bitfield { piece_count, bits })) => Ok((
-            unpack_bits(&bits, piece_count),
-            ParentReader { rd, max_piece },
-            ParentWriter { wr },
-        )),
-        Some(Incoming::Control(Frame::Reject {
-            code: RejectCode::UnknownTask,
-            ..
-        })) => Err(TransportError::UnknownTask { addr: a }),
+        Some(Incoming::Control(Frame::Bitfield { piece_count, bits })) => {
+            Ok((unpack_bits(&bits, piece_count), ParentReader { rd, max_piece }, ParentWriter { wr }))
+        }
+        Some(Incoming::Control(Frame::Reject { code: RejectCode::UnknownTask, .. })) => {
+            Err(TransportError::UnknownTask { addr: a })
+        }
         other => Err(TransportError::Unexpected {
             expected: "Bitfield",
             got: match other {
@@ -82,27 +76,18 @@ impl ParentReader {
         match read_frame(&mut self.rd).await? {
             None => Ok(None),
             Some(Incoming::Control(Frame::Have { index })) => Ok(Some(ParentEvent::Have(index))),
-            Some(Incoming::Control(Frame::Reject { index, code })) => {
-                Ok(Some(ParentEvent::Reject { index, code }))
-            }
+            Some(Incoming::Control(Frame::Reject { index, code })) => Ok(Some(ParentEvent::Reject { index, code })),
             Some(Incoming::Piece(h)) => {
                 if h.len > self.max_piece {
-                    return Err(TransportError::Unexpected {
-                        expected: "piece within layout",
-                        got: format!("{h:?}"),
-                    });
+                    return Err(TransportError::Unexpected { expected: "piece within layout", got: format!("{h:?}") });
                 }
                 let mut bytes = vec![0u8; h.len as usize];
                 self.rd.read_exact(&mut bytes).await?;
-                Ok(Some(ParentEvent::Piece {
-                    index: h.index,
-                    bytes,
-                }))
+                Ok(Some(ParentEvent::Piece { index: h.index, bytes }))
             }
-            Some(Incoming::Control(f)) => Err(TransportError::Unexpected {
-                expected: "Have, Piece or Reject",
-                got: format!("{f:?}"),
-            }),
+            Some(Incoming::Control(f)) => {
+                Err(TransportError::Unexpected { expected: "Have, Piece or Reject", got: format!("{f:?}") })
+            }
         }
     }
 }

@@ -17,9 +17,7 @@ pub enum Incoming {
 }
 
 /// Reads the next frame head (and the body, for control frames). `Ok(None)` on clean EOF.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-) -> Result<Option<Incoming>, TransportError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Incoming>, TransportError> {
     let mut head = [0u8; frame::HEAD_LEN];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
@@ -30,9 +28,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if kind == Kind::Piece {
         let mut ph = [0u8; frame::PIECE_HEAD_LEN];
         r.read_exact(&mut ph).await?;
-        return Ok(Some(Incoming::Piece(frame::decode_piece_head(
-            body_len, &ph,
-        )?)));
+        return Ok(Some(Incoming::Piece(frame::decode_piece_head(body_len, &ph)?)));
     }
     let mut body = vec![0u8; body_len as usize];
     r.read_exact(&mut body).await?;
@@ -46,12 +42,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io
 }
 
 /// Sends `len` bytes of `file` from `offset` to the socket without copying through user space.
-pub async fn sendfile_all(
-    sock: &TcpStream,
-    file: &File,
-    offset: u64,
-    len: usize,
-) -> std::io::Result<()> {
+pub async fn sendfile_all(sock: &TcpStream, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
     let mut off = offset as libc::off_t;
     let mut left = len;
     while left > 0 {

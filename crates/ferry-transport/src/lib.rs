@@ -19,10 +19,7 @@ use ferry_proto::frame::FrameError;
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("connect to parent {addr}: {source}")]
-    ConnectParent {
-        addr: String,
-        source: std::io::Error,
-    },
+    ConnectParent { addr: String, source: std::io::Error },
     #[error("connect to parent {addr}: timed out")]
     ConnectTimeout { addr: String },
     #[error("parent {addr} does not hold this task")]
@@ -34,8 +31,5 @@ pub enum TransportError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
 }

@@ -59,8 +59,7 @@ pub async fn serve(
                 }
             },
         };
-        let (lookup, opts, stats, cancel) =
-            (lookup.clone(), opts.clone(), stats.clone(), cancel.clone());
+        let (lookup, opts, stats, cancel) = (lookup.clone(), opts.clone(), stats.clone(), cancel.clone());
         let span = tracing::debug_span!("piece_conn", %peer);
         tokio::spawn(
             async move {
@@ -81,12 +80,7 @@ pub async fn serve(
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| TransportError::Listen {
-            addr: addr.to_string(),
-            source,
-        })
+    TcpListener::bind(addr).await.map_err(|source| TransportError::Listen { addr: addr.to_string(), source })
 }
 
 async fn handle(
@@ -102,14 +96,7 @@ async fn handle(
         other => return Err(unexpected("Hello", other)),
     };
     let Some((file, avail)) = lookup.lookup(&task_id) else {
-        write_frame(
-            &mut wr,
-            &Frame::Reject {
-                index: u32::MAX,
-                code: RejectCode::UnknownTask,
-            },
-        )
-        .await?;
+        write_frame(&mut wr, &Frame::Reject { index: u32::MAX, code: RejectCode::UnknownTask }).await?;
         return Ok(());
     };
     let (bits, piece_count, haves) = avail.subscribe();
@@ -187,14 +174,7 @@ async fn send_piece(
     let idx = match layout.index(index) {
         Ok(i) if avail.has(index) => i,
         _ => {
-            write_frame(
-                wr,
-                &Frame::Reject {
-                    index,
-                    code: RejectCode::NotHeld,
-                },
-            )
-            .await?;
+            write_frame(wr, &Frame::Reject { index, code: RejectCode::NotHeld }).await?;
             return Ok(());
         }
     };
@@ -203,9 +183,7 @@ async fn send_piece(
     frame::encode_piece_head(PieceHead { index, len }, &mut head);
     wr.write_all(&head).await?;
     if opts.corrupt_uploads {
-        let mut bytes = file
-            .read_piece(idx)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut bytes = file.read_piece(idx).map_err(|e| std::io::Error::other(e.to_string()))?;
         if let Some(b) = bytes.first_mut() {
             *b ^= 0xff;
         }
@@ -213,8 +191,6 @@ async fn send_piece(
     } else {
         sendfile_all(wr.as_ref(), file.file(), layout.offset(idx), len as usize).await?;
     }
-    stats
-        .bytes_uploaded
-        .fetch_add(len as u64, Ordering::Relaxed);
+    stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
     Ok(())
 }

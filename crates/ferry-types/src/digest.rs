@@ -126,14 +126,8 @@ impl FileHasher {
 
     pub fn finish(self) -> FileDigest {
         match self {
-            Self::Sha256(h) => FileDigest {
-                algo: DigestAlgo::Sha256,
-                bytes: h.finalize().to_vec(),
-            },
-            Self::Sha512(h) => FileDigest {
-                algo: DigestAlgo::Sha512,
-                bytes: h.finalize().to_vec(),
-            },
+            Self::Sha256(h) => FileDigest { algo: DigestAlgo::Sha256, bytes: h.finalize().to_vec() },
+            Self::Sha512(h) => FileDigest { algo: DigestAlgo::Sha512, bytes: h.finalize().to_vec() },
         }
     }
 }
@@ -152,12 +146,8 @@ mod tests {
 
     #[test]
     fn rejects_wrong_length_and_algo() {
-        assert!(format!("sha256:{}", "ab".repeat(31))
-            .parse::<FileDigest>()
-            .is_err());
-        assert!(format!("md5:{}", "ab".repeat(16))
-            .parse::<FileDigest>()
-            .is_err());
+        assert!(format!("sha256:{}", "ab".repeat(31)).parse::<FileDigest>().is_err());
+        assert!(format!("md5:{}", "ab".repeat(16)).parse::<FileDigest>().is_err());
         assert!("sha256".parse::<FileDigest>().is_err());
         assert!("sha512:zz".parse::<FileDigest>().is_err());
     }
@@ -166,9 +156,6 @@ mod tests {
     fn hasher_matches_known_vector() {
         let mut h = FileHasher::new(DigestAlgo::Sha256);
         h.update(b"abc");
-        assert_eq!(
-            h.finish().to_string(),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(h.finish().to_string(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

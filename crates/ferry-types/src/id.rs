@@ -100,10 +100,8 @@ pub struct HostId(String);
 impl HostId {
     pub fn new(s: impl Into<String>) -> Result<Self, ParseError> {
         let s = s.into();
-        let ok = !s.is_empty()
-            && s.len() <= 128
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+        let ok =
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
         if ok {
             Ok(Self(s))
         } else {
@@ -139,11 +137,7 @@ mod tests {
 
     fn id(url: &str, filtered: &[String]) -> TaskId {
         let url = url::Url::parse(url).unwrap();
-        TaskId::derive(&TaskIdInput {
-            url: Some(&url),
-            filtered_query_params: filtered,
-            ..Default::default()
-        })
+        TaskId::derive(&TaskIdInput { url: Some(&url), filtered_query_params: filtered, ..Default::default() })
     }
 
     #[test]
@@ -159,41 +153,18 @@ mod tests {
     #[test]
     fn digest_identifies_the_task_whatever_the_url() {
         let d: FileDigest = format!("sha256:{}", "00".repeat(32)).parse().unwrap();
-        let (u1, u2) = (
-            url::Url::parse("http://a/x").unwrap(),
-            url::Url::parse("http://b/y").unwrap(),
-        );
-        let a = TaskId::derive(&TaskIdInput {
-            url: Some(&u1),
-            digest: Some(&d),
-            ..Default::default()
-        });
-        let b = TaskId::derive(&TaskIdInput {
-            url: Some(&u2),
-            digest: Some(&d),
-            tag: "t",
-            ..Default::default()
-        });
+        let (u1, u2) = (url::Url::parse("http://a/x").unwrap(), url::Url::parse("http://b/y").unwrap());
+        let a = TaskId::derive(&TaskIdInput { url: Some(&u1), digest: Some(&d), ..Default::default() });
+        let b = TaskId::derive(&TaskIdInput { url: Some(&u2), digest: Some(&d), tag: "t", ..Default::default() });
         assert_eq!(a, b);
     }
 
     #[test]
     fn tag_and_application_split_a_task() {
         let u = url::Url::parse("http://a/x").unwrap();
-        let plain = TaskId::derive(&TaskIdInput {
-            url: Some(&u),
-            ..Default::default()
-        });
-        let tagged = TaskId::derive(&TaskIdInput {
-            url: Some(&u),
-            tag: "v1",
-            ..Default::default()
-        });
-        let app = TaskId::derive(&TaskIdInput {
-            url: Some(&u),
-            application: "v1",
-            ..Default::default()
-        });
+        let plain = TaskId::derive(&TaskIdInput { url: Some(&u), ..Default::default() });
+        let tagged = TaskId::derive(&TaskIdInput { url: Some(&u), tag: "v1", ..Default::default() });
+        let app = TaskId::derive(&TaskIdInput { url: Some(&u), application: "v1", ..Default::default() });
         assert_ne!(plain, tagged);
         assert_ne!(tagged, app);
     }

@@ -38,10 +38,7 @@ impl PieceLayout {
     pub fn for_length(content_length: u64) -> Self {
         let want = (content_length / TARGET_PIECES).max(1).next_power_of_two();
         let piece_size = want.clamp(MIN_PIECE_SIZE as u64, MAX_PIECE_SIZE as u64) as u32;
-        Self {
-            content_length,
-            piece_size,
-        }
+        Self { content_length, piece_size }
     }
 
     /// A layout with an explicit piece size (from a peer, or an operator's override).
@@ -52,10 +49,7 @@ impl PieceLayout {
         if content_length.div_ceil(piece_size as u64) > u32::MAX as u64 {
             return Err(ParseError::PieceSize(piece_size as u64));
         }
-        Ok(Self {
-            content_length,
-            piece_size,
-        })
+        Ok(Self { content_length, piece_size })
     }
 
     pub fn content_length(&self) -> u64 {
@@ -108,26 +102,14 @@ mod tests {
     fn piece_size_grows_with_length_within_bounds() {
         assert_eq!(PieceLayout::for_length(0).piece_size(), MIN_PIECE_SIZE);
         assert_eq!(PieceLayout::for_length(1).piece_size(), MIN_PIECE_SIZE);
-        assert_eq!(
-            PieceLayout::for_length(256 * MIB).piece_size(),
-            2 * MIB as u32
-        );
-        assert_eq!(
-            PieceLayout::for_length(100 * 1024 * MIB).piece_size(),
-            MAX_PIECE_SIZE
-        );
+        assert_eq!(PieceLayout::for_length(256 * MIB).piece_size(), 2 * MIB as u32);
+        assert_eq!(PieceLayout::for_length(100 * 1024 * MIB).piece_size(), MAX_PIECE_SIZE);
     }
 
     #[test]
     fn interesting_sizes() {
         let p = MIN_PIECE_SIZE as u64;
-        for (len, count, last) in [
-            (0, 0, 0),
-            (1, 1, 1),
-            (p - 1, 1, p - 1),
-            (p, 1, p),
-            (p + 1, 2, 1),
-        ] {
+        for (len, count, last) in [(0, 0, 0), (1, 1, 1), (p - 1, 1, p - 1), (p, 1, p), (p + 1, 2, 1)] {
             let l = PieceLayout::for_length(len);
             assert_eq!(l.piece_count(), count, "len {len}");
             if count > 0 {

@@ -10,11 +10,7 @@ use ferry_types::ByteSize;
 pub const DEFAULT_SOCKET: &str = "/run/ferry/daemon.sock";
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Peer-to-peer distribution of files, images and model weights"
-)]
+#[command(name = "ferry", version, about = "Peer-to-peer distribution of files, images and model weights")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -58,12 +54,7 @@ pub struct DaemonArgs {
     #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
     pub socket: PathBuf,
     /// Scheduler address(es), HOST:PORT; repeat or separate with commas.
-    #[arg(
-        long = "scheduler",
-        required = true,
-        value_delimiter = ',',
-        env = "FERRY_SCHEDULERS"
-    )]
+    #[arg(long = "scheduler", required = true, value_delimiter = ',', env = "FERRY_SCHEDULERS")]
     pub schedulers: Vec<String>,
     /// Fetch from origin when a scheduler asks, and serve first.
     #[arg(long)]
@@ -155,9 +146,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 30s, 10m or 500ms"))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 30s, 10m or 500ms"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),

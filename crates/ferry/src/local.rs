@@ -12,11 +12,7 @@ pub async fn connect(socket: &Path) -> Result<DaemonClient<Channel>, String> {
     let channel = Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(TokioIo::new)
-            }
+            async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
         }))
         .await
         .map_err(|_| {

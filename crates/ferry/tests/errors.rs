@@ -21,67 +21,33 @@ async fn get(s: &Setup, args: &[&str]) -> Output {
 
 fn one_line(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).trim().to_owned();
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "expected one line on stderr, got:\n{err}"
-    );
+    assert_eq!(err.lines().count(), 1, "expected one line on stderr, got:\n{err}");
     err
 }
 
 fn setup_spec() -> Spec<'static> {
-    Spec {
-        peers: 8,
-        files: &[("f.bin", 1 << 20)],
-        ..Default::default()
-    }
+    Spec { peers: 8, files: &[("f.bin", 1 << 20)], ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_404_and_500_are_clear_and_leave_no_file() {
-    let s = Setup::start(Spec {
-        peer_args: &["--origin-retries", "2"],
-        ..setup_spec()
-    })
-    .await;
+    let s = Setup::start(Spec { peer_args: &["--origin-retries", "2"], ..setup_spec() }).await;
     for (code, needle) in [(404, "404"), (500, "500")] {
         let out = s.out(&format!("status-{code}"));
         let url = s.origin.status_url(code);
         let o = get(&s, &[&url, "-O", out.to_str().unwrap()]).await;
         assert_eq!(o.status.code(), Some(exit::ORIGIN as i32), "origin {code}");
-        assert!(
-            one_line(&o).contains(needle),
-            "message for {code} does not name it"
-        );
-        assert!(
-            !out.exists(),
-            "origin {code} left a file at the output path"
-        );
+        assert!(one_line(&o).contains(needle), "message for {code} does not name it");
+        assert!(!out.exists(), "origin {code} left a file at the output path");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flaky_origin_is_retried() {
-    let origin = OriginOptions {
-        fail_first: 2,
-        ..Default::default()
-    };
-    let s = Setup::start(Spec {
-        origin,
-        ..setup_spec()
-    })
-    .await;
+    let origin = OriginOptions { fail_first: 2, ..Default::default() };
+    let s = Setup::start(Spec { origin, ..setup_spec() }).await;
     let out = s.out("flaky");
-    let o = get(
-        &s,
-        &[
-            &s.origin.url("f.bin"),
-            "-O",
-            out.to_str().unwrap(),
-            "--quiet",
-        ],
-    )
-    .await;
+    let o = get(&s, &[&s.origin.url("f.bin"), "-O", out.to_str().unwrap(), "--quiet"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(s.verify("f.bin", &out));
 }
@@ -93,38 +59,12 @@ async fn bad_input_and_digest_mismatch() {
     let dir = s.out("x").parent().unwrap().to_owned();
     let out = dir.join("file");
     let cases: Vec<(Vec<String>, u8, &str)> = vec![
+        (vec!["ftp://h/x".into(), "-O".into(), out.display().to_string()], exit::USAGE, "scheme"),
+        (vec!["http://[bad".into(), "-O".into(), out.display().to_string()], exit::USAGE, "malformed URL"),
+        (vec![url.clone(), "-O".into(), dir.join("missing/f").display().to_string()], exit::USAGE, "does not exist"),
+        (vec![url.clone(), "-O".into(), dir.display().to_string()], exit::USAGE, "is a directory"),
         (
-            vec!["ftp://h/x".into(), "-O".into(), out.display().to_string()],
-            exit::USAGE,
-            "scheme",
-        ),
-        (
-            vec!["http://[bad".into(), "-O".into(), out.display().to_string()],
-            exit::USAGE,
-            "malformed URL",
-        ),
-        (
-            vec![
-                url.clone(),
-                "-O".into(),
-                dir.join("missing/f").display().to_string(),
-            ],
-            exit::USAGE,
-            "does not exist",
-        ),
-        (
-            vec![url.clone(), "-O".into(), dir.display().to_string()],
-            exit::USAGE,
-            "is a directory",
-        ),
-        (
-            vec![
-                url.clone(),
-                "-O".into(),
-                out.display().to_string(),
-                "--digest".into(),
-                "sha256:zz".into(),
-            ],
+            vec![url.clone(), "-O".into(), out.display().to_string(), "--digest".into(), "sha256:zz".into()],
             exit::USAGE,
             "digest",
         ),
@@ -133,38 +73,17 @@ async fn bad_input_and_digest_mismatch() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let o = get(&s, &a).await;
         assert_eq!(o.status.code(), Some(code as i32), "{args:?}");
-        assert!(
-            one_line(&o).contains(needle),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(one_line(&o).contains(needle), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
     }
     let wrong = format!("sha256:{}", "00".repeat(32));
     let o = get(&s, &[&url, "-O", out.to_str().unwrap(), "--digest", &wrong]).await;
     assert_eq!(o.status.code(), Some(exit::INTEGRITY as i32));
     assert!(one_line(&o).contains("digest mismatch"));
-    assert!(
-        !out.exists(),
-        "a digest mismatch left a file at the output path"
-    );
+    assert!(!out.exists(), "a digest mismatch left a file at the output path");
 
     use sha2::Digest;
-    let right = format!(
-        "sha256:{}",
-        hex::encode(sha2::Sha256::digest(&s.files["f.bin"]))
-    );
-    let o = get(
-        &s,
-        &[
-            &url,
-            "-O",
-            out.to_str().unwrap(),
-            "--digest",
-            &right,
-            "--json",
-        ],
-    )
-    .await;
+    let right = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&s.files["f.bin"])));
+    let o = get(&s, &[&url, "-O", out.to_str().unwrap(), "--digest", &right, "--json"]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(j["bytes"], 1 << 20);
@@ -191,20 +110,13 @@ struct Mount(std::path::PathBuf);
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_is_reported_and_leaves_no_file() {
-    let mut s = Setup::start(Spec {
-        files: &[("f.bin", 4 << 20)],
-        ..setup_spec()
-    })
-    .await;
+    let mut s = Setup::start(Spec { files: &[("f.bin", 4 << 20)], ..setup_spec() }).await;
     let data = s.cluster.dir().join("small");
     std::fs::create_dir_all(&data).unwrap();
     let mounted = std::process::Command::new("mount")
@@ -222,23 +134,12 @@ async fn disk_full_is_reported_and_leaves_no_file() {
     s.wait_hosts(10).await;
     let out = s.out("full");
     let o = tokio::process::Command::new(bin())
-        .args([
-            "get",
-            &s.origin.url("f.bin"),
-            "-O",
-            out.to_str().unwrap(),
-            "--socket",
-        ])
+        .args(["get", &s.origin.url("f.bin"), "-O", out.to_str().unwrap(), "--socket"])
         .arg(&small.socket)
         .output()
         .await
         .unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(exit::DISK_FULL as i32),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(o.status.code(), Some(exit::DISK_FULL as i32), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(one_line(&o).contains("No space left"));
     assert!(!out.exists());
     s.cluster.kill("small").await;

@@ -8,12 +8,7 @@ use common::{download, scheduler_stats, Setup, Spec};
 async fn tasks_land_on_both_schedulers() {
     let names: Vec<String> = (0..12).map(|i| format!("f{i}.bin")).collect();
     let files: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 300 * 1024)).collect();
-    let s = Setup::start(Spec {
-        files: &files,
-        schedulers: 2,
-        ..Default::default()
-    })
-    .await;
+    let s = Setup::start(Spec { files: &files, schedulers: 2, ..Default::default() }).await;
     let mut jobs = vec![];
     for p in &s.peers {
         for n in &names {
@@ -29,15 +24,8 @@ async fn tasks_land_on_both_schedulers() {
     }
     let a = scheduler_stats(&s.cluster.schedulers[0]).await.tasks;
     let b = scheduler_stats(&s.cluster.schedulers[1]).await.tasks;
-    assert_eq!(
-        a + b,
-        names.len() as u64,
-        "every task has exactly one scheduler"
-    );
+    assert_eq!(a + b, names.len() as u64, "every task has exactly one scheduler");
     assert!(a > 0 && b > 0, "tasks did not spread: {a} and {b}");
     let served = s.origin.bytes_served();
-    assert!(
-        served as f64 <= 1.05 * (12 * 300 * 1024) as f64,
-        "origin served {served}"
-    );
+    assert!(served as f64 <= 1.05 * (12 * 300 * 1024) as f64, "origin served {served}");
 }

@@ -12,51 +12,29 @@ use ferry_testkit::wait_until;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everyone_at_once_reads_origin_once() {
     let size = 8 << 20;
-    let s = Setup::start(Spec {
-        files: &[("f.bin", size)],
-        ..Default::default()
-    })
-    .await;
+    let s = Setup::start(Spec { files: &[("f.bin", size)], ..Default::default() }).await;
     let url = s.origin.url("f.bin");
     let outs: Vec<_> = s.peers.iter().map(|p| s.out(&p.name)).collect();
     // Two local requests on peer-0 for the same task share one download.
     let extra = s.out("peer-0-again");
-    let mut jobs: Vec<_> = s
-        .peers
-        .iter()
-        .zip(&outs)
-        .map(|(p, o)| download(p, &url, o))
-        .collect();
+    let seed_out = s.out("seed");
+    let mut jobs: Vec<_> = s.peers.iter().zip(&outs).map(|(p, o)| download(p, &url, o)).collect();
     jobs.push(download(&s.peers[0], &url, &extra));
+    // The seed host downloads too: its local request and the scheduler's fetch order meet in
+    // one task, which must then read the origin.
+    jobs.push(download(&s.seed, &url, &seed_out));
     for r in futures::future::join_all(jobs).await {
         r.unwrap();
     }
-    for o in outs.iter().chain([&extra]) {
-        assert!(
-            s.verify("f.bin", o),
-            "{} differs from the origin's bytes",
-            o.display()
-        );
+    for o in outs.iter().chain([&extra, &seed_out]) {
+        assert!(s.verify("f.bin", o), "{} differs from the origin's bytes", o.display());
     }
     let served = s.origin.bytes_served();
-    assert!(
-        served as f64 <= 1.05 * size as f64,
-        "origin served {served} bytes for a {size}-byte file"
-    );
+    assert!(served as f64 <= 1.05 * size as f64, "origin served {served} bytes for a {size}-byte file");
     for p in &s.peers {
         let st = stats(p).await.unwrap();
-        assert!(
-            st.bytes_from_peers >= size as u64 / 2,
-            "{} got only {} bytes from peers",
-            p.name,
-            st.bytes_from_peers
-        );
-        assert_eq!(
-            st.bytes_from_peers + st.bytes_from_origin,
-            size as u64,
-            "{} fetched pieces twice",
-            p.name
-        );
+        assert!(st.bytes_from_peers >= size as u64 / 2, "{} got only {} bytes from peers", p.name, st.bytes_from_peers);
+        assert_eq!(st.bytes_from_peers + st.bytes_from_origin, size as u64, "{} fetched pieces twice", p.name);
     }
 }
 
@@ -64,84 +42,55 @@ async fn everyone_at_once_reads_origin_once() {
 async fn parent_killed_mid_transfer() {
     let size = 8 << 20;
     // A slow origin keeps the swarm mid-transfer long enough to kill a parent in it.
-    let origin = OriginOptions {
-        throttle: Some(4 << 20),
-        ..Default::default()
-    };
-    let mut s = Setup::start(Spec {
-        files: &[("f.bin", size)],
-        origin,
-        ..Default::default()
+    let origin = OriginOptions { throttle: Some(4 << 20), ..Default::default() };
+    let mut s = Setup::start(Spec { files: &[("f.bin", size)], origin, ..Default::default() }).await;
+    let url = s.origin.url("f.bin");
+    let jobs: Vec<_> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let (p, url, o) = (p.clone(), url.clone(), s.out(&p.name));
+            tokio::spawn(async move { download(&p, &url, &o).await.map(|_| o) })
+        })
+        .collect();
+    // Kill whichever peer is first seen feeding others before it has everything.
+    let peers = s.peers.clone();
+    let victim = wait_until("a peer to upload while incomplete", Duration::from_secs(30), || {
+        let peers = peers.clone();
+        async move {
+            for (i, p) in peers.iter().enumerate() {
+                let Some(st) = stats(p).await else { continue };
+                let Some(t) = st.tasks.first() else { continue };
+                if st.bytes_uploaded > 0 && !t.complete {
+                    return Some(i);
+                }
+            }
+            None
+        }
     })
     .await;
-    let url = s.origin.url("f.bin");
-    let victim = s.peers[0].clone();
-    let outs: Vec<_> = s.peers.iter().map(|p| s.out(&p.name)).collect();
-    let rest: Vec<_> = s.peers[1..]
-        .iter()
-        .cloned()
-        .zip(outs[1..].iter().cloned())
-        .collect();
-    let others = tokio::spawn({
-        let url = url.clone();
-        async move { futures::future::join_all(rest.iter().map(|(p, o)| download(p, &url, o))).await }
-    });
-    let victim_job = tokio::spawn({
-        let (v, url, o) = (victim.clone(), url.clone(), outs[0].clone());
-        async move { download(&v, &url, &o).await }
-    });
-    // Kill the victim once it is feeding others but before it has everything.
-    wait_until(
-        "victim to upload while incomplete",
-        Duration::from_secs(30),
-        || {
-            let v = victim.clone();
-            async move {
-                let st = stats(&v).await?;
-                let t = st.tasks.first()?;
-                (st.bytes_uploaded > 0 && !t.complete).then_some(())
-            }
-        },
-    )
-    .await;
-    s.cluster.kill(&victim.name).await;
-    assert!(
-        victim_job.await.unwrap().is_err(),
-        "the killed daemon's own download cannot succeed"
-    );
-    for r in others.await.unwrap() {
-        r.unwrap();
-    }
-    for o in &outs[1..] {
-        assert!(s.verify("f.bin", o));
+    s.cluster.kill(&s.peers[victim].name).await;
+    for (i, job) in jobs.into_iter().enumerate() {
+        let r = job.await.unwrap();
+        if i == victim {
+            assert!(r.is_err(), "the killed daemon's own download cannot succeed");
+        } else {
+            assert!(s.verify("f.bin", &r.unwrap()), "{} holds wrong bytes", s.peers[i].name);
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_parent_is_caught_and_excluded() {
     let size = 4 << 20;
-    let mut s = Setup::start(Spec {
-        files: &[("f.bin", size)],
-        peers: 8,
-        ..Default::default()
-    })
-    .await;
+    let mut s = Setup::start(Spec { files: &[("f.bin", size)], peers: 8, ..Default::default() }).await;
     let url = s.origin.url("f.bin");
     // A liar joins, gets the whole file honestly, then serves flipped bytes.
-    let liar = s
-        .cluster
-        .start_daemon("liar", false, &["--corrupt-uploads"])
-        .await
-        .unwrap();
+    let liar = s.cluster.start_daemon("liar", false, &["--corrupt-uploads"]).await.unwrap();
     s.wait_hosts(10).await;
     download(&liar, &url, &s.out("liar")).await.unwrap();
     let outs: Vec<_> = s.peers.iter().map(|p| s.out(&p.name)).collect();
-    let jobs: Vec<_> = s
-        .peers
-        .iter()
-        .zip(&outs)
-        .map(|(p, o)| download(p, &url, o))
-        .collect();
+    let jobs: Vec<_> = s.peers.iter().zip(&outs).map(|(p, o)| download(p, &url, o)).collect();
     for r in futures::future::join_all(jobs).await {
         r.unwrap();
     }
@@ -150,18 +99,11 @@ async fn corrupt_parent_is_caught_and_excluded() {
         assert!(s.verify("f.bin", o), "{} holds wrong bytes", p.name);
         rejected += stats(p).await.unwrap().pieces_rejected;
     }
-    assert!(
-        rejected >= 1,
-        "no peer ever received a piece from the liar; the test proved nothing"
-    );
+    assert!(rejected >= 1, "no peer ever received a piece from the liar; the test proved nothing");
     // Once caught, the liar is excluded: a later peer never even gets it as a parent.
     let late = s.cluster.start_daemon("late", false, &[]).await.unwrap();
     s.wait_hosts(11).await;
     download(&late, &url, &s.out("late")).await.unwrap();
     assert!(s.verify("f.bin", &s.out("late")));
-    assert_eq!(
-        stats(&late).await.unwrap().pieces_rejected,
-        0,
-        "the excluded liar was offered again"
-    );
+    assert_eq!(stats(&late).await.unwrap().pieces_rejected, 0, "the excluded liar was offered again");
 }

@@ -28,8 +28,7 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     o.corrupt_uploads = a.corrupt_uploads;
     o.origin_retries = a.origin_retries;
     if let Some(ps) = a.piece_size {
-        let ps32 =
-            u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
+        let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
         PieceLayout::new(0, ps32).map_err(|e| usage(format!("--piece-size: {e}")))?;
         o.piece_size = Some(ps32);
     }
@@ -40,11 +39,7 @@ pub async fn run(a: DaemonArgs) -> Result<(), Exit> {
     let opts = options(a)?;
     let cancel = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let daemon = tokio::spawn(ferry_daemon::run(
-        opts.clone(),
-        cancel.clone(),
-        Some(ready_tx),
-    ));
+    let daemon = tokio::spawn(ferry_daemon::run(opts.clone(), cancel.clone(), Some(ready_tx)));
     if let Ok(addr) = ready_rx.await {
         crate::announce_ready("daemon", &addr.to_string());
     }

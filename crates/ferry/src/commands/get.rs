@@ -27,8 +27,7 @@ pub fn exit_for(status: &tonic::Status) -> Exit {
 
 fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
     let usage = |m: String| Exit::new(exit::USAGE, m);
-    let url =
-        url::Url::parse(&a.url).map_err(|e| usage(format!("malformed URL `{}`: {e}", a.url)))?;
+    let url = url::Url::parse(&a.url).map_err(|e| usage(format!("malformed URL `{}`: {e}", a.url)))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(usage(format!(
             "unsupported URL scheme `{}`: Ferry can fetch http:// and https:// URLs",
@@ -36,16 +35,11 @@ fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
         )));
     }
     if let Some(d) = &a.digest {
-        d.parse::<ferry_types::FileDigest>()
-            .map_err(|e| usage(e.to_string()))?;
+        d.parse::<ferry_types::FileDigest>().map_err(|e| usage(e.to_string()))?;
     }
-    let output = absolute(&a.output)
-        .map_err(|e| usage(format!("output path {}: {e}", a.output.display())))?;
+    let output = absolute(&a.output).map_err(|e| usage(format!("output path {}: {e}", a.output.display())))?;
     if output.is_dir() {
-        return Err(usage(format!(
-            "output {} is a directory; give a file path",
-            output.display()
-        )));
+        return Err(usage(format!("output {} is a directory; give a file path", output.display())));
     }
     match output.parent() {
         Some(dir) if dir.is_dir() => {}
@@ -60,13 +54,8 @@ fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
         .headers
         .iter()
         .map(|h| {
-            let (n, v) = h
-                .split_once(':')
-                .ok_or_else(|| usage(format!("header `{h}` is not `Name: value`")))?;
-            Ok(Header {
-                name: n.trim().to_owned(),
-                value: v.trim().to_owned(),
-            })
+            let (n, v) = h.split_once(':').ok_or_else(|| usage(format!("header `{h}` is not `Name: value`")))?;
+            Ok(Header { name: n.trim().to_owned(), value: v.trim().to_owned() })
         })
         .collect::<Result<Vec<_>, Exit>>()?;
     Ok(DownloadRequest {
@@ -92,21 +81,13 @@ fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
 pub async fn run(a: GetArgs) -> Result<(), Exit> {
     let req = request(&a)?;
     let started = Instant::now();
-    let mut client = crate::local::connect(&a.socket)
-        .await
-        .map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
-    let mut stream = client
-        .download(req)
-        .await
-        .map_err(|s| exit_for(&s))?
-        .into_inner();
+    let mut client = crate::local::connect(&a.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
+    let mut stream = client.download(req).await.map_err(|s| exit_for(&s))?.into_inner();
     let bar = (!a.quiet && !a.json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
-            ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("valid template"),
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template"),
         );
         b
     });
@@ -124,12 +105,7 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
                     break Ok(());
                 }
             }
-            Ok(None) => {
-                break Err(Exit::new(
-                    exit::FAILURE,
-                    "daemon closed the download without a result",
-                ))
-            }
+            Ok(None) => break Err(Exit::new(exit::FAILURE, "daemon closed the download without a result")),
             Err(s) => break Err(exit_for(&s)),
         }
     };

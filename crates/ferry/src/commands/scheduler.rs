@@ -14,9 +14,7 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .map_err(|e| Exit::new(exit::FAILURE, format!("cannot listen on {}: {e}", a.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
     let opts = SchedulerOptions {
         rank: RankOptions {
             max_parents: a.max_parents,
@@ -28,11 +26,7 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
     };
     let svc = SchedulerService::new(opts);
     let cancel = CancellationToken::new();
-    let gc = GcWorker {
-        state: svc.state(),
-        host_ttl: Duration::from_secs(15),
-        task_ttl: Duration::from_secs(300),
-    };
+    let gc = GcWorker { state: svc.state(), host_ttl: Duration::from_secs(15), task_ttl: Duration::from_secs(300) };
     tokio::spawn(gc.run(cancel.clone()));
     tracing::info!(%addr, "scheduler listening");
     crate::announce_ready("scheduler", &addr.to_string());

@@ -38,15 +38,8 @@ pub struct DaemonInfo {
 
 impl Cluster {
     pub fn new(bin: PathBuf) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-cluster-")
-            .tempdir()?;
-        Ok(Self {
-            bin,
-            dir,
-            procs: HashMap::new(),
-            schedulers: vec![],
-        })
+        let dir = tempfile::Builder::new().prefix("ferry-cluster-").tempdir()?;
+        Ok(Self { bin, dir, procs: HashMap::new(), schedulers: vec![] })
     }
 
     pub fn dir(&self) -> &Path {
@@ -55,16 +48,9 @@ impl Cluster {
 
     async fn spawn(&mut self, name: &str, args: Vec<String>) -> std::io::Result<&Proc> {
         let log = self.dir.path().join(format!("{name}.log"));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
         let mut cmd = Command::new(&self.bin);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file))
-            .kill_on_drop(true);
+        cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log_file)).kill_on_drop(true);
         if std::env::var_os("FERRY_LOG").is_none() {
             cmd.env("FERRY_LOG", "info");
         }
@@ -77,24 +63,14 @@ impl Cluster {
             _ => {
                 let _ = child.start_kill();
                 let tail = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(std::io::Error::other(format!(
-                    "{name} did not start; its log:\n{tail}"
-                )));
+                return Err(std::io::Error::other(format!("{name} did not start; its log:\n{tail}")));
             }
         };
         let v: serde_json::Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
         let addr = v["addr"].as_str().unwrap_or_default().to_owned();
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.procs.insert(
-            name.to_owned(),
-            Proc {
-                child,
-                args,
-                addr,
-                log,
-            },
-        );
+        self.procs.insert(name.to_owned(), Proc { child, args, addr, log });
         Ok(&self.procs[name])
     }
 
@@ -110,22 +86,13 @@ impl Cluster {
         DaemonInfo {
             name: name.to_owned(),
             socket: data_dir.join("ferry.sock"),
-            piece_addr: self
-                .procs
-                .get(name)
-                .map(|p| p.addr.clone())
-                .unwrap_or_default(),
+            piece_addr: self.procs.get(name).map(|p| p.addr.clone()).unwrap_or_default(),
             data_dir,
         }
     }
 
     /// Starts a daemon named `name` (its host id too) against all schedulers started so far.
-    pub async fn start_daemon(
-        &mut self,
-        name: &str,
-        seed: bool,
-        extra: &[&str],
-    ) -> std::io::Result<DaemonInfo> {
+    pub async fn start_daemon(&mut self, name: &str, seed: bool, extra: &[&str]) -> std::io::Result<DaemonInfo> {
         let info = self.daemon_info(name);
         let mut args: Vec<String> = vec![
             "daemon".into(),
@@ -182,10 +149,7 @@ impl Cluster {
             }
         }
         for (_, mut p) in self.procs.drain() {
-            if tokio::time::timeout(Duration::from_secs(3), p.child.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(3), p.child.wait()).await.is_err() {
                 let _ = p.child.kill().await;
             }
         }

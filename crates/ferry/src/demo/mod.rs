@@ -54,20 +54,14 @@ pub async fn run(a: DemoArgs) -> Result<(), Exit> {
     cluster.shutdown().await;
     let report = result?;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
     } else {
         print_table(&report);
     }
     if report.all_verified {
         Ok(())
     } else {
-        Err(Exit::new(
-            exit::INTEGRITY,
-            "demo: some peer's file did not verify",
-        ))
+        Err(Exit::new(exit::INTEGRITY, "demo: some peer's file did not verify"))
     }
 }
 
@@ -75,30 +69,16 @@ async fn run_in(cluster: &mut Cluster, a: &DemoArgs) -> Result<DemoReport, Exit>
     let size = usize::try_from(a.size.0).map_err(|_| Exit::new(exit::USAGE, "--size too large"))?;
     let content = data::generate(42, size);
     let expected = blake3::hash(&content);
-    let origin = Origin::start(
-        HashMap::from([("demo.bin".to_owned(), content)]),
-        OriginOptions::default(),
-    )
-    .await
-    .map_err(fail)?;
-    cluster.start_scheduler("scheduler").await.map_err(fail)?;
-    let piece = a.piece_size.map(|p| p.to_string());
-    let seed_extra: Vec<&str> = piece
-        .as_deref()
-        .map(|p| vec!["--piece-size", p])
-        .unwrap_or_default();
-    let seed = cluster
-        .start_daemon("seed", true, &seed_extra)
+    let origin = Origin::start(HashMap::from([("demo.bin".to_owned(), content)]), OriginOptions::default())
         .await
         .map_err(fail)?;
+    cluster.start_scheduler("scheduler").await.map_err(fail)?;
+    let piece = a.piece_size.map(|p| p.to_string());
+    let seed_extra: Vec<&str> = piece.as_deref().map(|p| vec!["--piece-size", p]).unwrap_or_default();
+    let seed = cluster.start_daemon("seed", true, &seed_extra).await.map_err(fail)?;
     let mut peers = vec![];
     for i in 0..a.peers {
-        peers.push(
-            cluster
-                .start_daemon(&format!("peer-{i}"), false, &[])
-                .await
-                .map_err(fail)?,
-        );
+        peers.push(cluster.start_daemon(&format!("peer-{i}"), false, &[]).await.map_err(fail)?);
     }
     wait_for_hosts(cluster, a.peers + 1).await?;
 
@@ -110,9 +90,7 @@ async fn run_in(cluster: &mut Cluster, a: &DemoArgs) -> Result<DemoReport, Exit>
         let (url, out) = (url.clone(), out_dir.join(&p.name));
         async move {
             let t = Instant::now();
-            download(p, &url, &out)
-                .await
-                .map(|_| (t.elapsed().as_secs_f64(), out))
+            download(p, &url, &out).await.map(|_| (t.elapsed().as_secs_f64(), out))
         }
     });
     let results = futures::future::join_all(downloads).await;
@@ -121,9 +99,7 @@ async fn run_in(cluster: &mut Cluster, a: &DemoArgs) -> Result<DemoReport, Exit>
     let mut per_peer = vec![];
     for (p, r) in peers.iter().zip(results) {
         let (secs, out) = r.map_err(|e| fail(format!("{}: {}", p.name, e.message)))?;
-        let verified = std::fs::read(&out)
-            .map(|b| blake3::hash(&b) == expected)
-            .unwrap_or(false);
+        let verified = std::fs::read(&out).map(|b| blake3::hash(&b) == expected).unwrap_or(false);
         per_peer.push(report(p, secs, verified).await?);
     }
     let seed_report = report(&seed, seconds, true).await?;
@@ -141,43 +117,24 @@ async fn run_in(cluster: &mut Cluster, a: &DemoArgs) -> Result<DemoReport, Exit>
 
 async fn wait_for_hosts(cluster: &Cluster, n: usize) -> Result<(), Exit> {
     let addr = format!("http://{}", cluster.schedulers[0]);
-    let mut client = ferry_proto::scheduler::scheduler_client::SchedulerClient::connect(addr)
-        .await
-        .map_err(fail)?;
+    let mut client = ferry_proto::scheduler::scheduler_client::SchedulerClient::connect(addr).await.map_err(fail)?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let stats = client
-            .stats(ferry_proto::scheduler::StatsRequest {})
-            .await
-            .map_err(fail)?
-            .into_inner();
+        let stats = client.stats(ferry_proto::scheduler::StatsRequest {}).await.map_err(fail)?.into_inner();
         if stats.hosts as usize >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(fail(format!(
-                "only {} of {n} hosts joined the scheduler",
-                stats.hosts
-            )));
+            return Err(fail(format!("only {} of {n} hosts joined the scheduler", stats.hosts)));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 async fn download(p: &DaemonInfo, url: &str, out: &std::path::Path) -> Result<(), Exit> {
-    let mut c = crate::local::connect(&p.socket)
-        .await
-        .map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
-    let req = DownloadRequest {
-        url: url.to_owned(),
-        output: out.display().to_string(),
-        ..Default::default()
-    };
-    let mut s = c
-        .download(req)
-        .await
-        .map_err(|s| crate::commands::get::exit_for(&s))?
-        .into_inner();
+    let mut c = crate::local::connect(&p.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
+    let req = DownloadRequest { url: url.to_owned(), output: out.display().to_string(), ..Default::default() };
+    let mut s = c.download(req).await.map_err(|s| crate::commands::get::exit_for(&s))?.into_inner();
     loop {
         match s.message().await {
             Ok(Some(m)) if m.done => return Ok(()),
@@ -189,14 +146,8 @@ async fn download(p: &DaemonInfo, url: &str, out: &std::path::Path) -> Result<()
 }
 
 async fn report(p: &DaemonInfo, seconds: f64, verified: bool) -> Result<PeerReport, Exit> {
-    let mut c = crate::local::connect(&p.socket)
-        .await
-        .map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
-    let s = c
-        .stats(StatsRequest {})
-        .await
-        .map_err(|s| fail(s.message()))?
-        .into_inner();
+    let mut c = crate::local::connect(&p.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
+    let s = c.stats(StatsRequest {}).await.map_err(|s| fail(s.message()))?.into_inner();
     Ok(PeerReport {
         name: p.name.clone(),
         bytes_from_peers: s.bytes_from_peers,

@@ -46,19 +46,12 @@ pub struct Origin {
 
 impl Origin {
     /// Serves `files` at `/files/<name>`; `/status/<code>` answers with that status.
-    pub async fn start(
-        files: HashMap<String, Bytes>,
-        opts: OriginOptions,
-    ) -> std::io::Result<Self> {
+    pub async fn start(files: HashMap<String, Bytes>, opts: OriginOptions) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(OriginStats::default());
-        let inner = Arc::new(Inner {
-            files,
-            stats: stats.clone(),
-            failures_left: AtomicU32::new(opts.fail_first),
-            opts,
-        });
+        let inner =
+            Arc::new(Inner { files, stats: stats.clone(), failures_left: AtomicU32::new(opts.fail_first), opts });
         let app = Router::new()
             .route("/files/*name", get(serve_file))
             .route("/status/:code", get(serve_status))
@@ -66,15 +59,9 @@ impl Origin {
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
+            let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
         });
-        Ok(Self {
-            addr,
-            stats,
-            cancel,
-        })
+        Ok(Self { addr, stats, cancel })
     }
 
     pub fn url(&self, name: &str) -> String {
@@ -102,31 +89,16 @@ async fn serve_status(Path(code): Path<u16>) -> StatusCode {
 
 /// Parses `bytes=a-` or `bytes=a-b` against the file length.
 fn range(headers: &HeaderMap, len: u64) -> Option<(u64, u64)> {
-    let v = headers
-        .get(header::RANGE)?
-        .to_str()
-        .ok()?
-        .strip_prefix("bytes=")?;
+    let v = headers.get(header::RANGE)?.to_str().ok()?.strip_prefix("bytes=")?;
     let (a, b) = v.split_once('-')?;
     let start: u64 = a.parse().ok()?;
-    let end: u64 = if b.is_empty() {
-        len.checked_sub(1)?
-    } else {
-        b.parse::<u64>().ok()?.min(len.checked_sub(1)?)
-    };
+    let end: u64 = if b.is_empty() { len.checked_sub(1)? } else { b.parse::<u64>().ok()?.min(len.checked_sub(1)?) };
     (start <= end).then_some((start, end))
 }
 
-async fn serve_file(
-    State(o): State<Arc<Inner>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
     o.stats.requests.fetch_add(1, Ordering::Relaxed);
-    if o.failures_left
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
-    {
+    if o.failures_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     let Some(file) = o.files.get(&name).cloned() else {
@@ -134,16 +106,11 @@ async fn serve_file(
     };
     let len = file.len() as u64;
     let (status, body, content_range) = match range(&headers, len) {
-        Some((s, e)) => (
-            StatusCode::PARTIAL_CONTENT,
-            file.slice(s as usize..=e as usize),
-            Some(format!("bytes {s}-{e}/{len}")),
-        ),
+        Some((s, e)) => {
+            (StatusCode::PARTIAL_CONTENT, file.slice(s as usize..=e as usize), Some(format!("bytes {s}-{e}/{len}")))
+        }
         None if headers.contains_key(header::RANGE) && len > 0 => {
-            return (
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-            )
+            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))])
                 .into_response()
         }
         None => (StatusCode::OK, file, None),
@@ -162,9 +129,7 @@ async fn serve_file(
             if let Some(rate) = throttle {
                 tokio::time::sleep(Duration::from_secs_f64((end - at) as f64 / rate as f64)).await;
             }
-            stats
-                .bytes_served
-                .fetch_add((end - at) as u64, Ordering::Relaxed);
+            stats.bytes_served.fetch_add((end - at) as u64, Ordering::Relaxed);
             Some((Ok::<_, std::io::Error>(body.slice(at..end)), end))
         }
     });
@@ -172,10 +137,7 @@ async fn serve_file(
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, body_len.into());
-    h.insert(
-        header::ACCEPT_RANGES,
-        "bytes".parse().expect("valid header"),
-    );
+    h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("valid header"));
     if let Some(cr) = content_range {
         h.insert(header::CONTENT_RANGE, cr.parse().expect("valid header"));
     }

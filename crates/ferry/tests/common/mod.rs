@@ -40,13 +40,7 @@ pub struct Spec<'a> {
 
 impl Default for Spec<'_> {
     fn default() -> Self {
-        Self {
-            peers: 8,
-            files: &[("f.bin", 4 << 20)],
-            origin: OriginOptions::default(),
-            schedulers: 1,
-            peer_args: &[],
-        }
+        Self { peers: 8, files: &[("f.bin", 4 << 20)], origin: OriginOptions::default(), schedulers: 1, peer_args: &[] }
     }
 }
 
@@ -61,31 +55,14 @@ impl Setup {
         let origin = Origin::start(files.clone(), spec.origin).await.unwrap();
         let mut cluster = Cluster::new(bin()).unwrap();
         for i in 0..spec.schedulers {
-            cluster
-                .start_scheduler(&format!("scheduler-{i}"))
-                .await
-                .unwrap();
+            cluster.start_scheduler(&format!("scheduler-{i}")).await.unwrap();
         }
-        let seed = cluster
-            .start_daemon("seed", true, &["--piece-size", PIECE])
-            .await
-            .unwrap();
+        let seed = cluster.start_daemon("seed", true, &["--piece-size", PIECE]).await.unwrap();
         let mut peers = vec![];
         for i in 0..spec.peers {
-            peers.push(
-                cluster
-                    .start_daemon(&format!("peer-{i}"), false, spec.peer_args)
-                    .await
-                    .unwrap(),
-            );
+            peers.push(cluster.start_daemon(&format!("peer-{i}"), false, spec.peer_args).await.unwrap());
         }
-        let s = Self {
-            cluster,
-            origin,
-            files,
-            seed,
-            peers,
-        };
+        let s = Self { cluster, origin, files, seed, peers };
         s.wait_hosts(spec.peers + 1).await;
         s
     }
@@ -93,24 +70,14 @@ impl Setup {
     /// Waits until every scheduler counts `n` hosts.
     pub async fn wait_hosts(&self, n: usize) {
         for addr in &self.cluster.schedulers {
-            let c = SchedulerClient::connect(format!("http://{addr}"))
-                .await
-                .unwrap();
-            wait_until(
-                "hosts to join the scheduler",
-                Duration::from_secs(20),
-                || {
-                    let mut c = c.clone();
-                    async move {
-                        let s = c
-                            .stats(ferry_proto::scheduler::StatsRequest {})
-                            .await
-                            .ok()?
-                            .into_inner();
-                        (s.hosts as usize >= n).then_some(())
-                    }
-                },
-            )
+            let c = SchedulerClient::connect(format!("http://{addr}")).await.unwrap();
+            wait_until("hosts to join the scheduler", Duration::from_secs(20), || {
+                let mut c = c.clone();
+                async move {
+                    let s = c.stats(ferry_proto::scheduler::StatsRequest {}).await.ok()?.into_inner();
+                    (s.hosts as usize >= n).then_some(())
+                }
+            })
             .await;
         }
     }
@@ -122,22 +89,14 @@ impl Setup {
     }
 
     pub fn verify(&self, file: &str, path: &Path) -> bool {
-        std::fs::read(path)
-            .map(|b| b == self.files[file])
-            .unwrap_or(false)
+        std::fs::read(path).map(|b| b == self.files[file]).unwrap_or(false)
     }
 }
 
 /// One download through a daemon's local API; the error is the daemon's status.
 pub async fn download(d: &DaemonInfo, url: &str, out: &Path) -> Result<(), tonic::Status> {
-    let mut c = ferry::local::connect(&d.socket)
-        .await
-        .map_err(tonic::Status::unavailable)?;
-    let req = DownloadRequest {
-        url: url.to_owned(),
-        output: out.display().to_string(),
-        ..Default::default()
-    };
+    let mut c = ferry::local::connect(&d.socket).await.map_err(tonic::Status::unavailable)?;
+    let req = DownloadRequest { url: url.to_owned(), output: out.display().to_string(), ..Default::default() };
     let mut s = c.download(req).await?.into_inner();
     while let Some(m) = s.message().await? {
         if m.done {
@@ -153,11 +112,6 @@ pub async fn stats(d: &DaemonInfo) -> Option<StatsResponse> {
 }
 
 pub async fn scheduler_stats(addr: &str) -> ferry_proto::scheduler::StatsResponse {
-    let mut c = SchedulerClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
-    c.stats(ferry_proto::scheduler::StatsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
+    let mut c = SchedulerClient::connect(format!("http://{addr}")).await.unwrap();
+    c.stats(ferry_proto::scheduler::StatsRequest {}).await.unwrap().into_inner()
 }
