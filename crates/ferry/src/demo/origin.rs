@@ -47,7 +47,15 @@ pub struct Origin {
 impl Origin {
     /// Serves `files` at `/files/<name>`; `/status/<code>` answers with that status.
     pub async fn start(files: HashMap<String, Bytes>, opts: OriginOptions) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(([127, 0, 0, 1], 0).into(), files, opts).await
+    }
+
+    pub async fn start_on(
+        addr: SocketAddr,
+        files: HashMap<String, Bytes>,
+        opts: OriginOptions,
+    ) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(OriginStats::default());
         let inner =

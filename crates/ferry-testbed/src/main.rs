@@ -1,0 +1,269 @@
+//! `ferry-testbed`: Ferry against direct download, BitTorrent and the theoretical limit, on an
+//! emulated network of namespaces with rate caps. See `cargo run -p ferry-testbed -- run --help`.
+
+mod net;
+mod proc;
+mod report;
+mod scenario;
+mod systems;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use ferry_types::ByteSize;
+
+use net::{Network, Node, Rate, ORIGIN_IP, SCHED_IP, SEED_IP};
+use report::{Calibration, Report};
+use scenario::Run;
+
+#[derive(Parser)]
+#[command(name = "ferry-testbed")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the network, run the systems, write results, tear everything down.
+    Run(RunArgs),
+    /// (internal) The HTTP origin, run inside the origin's namespace.
+    #[command(hide = true)]
+    Origin {
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+}
+
+#[derive(Parser)]
+struct RunArgs {
+    #[arg(long, default_value_t = 16)]
+    hosts: usize,
+    #[arg(long, default_value = "128MiB")]
+    size: ByteSize,
+    /// Upload and download cap of every host.
+    #[arg(long, default_value = "200mbit")]
+    link: Rate,
+    /// Upload and download cap of the origin.
+    #[arg(long, default_value = "200mbit")]
+    origin_link: Rate,
+    #[arg(long, value_delimiter = ',', default_value = "ferry,direct,bittorrent")]
+    systems: Vec<String>,
+    #[arg(long, default_value = "testbed-results")]
+    out: PathBuf,
+    /// Kill this share of hosts (Ferry daemons) mid-run; the rest must complete.
+    #[arg(long, default_value_t = 0.0)]
+    kill_fraction: f64,
+    /// `together` or `staggered` (spread over one bound-time).
+    #[arg(long, default_value = "together")]
+    arrival: String,
+    /// Give Ferry's seed a host of its own (with the same caps) instead of host 0.
+    #[arg(long)]
+    seed_link: bool,
+    /// Piece size passed to Ferry's seed.
+    #[arg(long)]
+    piece_size: Option<String>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The `ferry` binary (default: next to this one).
+    #[arg(long)]
+    ferry_bin: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let r = match cli.cmd {
+        Cmd::Run(a) => rt.block_on(run(a)),
+        Cmd::Origin { size, listen } => rt.block_on(origin(size, listen)),
+    };
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-testbed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn origin(size: u64, listen: std::net::SocketAddr) -> Result<()> {
+    let data = ferry::demo::data::generate(42, size as usize);
+    let o = ferry::demo::origin::Origin::start_on(
+        listen,
+        HashMap::from([("data.bin".to_owned(), data)]),
+        Default::default(),
+    )
+    .await?;
+    println!("{}", serde_json::json!({ "ready": "origin", "addr": o.addr.to_string() }));
+    std::io::stdout().flush()?;
+    ferry::shutdown_signal().await;
+    println!("{}", serde_json::json!({ "bytes_served": o.bytes_served() }));
+    Ok(())
+}
+
+fn host_ip(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(198, 18, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    if a.hosts == 0 || a.hosts > 1000 {
+        bail!("--hosts must be between 1 and 1000");
+    }
+    if !(0.0..1.0).contains(&a.kill_fraction) {
+        bail!("--kill-fraction must be in [0, 1)");
+    }
+    if a.arrival != "together" && a.arrival != "staggered" {
+        bail!("--arrival must be `together` or `staggered`");
+    }
+    net::can_create_namespaces().map_err(|e| anyhow::anyhow!("cannot build the emulated network: {e}"))?;
+    let self_bin = std::env::current_exe()?;
+    let ferry_bin = a.ferry_bin.clone().unwrap_or_else(|| self_bin.with_file_name("ferry"));
+    if !ferry_bin.exists() {
+        bail!("no ferry binary at {}; build it (cargo build --release) or pass --ferry-bin", ferry_bin.display());
+    }
+    let ns = Network::ns_name;
+    let mut nodes = vec![
+        Node { name: "origin".into(), ns: ns("origin"), ip: ORIGIN_IP, cap: Some(a.origin_link) },
+        Node { name: "sched".into(), ns: ns("sched"), ip: SCHED_IP, cap: None },
+    ];
+    if a.seed_link {
+        nodes.push(Node { name: "seed".into(), ns: ns("seed"), ip: SEED_IP, cap: Some(a.link) });
+    }
+    let hosts: Vec<String> = (0..a.hosts).map(|i| format!("h{i}")).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        nodes.push(Node { name: h.clone(), ns: ns(h), ip: host_ip(i), cap: Some(a.link) });
+    }
+    let work = PathBuf::from(format!("/dev/shm/ftb{}", std::process::id()));
+    let _cleanup = RemoveDir(work.clone());
+    std::fs::create_dir_all(&work)?;
+    std::fs::create_dir_all(a.out.join("logs"))?;
+    let net = Network::create(nodes)?;
+    // Ctrl-C: drop everything (the Network's Drop tears the namespaces down).
+    let stop = tokio::spawn(async {
+        ferry::shutdown_signal().await;
+    });
+
+    let size = a.size.0;
+    let data = work.join("data.bin");
+    let bytes = ferry::demo::data::generate(42, size as usize);
+    std::fs::write(&data, &bytes)?;
+    let expected = blake3::hash(&bytes);
+    drop(bytes);
+
+    let up = a.link.0 as f64;
+    let receivers = a.hosts + usize::from(a.seed_link);
+    let ups = vec![up; receivers];
+    let bound_s = report::bound(size, a.origin_link.0 as f64, receivers, &ups, up);
+    let bound_note = if a.seed_link {
+        "the seed's host counted as one more receiver with the same caps".to_owned()
+    } else {
+        "the seed runs on host 0, one of the H hosts".to_owned()
+    };
+    let mut r = Run {
+        net,
+        hosts,
+        size,
+        data,
+        expected,
+        work: work.clone(),
+        logs: a.out.join("logs"),
+        ferry_bin,
+        self_bin,
+        link: a.link,
+        origin_link: a.origin_link,
+        seed_link: a.seed_link,
+        piece_size: a.piece_size.clone(),
+        kill_fraction: a.kill_fraction,
+        staggered: a.arrival == "staggered",
+        bound_s,
+    };
+    let calibration = calibrate(&r).await?;
+    let mut results = vec![];
+    for s in &a.systems {
+        if stop.is_finished() {
+            bail!("interrupted");
+        }
+        let t = Instant::now();
+        let res = match s.as_str() {
+            "ferry" => systems::ferry::run(&r).await,
+            "direct" => systems::direct::run(&r).await,
+            "bittorrent" => systems::bittorrent::run(&r).await,
+            other => bail!("unknown system `{other}` (ferry, direct, bittorrent)"),
+        }
+        .with_context(|| format!("system {s}"))?;
+        eprintln!(
+            "{s}: makespan {:.2} s, efficiency {:.2} ({:.0} s wall)",
+            res.makespan_s,
+            res.efficiency,
+            t.elapsed().as_secs_f64()
+        );
+        results.push(res);
+    }
+    r.kill_fraction = a.kill_fraction;
+    let report = Report {
+        hosts: a.hosts,
+        size_bytes: size,
+        link_bps: a.link.0,
+        origin_link_bps: a.origin_link.0,
+        seed_link: a.seed_link,
+        arrival: a.arrival.clone(),
+        kill_fraction: a.kill_fraction,
+        calibration,
+        bound_s,
+        bound_note,
+        systems: results,
+    };
+    std::fs::create_dir_all(&a.out)?;
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(a.out.join("results.json"), &json)?;
+    let md = report::markdown(&report);
+    std::fs::write(a.out.join("results.md"), &md)?;
+    report::plot(&report, &a.out.join("cdf.png"))?;
+    if a.json {
+        println!("{json}");
+    } else {
+        println!("{md}");
+    }
+    eprintln!("results in {}", a.out.display());
+    Ok(())
+}
+
+/// One TCP flow from the origin to host 0 through both caps; the ratio to the nominal rate.
+async fn calibrate(r: &Run) -> Result<Calibration> {
+    let origin = scenario::OriginProc::start(r)?;
+    let out = r.work.join("calibration.out");
+    let args = vec!["curl".into(), "-sS".into(), "-o".into(), out.display().to_string(), r.url()];
+    let t = Instant::now();
+    let p = proc::spawn_in(&r.net.node("h0").ns, &args, std::process::Stdio::null(), &r.log("calibration"))?;
+    let e = proc::wait(p.pid()).await;
+    let secs = t.elapsed().as_secs_f64();
+    origin.stop();
+    let _ = std::fs::remove_file(&out);
+    if !e.success {
+        bail!("calibration download failed; see {}", r.log("calibration").display());
+    }
+    let nominal = r.link.0.min(r.origin_link.0);
+    let measured = r.size as f64 * 8.0 / secs;
+    Ok(Calibration {
+        bytes: r.size,
+        seconds: secs,
+        nominal_bps: nominal,
+        measured_bps: measured,
+        ratio: measured / nominal as f64,
+    })
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,144 @@
+//! Results: JSON with every raw number, a markdown table, and a completion-time CDF plot.
+
+use std::path::Path;
+
+use anyhow::Result;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::scenario::SystemResult;
+
+#[derive(Serialize)]
+pub struct Report {
+    pub hosts: usize,
+    pub size_bytes: u64,
+    pub link_bps: u64,
+    pub origin_link_bps: u64,
+    pub seed_link: bool,
+    pub arrival: String,
+    pub kill_fraction: f64,
+    pub calibration: Calibration,
+    pub bound_s: f64,
+    pub bound_note: String,
+    pub systems: Vec<SystemResult>,
+}
+
+#[derive(Serialize, Clone)]
+pub struct Calibration {
+    pub bytes: u64,
+    pub seconds: f64,
+    pub nominal_bps: u64,
+    pub measured_bps: f64,
+    pub ratio: f64,
+}
+
+/// Kumar & Ross (2006): T_min = max(S/u_origin, S/d_min, N·S/(u_origin + Σu_i)).
+pub fn bound(size: u64, origin_up_bps: f64, receivers: usize, host_up_bps: &[f64], d_min_bps: f64) -> f64 {
+    let s = size as f64 * 8.0;
+    let total_up = origin_up_bps + host_up_bps.iter().sum::<f64>();
+    (s / origin_up_bps).max(s / d_min_bps).max(receivers as f64 * s / total_up)
+}
+
+pub fn markdown(r: &Report) -> String {
+    let mut m = format!(
+        "{} hosts, {:.0} MiB, links {} Mbit/s, origin {} Mbit/s, arrival {}, kill fraction {}; \
+         bound T_min = {:.2} s ({}); calibration: one TCP flow reached {:.0}% of its cap.\n\n",
+        r.hosts,
+        r.size_bytes as f64 / (1 << 20) as f64,
+        r.link_bps / 1_000_000,
+        r.origin_link_bps / 1_000_000,
+        r.arrival,
+        r.kill_fraction,
+        r.bound_s,
+        r.bound_note,
+        r.calibration.ratio * 100.0
+    );
+    m.push_str(
+        "| system | makespan s | first s | median s | efficiency | origin bytes / S | CPU busy | CPU s | verified |\n",
+    );
+    m.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    m.push_str(&format!("| bound | {:.2} | | | 1.00 | 1.00 | | | |\n", r.bound_s));
+    for s in &r.systems {
+        let mut t: Vec<f64> = s.hosts.iter().filter_map(|h| h.seconds.map(|x| x + h.start_s)).collect();
+        t.sort_by(f64::total_cmp);
+        let first = t.first().copied().unwrap_or(0.0);
+        let median = t.get(t.len() / 2).copied().unwrap_or(0.0);
+        m.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}% | {:.1} | {} |\n",
+            s.system,
+            s.makespan_s,
+            first,
+            median,
+            s.efficiency,
+            s.origin_bytes_over_size,
+            s.cpu_busy_fraction * 100.0,
+            s.cpu_seconds_total,
+            if s.all_survivors_verified { "yes" } else { "NO" }
+        ));
+    }
+    m
+}
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Completion-time CDF of every system, with the bound as a vertical line.
+pub fn plot(r: &Report, path: &Path) -> Result<()> {
+    let font = std::fs::read(FONT).map_err(|e| anyhow::anyhow!("{FONT}: {e} (apt-get install fonts-dejavu-core)"))?;
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| anyhow::anyhow!("cannot load {FONT}"))?;
+    let xmax = r.systems.iter().map(|s| s.makespan_s).fold(r.bound_s, f64::max) * 1.1;
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("{} hosts, {} MiB: completion-time CDF", r.hosts, r.size_bytes >> 20), ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..xmax.max(0.1), 0.0..1.05)?;
+    chart.configure_mesh().x_desc("seconds since start").y_desc("fraction of hosts done").draw()?;
+    let colors = [RED, BLUE, GREEN, MAGENTA, CYAN];
+    for (i, s) in r.systems.iter().enumerate() {
+        let mut t: Vec<f64> = s.hosts.iter().filter_map(|h| h.seconds.map(|x| x + h.start_s)).collect();
+        t.sort_by(f64::total_cmp);
+        let n = s.hosts.len().max(1) as f64;
+        let mut pts = vec![(0.0, 0.0)];
+        for (k, x) in t.iter().enumerate() {
+            pts.push((*x, k as f64 / n));
+            pts.push((*x, (k + 1) as f64 / n));
+        }
+        let c = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
+            .label(s.system.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    chart
+        .draw_series(LineSeries::new(vec![(r.bound_s, 0.0), (r.bound_s, 1.0)], BLACK.stroke_width(1)))?
+        .label("bound (Kumar & Ross)")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_matches_hand_computation() {
+        // 16 hosts, 128 MiB, 50 Mbit/s everywhere (BENCHMARKS.md: 21.5 s): the origin's
+        // upload term (S/u) beats the swarm term (16 S / 17 u).
+        let up = vec![50e6; 16];
+        let t = bound(128 << 20, 50e6, 16, &up, 50e6);
+        let s = (128u64 << 20) as f64 * 8.0;
+        assert!((t - s / 50e6).abs() < 1e-9);
+        assert!((t - 21.47).abs() < 0.01);
+        // Slow hosts: the swarm term dominates.
+        let t = bound(128 << 20, 50e6, 16, &vec![10e6; 16], 50e6);
+        assert!((t - 16.0 * s / (50e6 + 160e6)).abs() < 1e-9);
+        // One host: the origin's upload is the limit.
+        assert!((bound(1 << 20, 10e6, 1, &[100e6], 100e6) - (1u64 << 20) as f64 * 8.0 / 10e6).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,178 @@
+//! `ferry`: the real `ferry` binary, a scheduler on its own host, a seed on host 0 (or on a
+//! host of its own with `--seed-link`), a daemon per host, and `ferry get` on every host.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::net::SCHED_IP;
+use crate::proc::{busy_fraction, cpu_ticks, spawn_in, wait, Proc};
+use crate::scenario::{ready_line, since, HostResult, OriginProc, Run, SystemResult};
+use crate::systems::direct::futures_join;
+
+struct Daemon {
+    node: String,
+    proc: Proc,
+    socket: String,
+}
+
+fn ferry(r: &Run, args: &[&str]) -> Vec<String> {
+    std::iter::once(r.ferry_bin.display().to_string()).chain(args.iter().map(|s| s.to_string())).collect()
+}
+
+fn start_daemon(r: &Run, node: &str, seed: bool) -> Result<Daemon> {
+    let n = r.net.node(node);
+    let dir = r.work.join("ferry").join(node);
+    let socket = dir.join("ferry.sock").display().to_string();
+    let mut args = ferry(
+        r,
+        &[
+            "daemon",
+            "--host-id",
+            node,
+            "--data-dir",
+            &dir.display().to_string(),
+            "--socket",
+            &socket,
+            "--scheduler",
+            &format!("{SCHED_IP}:8002"),
+            "--advertise-ip",
+            &n.ip.to_string(),
+            "--piece-port",
+            "4005",
+        ],
+    );
+    if seed {
+        args.push("--seed".into());
+        if let Some(ps) = &r.piece_size {
+            args.extend(["--piece-size".into(), ps.clone()]);
+        }
+    }
+    let mut proc = spawn_in(&n.ns, &args, Stdio::piped(), &r.log(&format!("ferry-{node}")))?;
+    ready_line(&mut proc, node)?;
+    Ok(Daemon { node: node.into(), proc, socket })
+}
+
+async fn wait_hosts(n: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut c = loop {
+        match ferry_proto::scheduler::scheduler_client::SchedulerClient::connect(format!("http://{SCHED_IP}:8002"))
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => bail!("scheduler unreachable: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    loop {
+        let s = c.stats(ferry_proto::scheduler::StatsRequest {}).await?.into_inner();
+        if s.hosts as usize >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {n} ferry hosts joined the scheduler", s.hosts);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn run(r: &Run) -> Result<SystemResult> {
+    let origin = OriginProc::start(r)?;
+    let sched_ns = r.net.node("sched").ns.clone();
+    let mut sched = spawn_in(
+        &sched_ns,
+        &ferry(r, &["scheduler", "--listen", &format!("{SCHED_IP}:8002")]),
+        Stdio::piped(),
+        &r.log("ferry-scheduler"),
+    )?;
+    ready_line(&mut sched, "scheduler")?;
+    let mut daemons = vec![];
+    if r.seed_link {
+        daemons.push(start_daemon(r, "seed", true)?);
+    }
+    for (i, h) in r.hosts.iter().enumerate() {
+        daemons.push(start_daemon(r, h, i == 0 && !r.seed_link)?);
+    }
+    wait_hosts(daemons.len()).await?;
+
+    let kill_count = ((r.hosts.len() as f64) * r.kill_fraction).floor() as usize;
+    // Never the seed's host: killing the only origin reader tests nothing about the swarm.
+    let victims: Vec<String> =
+        r.hosts.iter().rev().take(kill_count.min(r.hosts.len().saturating_sub(1))).cloned().collect();
+
+    let before = cpu_ticks();
+    let t0 = Instant::now();
+    let mut jobs = vec![];
+    for (i, h) in r.hosts.iter().enumerate() {
+        let d = daemons.iter().find(|d| &d.node == h).expect("daemon per host");
+        let out = r.work.join("ferry").join(format!("{h}.out"));
+        let args =
+            ferry(r, &["get", &r.url(), "-O", &out.display().to_string(), "--socket", &d.socket, "--json", "--quiet"]);
+        let (ns, delay, log, host) =
+            (r.net.node(h).ns.clone(), r.arrival(i), r.log(&format!("ferry-get-{h}")), h.clone());
+        jobs.push(async move {
+            tokio::time::sleep(delay).await;
+            let started = since(t0, Instant::now());
+            let mut p = spawn_in(&ns, &args, Stdio::piped(), &log)?;
+            let mut stdout = p.child.stdout.take().context("stdout")?;
+            let e = wait(p.pid()).await;
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stdout, &mut s)?;
+            anyhow::Ok((host, started, e, out, s))
+        });
+    }
+    let joined = tokio::spawn(futures_join(jobs));
+    if !victims.is_empty() {
+        tokio::time::sleep(Duration::from_secs_f64(r.bound_s * 0.4)).await;
+        for d in daemons.iter().filter(|d| victims.contains(&d.node)) {
+            d.proc.signal(libc::SIGKILL);
+        }
+    }
+    let results = joined.await?;
+    let busy = busy_fraction(before, cpu_ticks());
+
+    let mut hosts = vec![];
+    for res in results {
+        let (host, start_s, e, out, json) = res?;
+        let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+        hosts.push(HostResult {
+            completed: e.success,
+            verified: e.success && r.verify(&out),
+            killed: victims.contains(&host),
+            start_s,
+            seconds: e.success.then(|| since(t0, e.at) - start_s),
+            bytes_from_origin: v["bytes_from_origin"].as_u64().unwrap_or(0),
+            bytes_from_peers: v["bytes_from_peers"].as_u64().unwrap_or(0),
+            cpu_seconds: e.cpu_seconds,
+            host,
+        });
+        let _ = std::fs::remove_file(&out);
+    }
+    for d in &daemons {
+        d.proc.signal(libc::SIGTERM);
+    }
+    for d in daemons {
+        let e = wait(d.proc.pid()).await;
+        if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
+            h.cpu_seconds += e.cpu_seconds;
+        } else {
+            hosts.push(HostResult {
+                host: d.node,
+                completed: true,
+                verified: true,
+                cpu_seconds: e.cpu_seconds,
+                ..Default::default()
+            });
+        }
+    }
+    sched.signal(libc::SIGTERM);
+    wait(sched.pid()).await;
+    let served = origin.stop();
+    // The separate seed host is not one of the H hosts: it is kept for CPU, not for makespan.
+    let seed_extra: Vec<HostResult> = hosts.iter().filter(|h| h.host == "seed").cloned().collect();
+    hosts.retain(|h| h.host != "seed");
+    let mut res = r.finish("ferry", hosts, served, "origin (HTTP body bytes)", busy);
+    res.cpu_seconds_total += seed_extra.iter().map(|h| h.cpu_seconds).sum::<f64>();
+    Ok(res)
+}

@@ -1,0 +1,51 @@
+//! Keeps the testbed from rotting: a 4-host, 16 MiB run of `ferry` and the bound on a real
+//! emulated network. Root only (CI is root); skips with the reason where namespaces cannot be made.
+
+use std::process::Command;
+
+#[test]
+fn four_hosts_ferry_and_bound() {
+    let probe = format!("ftbtest{}", std::process::id());
+    let ok = Command::new("ip").args(["netns", "add", &probe]).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("skipping: cannot create network namespaces here (needs root and iproute2)");
+        return;
+    }
+    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+
+    let out = tempfile_dir();
+    let ferry = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-testbed")).with_file_name("ferry");
+    assert!(ferry.exists(), "build the ferry binary first (cargo build --workspace)");
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry-testbed"))
+        .args(["run", "--hosts", "4", "--size", "16MiB", "--link", "200mbit", "--origin-link", "200mbit"])
+        .args(["--systems", "ferry", "--json", "--out"])
+        .arg(&out)
+        .arg("--ferry-bin")
+        .arg(&ferry)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "testbed failed: {}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bound = v["bound_s"].as_f64().unwrap();
+    // 16 MiB at 200 Mbit/s from one origin: S/u = 0.67 s.
+    assert!((bound - 0.671).abs() < 0.01, "bound {bound}");
+    let ferry = &v["systems"][0];
+    assert_eq!(ferry["system"], "ferry");
+    assert_eq!(ferry["all_survivors_verified"], true);
+    assert_eq!(ferry["hosts"].as_array().unwrap().len(), 4);
+    assert!(ferry["origin_bytes_over_size"].as_f64().unwrap() <= 1.05);
+    assert!(ferry["makespan_s"].as_f64().unwrap() >= bound * 0.95, "faster than physics: the caps are not applied");
+    for f in ["results.json", "results.md", "cdf.png"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    // Nothing left behind.
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("ftb"), "namespaces left behind");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ferry-testbed-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
