@@ -33,16 +33,16 @@ pub struct SchedulerArgs {
     #[arg(long, default_value = "0.0.0.0:8002", env = "FERRY_SCHEDULER_LISTEN")]
     pub listen: SocketAddr,
     /// Ordinary peers per task that may read the origin when no seed can.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, env = "FERRY_BACK_TO_SOURCE_LIMIT")]
     pub back_to_source_limit: u32,
     /// Parents offered to a peer at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "FERRY_MAX_PARENTS")]
     pub max_parents: usize,
     /// Children a seed feeds per task; the rest of the swarm feeds itself.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "FERRY_SEED_MAX_CHILDREN")]
     pub seed_max_children: u32,
     /// Children an ordinary peer feeds per task.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, env = "FERRY_PEER_MAX_CHILDREN")]
     pub peer_max_children: u32,
 }
 
@@ -77,7 +77,7 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = 32)]
     pub upload_slots: u32,
     /// Requests in flight per parent.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, env = "FERRY_PIECES_IN_FLIGHT")]
     pub pieces_in_flight: usize,
     /// Piece size for tasks this daemon reads from origin (power of two, e.g. 4MiB).
     #[arg(long)]
