@@ -31,6 +31,9 @@ pub struct DaemonOptions {
     /// Without progress for this long, a peer asks the scheduler for leave to read the origin.
     pub back_to_source_after: Duration,
     pub origin_retries: u32,
+    /// Below this many parents, ask the scheduler for more every `parent_refresh`.
+    pub want_parents: usize,
+    pub parent_refresh: Duration,
     /// Test hook: serve corrupted bytes.
     pub corrupt_uploads: bool,
 }
@@ -54,6 +57,8 @@ impl DaemonOptions {
             piece_timeout: Duration::from_secs(15),
             back_to_source_after: Duration::from_secs(20),
             origin_retries: 5,
+            want_parents: 4,
+            parent_refresh: Duration::from_secs(1),
             corrupt_uploads: false,
         }
     }

@@ -478,8 +478,9 @@ impl TaskRun {
                         tracing::info!(?idle, "no progress; asking to read the origin");
                         send(peer_message::Message::NeedParents(NeedParents { want_origin: true }));
                         self.last_progress = Instant::now();
-                    } else if self.parents.is_empty() && !self.origin_running && self.shared.layout().is_some()
-                        && last_ask.elapsed() >= Duration::from_secs(1) {
+                    } else if !self.origin_running && self.parents.len() < ctx.opts.want_parents
+                        && last_ask.elapsed() >= ctx.opts.parent_refresh {
+                        // Short of parents: better ones may have joined since we were scheduled.
                         send(peer_message::Message::NeedParents(NeedParents { want_origin: false }));
                         last_ask = Instant::now();
                     }

@@ -16,6 +16,9 @@ pub struct Dag {
 impl Dag {
     /// True when `parent` already (transitively) downloads from `child`, or is `child`.
     pub fn would_cycle(&self, child: &HostId, parent: &HostId) -> bool {
+        if child == parent {
+            return true;
+        }
         let mut stack = vec![parent];
         let mut seen = BTreeSet::new();
         while let Some(h) = stack.pop() {
@@ -38,6 +41,11 @@ impl Dag {
         }
         self.parents.entry(child.clone()).or_default().insert(parent.clone());
         true
+    }
+
+    /// Adds the edge even if it closes a cycle (cycle avoidance switched off).
+    pub fn add_edge_unchecked(&mut self, child: &HostId, parent: &HostId) {
+        self.parents.entry(child.clone()).or_default().insert(parent.clone());
     }
 
     pub fn remove_edge(&mut self, child: &HostId, parent: &HostId) {

@@ -82,12 +82,21 @@ pub struct RankOptions {
     pub max_parents: usize,
     pub seed_max_children: u32,
     pub peer_max_children: u32,
+    /// Refuse edges that close a cycle in the task's download graph (see `Dag`). Turning it
+    /// off lets two peers trade pieces both ways, as BitTorrent peers do; an experiment knob.
+    pub avoid_cycles: bool,
     pub weights: Weights,
 }
 
 impl Default for RankOptions {
     fn default() -> Self {
-        Self { max_parents: 4, seed_max_children: 4, peer_max_children: 8, weights: Weights::default() }
+        Self {
+            max_parents: 4,
+            seed_max_children: 4,
+            peer_max_children: 8,
+            avoid_cycles: true,
+            weights: Weights::default(),
+        }
     }
 }
 
@@ -109,7 +118,7 @@ pub fn admissible(child: &ChildView<'_>, c: &Candidate, dag: &Dag, opts: &RankOp
         && !child.blocklist.contains(&c.host)
         && matches!(c.state, PeerState::Running | PeerState::Succeeded)
         && c.feeds
-        && !dag.would_cycle(child.host, &c.host)
+        && !(opts.avoid_cycles && dag.would_cycle(child.host, &c.host))
 }
 
 fn score(child: &ChildView<'_>, c: &Candidate, best_throughput: u64, w: &Weights) -> f64 {
@@ -227,6 +236,18 @@ mod tests {
         dag.add_edge(&h("b"), &h("a"));
         dag.add_edge(&h("c"), &h("b"));
         assert_eq!(rank("a", &[cand("b"), cand("c"), cand("d")], &dag, &[]), ["d"]);
+    }
+
+    #[test]
+    fn cycles_allowed_when_avoidance_is_off() {
+        let mut dag = Dag::default();
+        dag.add_edge(&h("b"), &h("a"));
+        let loc = Locality::default();
+        let me = h("a");
+        let view = ChildView { host: &me, locality: &loc, blocklist: &[], piece_count: Some(10) };
+        let opts = RankOptions { avoid_cycles: false, ..Default::default() };
+        let candidates = [cand("b")];
+        assert_eq!(rank_parents(&view, &candidates, &dag, &opts).len(), 1);
     }
 
     #[test]

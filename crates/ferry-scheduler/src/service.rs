@@ -102,7 +102,11 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
         Decision::Parents => {
             let mut parents = vec![];
             for id in &ranked {
-                task.dag.add_edge(peer, id);
+                if opts.rank.avoid_cycles {
+                    task.dag.add_edge(peer, id);
+                } else {
+                    task.dag.add_edge_unchecked(peer, id);
+                }
                 let h = hosts.get(id).map(|h| h.host.clone()).unwrap_or_else(|| task.peers[id].host.clone());
                 parents.push(Parent { host_id: id.to_string(), ip: h.ip, piece_port: h.piece_port, seed: h.seed });
             }

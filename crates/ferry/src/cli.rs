@@ -44,6 +44,9 @@ pub struct SchedulerArgs {
     /// Children an ordinary peer feeds per task.
     #[arg(long, default_value_t = 8, env = "FERRY_PEER_MAX_CHILDREN")]
     pub peer_max_children: u32,
+    /// Experiment: let peers trade both ways (download graph may have cycles).
+    #[arg(long, env = "FERRY_ALLOW_CYCLES")]
+    pub allow_cycles: bool,
 }
 
 #[derive(Args, Debug)]
