@@ -112,26 +112,41 @@ fn locality_score(child: &Locality, c: &Locality) -> f64 {
 
 /// True when the candidate may serve this child at all.
 pub fn admissible(child: &ChildView<'_>, c: &Candidate, dag: &Dag, opts: &RankOptions) -> bool {
-    let child_limit = if c.is_seed { opts.seed_max_children } else { opts.peer_max_children };
     c.host != *child.host
-        && c.children < child_limit
+        && c.children < child_limit(c, opts)
         && !child.blocklist.contains(&c.host)
         && matches!(c.state, PeerState::Running | PeerState::Succeeded)
         && c.feeds
         && !(opts.avoid_cycles && dag.would_cycle(child.host, &c.host))
 }
 
-fn score(child: &ChildView<'_>, c: &Candidate, best_throughput: u64, w: &Weights) -> f64 {
+fn child_limit(c: &Candidate, opts: &RankOptions) -> u32 {
+    if c.is_seed {
+        opts.seed_max_children
+    } else {
+        opts.peer_max_children
+    }
+}
+
+fn score(child: &ChildView<'_>, c: &Candidate, best_throughput: u64, opts: &RankOptions) -> f64 {
+    let w = &opts.weights;
     let pieces = match (child.piece_count, c.state) {
         (_, PeerState::Succeeded) => 1.0,
         (Some(n), _) if n > 0 => (c.pieces_held.min(n) as f64) / n as f64,
         _ => 0.0,
     };
-    let free_slots = if c.upload_slots == 0 {
+    // Free capacity is the tighter of what the host reports (all its tasks, a second old) and
+    // how many children it already has in this task (exact, now). The second spreads a swarm
+    // that arrives at once: without it every peer picks the same few parents, and measured at
+    // 16 hosts, 7 of them uploaded nothing.
+    let host_free = if c.upload_slots == 0 {
         0.0
     } else {
         c.upload_slots.saturating_sub(c.uploads_active) as f64 / c.upload_slots as f64
     };
+    let limit = child_limit(c, opts).max(1);
+    let task_free = limit.saturating_sub(c.children) as f64 / limit as f64;
+    let free_slots = host_free.min(task_free);
     let throughput = match c.throughput {
         Some(t) if best_throughput > 0 => t as f64 / best_throughput as f64,
         // Unmeasured parents get the benefit of the doubt, so new peers get tried.
@@ -155,7 +170,7 @@ pub fn rank_parents<'c>(
     let mut scored: Vec<(f64, &Candidate)> = candidates
         .iter()
         .filter(|c| admissible(child, c, dag, opts))
-        .map(|c| (score(child, c, best, &opts.weights), c))
+        .map(|c| (score(child, c, best, opts), c))
         .collect();
     scored.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.host.cmp(&b.1.host)));
     scored.into_iter().take(opts.max_parents).map(|(_, c)| c).collect()
@@ -262,6 +277,13 @@ mod tests {
         let mut busy = cand("b");
         busy.uploads_active = 8;
         assert_eq!(rank("a", &[busy, cand("c")], &Dag::default(), &[]), ["c", "b"]);
+    }
+
+    #[test]
+    fn prefers_parents_with_fewer_children_in_the_task() {
+        let mut crowded = cand("b");
+        crowded.children = 6;
+        assert_eq!(rank("a", &[crowded, cand("c")], &Dag::default(), &[]), ["c", "b"]);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct HostResult {
     pub seconds: Option<f64>,
     pub bytes_from_origin: u64,
     pub bytes_from_peers: u64,
+    /// Bytes this host served to other peers (Ferry only).
+    pub bytes_uploaded: u64,
     pub cpu_seconds: f64,
 }
 

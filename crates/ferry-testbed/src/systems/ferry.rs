@@ -77,6 +77,13 @@ async fn wait_hosts(n: usize) -> Result<()> {
     }
 }
 
+/// Bytes a daemon served to peers, read from its local API (a Unix socket on the shared
+/// filesystem, reachable from the root namespace).
+async fn uploaded(socket: &str) -> u64 {
+    let Ok(mut c) = ferry::local::connect(std::path::Path::new(socket)).await else { return 0 };
+    c.stats(ferry_proto::daemon::StatsRequest {}).await.map(|s| s.into_inner().bytes_uploaded).unwrap_or(0)
+}
+
 pub async fn run(r: &Run) -> Result<SystemResult> {
     let origin = OriginProc::start(r)?;
     let sched_ns = r.net.node("sched").ns.clone();
@@ -146,24 +153,30 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
             bytes_from_peers: v["bytes_from_peers"].as_u64().unwrap_or(0),
             cpu_seconds: e.cpu_seconds,
             host,
+            ..Default::default()
         });
         let _ = std::fs::remove_file(&out);
     }
     for d in &daemons {
+        let up = uploaded(&d.socket).await;
+        if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
+            h.bytes_uploaded = up;
+        } else {
+            let seed = HostResult {
+                host: d.node.clone(),
+                completed: true,
+                verified: true,
+                bytes_uploaded: up,
+                ..Default::default()
+            };
+            hosts.push(seed);
+        }
         d.proc.signal(libc::SIGTERM);
     }
     for d in daemons {
         let e = wait(d.proc.pid()).await;
         if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
             h.cpu_seconds += e.cpu_seconds;
-        } else {
-            hosts.push(HostResult {
-                host: d.node,
-                completed: true,
-                verified: true,
-                cpu_seconds: e.cpu_seconds,
-                ..Default::default()
-            });
         }
     }
     sched.signal(libc::SIGTERM);
