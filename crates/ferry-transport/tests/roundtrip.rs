@@ -1,0 +1,102 @@
+//! The piece server and client over real loopback TCP: bitfield, pipelined pieces, `Have`
+//! for pieces finished later, rejects for what is not held and for unknown tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_storage::{PieceStore, Store, TaskFile, TaskRecord};
+use ferry_transport::{
+    connect, serve, Availability, ParentEvent, ServerOptions, ServerStats, TaskLookup, TransportError,
+};
+use ferry_types::{PieceDigest, TaskId};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const TASK: TaskId = TaskId([9; 32]);
+const PIECE: u32 = 16 * 1024;
+
+struct One(Arc<TaskFile>, Arc<Availability>);
+
+impl TaskLookup for One {
+    fn lookup(&self, task: &TaskId) -> Option<(Arc<TaskFile>, Arc<Availability>)> {
+        (*task == TASK).then(|| (self.0.clone(), self.1.clone()))
+    }
+}
+
+#[tokio::test]
+async fn serves_pipelined_pieces_haves_and_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let len = 3 * PIECE as u64 + 100;
+    let (file, _) =
+        store.open_task(TASK, &TaskRecord { url: "x".into(), content_length: len, piece_size: PIECE }).unwrap();
+    let avail = Arc::new(Availability::new(file.layout().piece_count()));
+    let piece = |i: u32| -> Vec<u8> {
+        let idx = file.layout().index(i).unwrap();
+        (0..file.layout().len(idx)).map(|b| (b ^ i) as u8).collect()
+    };
+    for i in [0, 3] {
+        file.write_piece(file.layout().index(i).unwrap(), &piece(i)).unwrap();
+        avail.insert(i);
+    }
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let stats = Arc::new(ServerStats::default());
+    let lookup = Arc::new(One(file.clone(), avail.clone()));
+    tokio::spawn(serve(l, lookup, ServerOptions::default(), stats.clone(), cancel.clone()));
+
+    let (bits, mut rd, mut wr) = connect(addr, TASK, PIECE, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(bits, vec![true, false, false, true]);
+    // Pipelined: three requests before reading anything; answers come in order.
+    for i in [0, 1, 3] {
+        wr.request(i).await.unwrap();
+    }
+    let mut got = vec![];
+    while got.len() < 3 {
+        match rd.next().await.unwrap().unwrap() {
+            ParentEvent::Piece { index, bytes } => {
+                assert_eq!(PieceDigest::of(&bytes), PieceDigest::of(&piece(index)));
+                got.push(index);
+            }
+            ParentEvent::Reject { index, .. } => got.push(100 + index),
+            ParentEvent::Have(_) => {}
+        }
+    }
+    assert_eq!(got, vec![0, 101, 3]);
+    assert_eq!(stats.bytes_uploaded.load(std::sync::atomic::Ordering::Relaxed), PIECE as u64 + 100);
+
+    // A piece finished later is announced, then served.
+    file.write_piece(file.layout().index(1).unwrap(), &piece(1)).unwrap();
+    avail.insert(1);
+    assert!(matches!(rd.next().await.unwrap().unwrap(), ParentEvent::Have(1)));
+    wr.request(1).await.unwrap();
+    assert!(matches!(rd.next().await.unwrap().unwrap(), ParentEvent::Piece { index: 1, .. }));
+
+    let unknown = connect(addr, TaskId([1; 32]), PIECE, Duration::from_secs(5)).await;
+    assert!(matches!(unknown, Err(TransportError::UnknownTask { .. })));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn garbage_from_a_client_closes_only_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (file, _) =
+        store.open_task(TASK, &TaskRecord { url: "x".into(), content_length: 10, piece_size: PIECE }).unwrap();
+    let avail = Arc::new(Availability::new(1));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve(l, Arc::new(One(file, avail)), ServerOptions::default(), Arc::default(), cancel.clone()));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // An oversize length with a bad version.
+    s.write_all(&[0xff, 0xff, 0xff, 0xff, 7, 1]).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(n, 0, "the server should close a connection that sent garbage");
+    // The server still serves others.
+    assert!(connect(addr, TASK, PIECE, Duration::from_secs(5)).await.is_ok());
+    cancel.cancel();
+}
