@@ -371,6 +371,9 @@ impl TaskRun {
             Some(c) => (0..c.avail.piece_count()).filter(|i| c.avail.has(*i)).collect(),
             None => vec![],
         };
+        let digests = self.shared.digests.lock().expect("not poisoned");
+        let held_digests = held.iter().map(|i| digests.get(i).map(|d| d.0.to_vec()).unwrap_or_default()).collect();
+        drop(digests);
         let spec = &self.shared.handle.spec;
         PeerMessage {
             message: Some(peer_message::Message::Register(Register {
@@ -379,6 +382,8 @@ impl TaskRun {
                 url: spec.url.to_string(),
                 headers: spec.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
                 held,
+                held_digests,
+                info: self.shared.layout().map(|l| task_info_message(&l)),
                 from_origin: self.from_origin,
                 piece_size: self.piece_size,
             })),

@@ -1,9 +1,10 @@
 //! What a peer asking for parents is told.
 //!
 //! Order of preference, first that applies:
-//! 1. ranked parents exist -> `Parents`;
-//! 2. the peer asked for origin after waiting and the task's back-to-source budget allows
-//!    -> `BackToSource`;
+//! 1. the peer asked for origin after waiting without progress, and the task's
+//!    back-to-source budget allows -> `BackToSource` (even when parents exist: parents that
+//!    cannot feed it, e.g. pieces nobody can verify, must not keep it waiting forever);
+//! 2. ranked parents exist -> `Parents`;
 //! 3. a seed was already asked to fetch this task -> `WaitForSeed` (one fetch per task,
 //!    however many peers ask at once);
 //! 4. a live seed exists -> `AskSeed` (the caller records the request, then waits);
@@ -37,11 +38,11 @@ pub struct SeedCandidate {
 }
 
 pub fn decide(input: &DecisionInput<'_>, budget: &mut BackToSourceBudget) -> Decision {
-    if input.has_parents {
-        return Decision::Parents;
-    }
     if input.want_origin && budget.try_grant() {
         return Decision::BackToSource;
+    }
+    if input.has_parents {
+        return Decision::Parents;
     }
     if input.seed_requested {
         return Decision::WaitForSeed;
@@ -90,6 +91,14 @@ mod tests {
         let i = DecisionInput { has_parents: true, ..input(&[], &T) };
         assert_eq!(decide(&i, &mut b), Decision::Parents);
         assert_eq!(b.granted(), 0);
+    }
+
+    #[test]
+    fn a_starving_peer_may_go_to_origin_even_with_parents() {
+        let mut b = BackToSourceBudget::new(1);
+        let i = DecisionInput { has_parents: true, want_origin: true, ..input(&[], &T) };
+        assert_eq!(decide(&i, &mut b), Decision::BackToSource);
+        assert_eq!(decide(&i, &mut b), Decision::Parents);
     }
 
     #[test]

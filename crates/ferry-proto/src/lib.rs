@@ -3,6 +3,8 @@
 
 pub mod frame;
 
+// Generated code: message enums are as large as their largest message.
+#[allow(clippy::large_enum_variant)]
 pub mod scheduler {
     tonic::include_proto!("ferry.scheduler.v1");
 }

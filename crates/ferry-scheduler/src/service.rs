@@ -144,6 +144,26 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
     }
 }
 
+/// What a re-registering peer knows that this scheduler may not (it took the task over from
+/// a scheduler that died): the layout and the digests of the pieces the peer holds.
+fn learn_from_register(task: &mut TaskEntry, reg: &Register, peer: &HostId) {
+    if let (None, Some(info)) = (task.info, &reg.info) {
+        task.info = Some((info.content_length, info.piece_size));
+        task.broadcast(peer_command::Command::TaskInfo(*info), Some(peer));
+    }
+    let mut learned = PieceDigests::default();
+    for (i, d) in reg.held.iter().zip(&reg.held_digests) {
+        if d.len() == 32 && !task.digests.contains_key(i) {
+            task.digests.insert(*i, d.clone());
+            learned.index.push(*i);
+            learned.digest.push(d.clone());
+        }
+    }
+    if !learned.index.is_empty() {
+        task.broadcast(peer_command::Command::Digests(learned), Some(peer));
+    }
+}
+
 /// Gives every waiting peer of the task another chance (something changed).
 fn schedule_waiting(st: &mut State, task_id: &TaskId, opts: &SchedulerOptions) {
     let waiting: Vec<HostId> = match st.tasks.get(task_id) {
@@ -163,7 +183,7 @@ impl SchedulerService {
     fn register(&self, reg: Register, tx: crate::state::PeerTx) -> Result<(TaskId, HostId, u64), Status> {
         let task_id =
             TaskId::from_slice(&reg.task_id).ok_or_else(|| Status::invalid_argument("task_id must be 32 bytes"))?;
-        let host = reg.host.ok_or_else(|| Status::invalid_argument("register without host"))?;
+        let host = reg.host.clone().ok_or_else(|| Status::invalid_argument("register without host"))?;
         let peer = host_id(&host.id)?;
         let now = Instant::now();
         let mut st = self.lock();
@@ -180,6 +200,7 @@ impl SchedulerService {
             task.piece_size_hint = reg.piece_size;
         }
         task.dag.remove_node(&peer);
+        learn_from_register(task, &reg, &peer);
         if let Some((len, ps)) = task.info {
             send(&tx, peer_command::Command::TaskInfo(TaskInfo { content_length: len, piece_size: ps }));
             let (index, digest) = task.digests.iter().map(|(i, d)| (*i, d.clone())).unzip();

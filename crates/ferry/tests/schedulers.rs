@@ -29,3 +29,49 @@ async fn tasks_land_on_both_schedulers() {
     let served = s.origin.bytes_served();
     assert!(served as f64 <= 1.05 * (12 * 300 * 1024) as f64, "origin served {served}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_task_survives_its_scheduler() {
+    let size = 2 << 20;
+    let mut s = Setup::start(Spec { files: &[("f.bin", size)], schedulers: 2, ..Default::default() }).await;
+    let url = s.origin.url("f.bin");
+    let (first, rest) = s.peers.split_at(4);
+    let jobs = first.iter().map(|p| {
+        let out = s.out(&p.name);
+        let url = url.clone();
+        async move { download(p, &url, &out).await.map(|_| out) }
+    });
+    for r in futures::future::join_all(jobs).await {
+        assert!(s.verify("f.bin", &r.unwrap()));
+    }
+    // Kill the scheduler that owns the task; daemons move to the other one and re-register
+    // what they hold (layout and digests included).
+    let mut owner = None;
+    for (i, addr) in s.cluster.schedulers.iter().enumerate() {
+        if scheduler_stats(addr).await.tasks == 1 {
+            owner = Some(i);
+        }
+    }
+    let owner = owner.expect("one scheduler owns the task");
+    s.cluster.kill(&format!("scheduler-{owner}")).await;
+    let survivor = s.cluster.schedulers[1 - owner].clone();
+    ferry_testkit::wait_until("peers to re-register with the survivor", std::time::Duration::from_secs(20), || {
+        let survivor = survivor.clone();
+        async move { (scheduler_stats(&survivor).await.peers >= 5).then_some(()) }
+    })
+    .await;
+    let rest: Vec<_> = rest.to_vec();
+    let jobs = rest.iter().map(|p| {
+        let out = s.out(&p.name);
+        let url = url.clone();
+        async move { download(p, &url, &out).await.map(|_| out) }
+    });
+    for r in futures::future::join_all(jobs).await {
+        assert!(s.verify("f.bin", &r.unwrap()));
+    }
+    let served = s.origin.bytes_served();
+    assert!(served as f64 <= 1.05 * size as f64, "origin read again after failover: {served}");
+    for p in &rest {
+        assert_eq!(common::stats(p).await.unwrap().bytes_from_origin, 0, "{} went to origin", p.name);
+    }
+}
