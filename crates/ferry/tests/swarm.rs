@@ -107,3 +107,22 @@ async fn corrupt_parent_is_caught_and_excluded() {
     assert!(s.verify("f.bin", &s.out("late")));
     assert_eq!(stats(&late).await.unwrap().pieces_rejected, 0, "the excluded liar was offered again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interesting_sizes_arrive_whole() {
+    // Piece size is 256 KiB in these clusters.
+    let p = 256 * 1024;
+    let sizes = [("zero", 0), ("one", 1), ("piece-1", p - 1), ("piece", p), ("piece+1", p + 1), ("many", 9 * p + 7)];
+    let s = Setup::start(Spec { files: &sizes, peers: 2, ..Default::default() }).await;
+    for (name, _) in sizes {
+        let url = s.origin.url(name);
+        let outs: Vec<_> = s.peers.iter().map(|p| s.out(&format!("{}-{name}", p.name))).collect();
+        let jobs = s.peers.iter().zip(&outs).map(|(p, o)| download(p, &url, o));
+        for r in futures::future::join_all(jobs).await {
+            r.unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        for o in &outs {
+            assert!(s.verify(name, o), "{name}: {} differs", o.display());
+        }
+    }
+}
