@@ -112,6 +112,7 @@ pub async fn run(
     ));
     let (fetch_tx, mut fetch_rx) = tokio::sync::mpsc::unbounded_channel();
     schedulers.spawn_sessions(host_info, fetch_tx, cancel.clone());
+    schedulers.settle(Duration::from_secs(5)).await;
     {
         // A seed's orders from schedulers: fetch this task from origin.
         let ctx = ctx.clone();

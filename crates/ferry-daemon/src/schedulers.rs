@@ -25,6 +25,8 @@ struct Entry {
     addr: String,
     channel: Channel,
     live: AtomicBool,
+    /// The first session attempt finished (up or failed): the view of this scheduler is settled.
+    tried: AtomicBool,
 }
 
 fn score(task: &TaskId, addr: &str) -> u64 {
@@ -44,7 +46,12 @@ impl Schedulers {
                     .map_err(|e| format!("scheduler address `{a}`: {e}"))?
                     .connect_timeout(Duration::from_secs(3))
                     .tcp_nodelay(true);
-                Ok(Entry { addr: a.clone(), channel: ep.connect_lazy(), live: AtomicBool::new(false) })
+                Ok(Entry {
+                    addr: a.clone(),
+                    channel: ep.connect_lazy(),
+                    live: AtomicBool::new(false),
+                    tried: AtomicBool::new(false),
+                })
             })
             .collect::<Result<Vec<_>, String>>()?;
         if entries.is_empty() {
@@ -59,6 +66,16 @@ impl Schedulers {
         let pool: Vec<&Entry> = if live.is_empty() { self.entries.iter().collect() } else { live };
         let e = pool.into_iter().max_by_key(|e| score(task, &e.addr)).expect("at least one scheduler");
         (e.addr.clone(), SchedulerClient::new(e.channel.clone()).max_decoding_message_size(64 << 20))
+    }
+
+    /// Waits (bounded) until every scheduler's first session attempt has finished, so tasks
+    /// are hashed over a settled set of live schedulers. Daemons that announced themselves
+    /// ready before this could pick different owners for one task during their first second.
+    pub async fn settle(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.entries.iter().all(|e| e.tried.load(Ordering::Relaxed)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn live_count(&self) -> usize {
@@ -105,9 +122,13 @@ impl Schedulers {
             });
             let mut client = SchedulerClient::new(e.channel.clone());
             let result = client.host_session(tokio_stream::wrappers::ReceiverStream::new(ticks_rx)).await;
+            if result.is_err() {
+                e.tried.store(true, Ordering::Relaxed);
+            }
             match result {
                 Ok(resp) => {
                     e.live.store(true, Ordering::Relaxed);
+                    e.tried.store(true, Ordering::Relaxed);
                     tracing::info!(scheduler = %e.addr, "host session up");
                     backoff = Duration::from_millis(100);
                     let mut cmds = resp.into_inner();
