@@ -78,10 +78,6 @@ impl Schedulers {
         }
     }
 
-    pub fn live_count(&self) -> usize {
-        self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).count()
-    }
-
     /// Starts one session worker per scheduler; fetch requests go to `fetches`.
     pub fn spawn_sessions(
         self: &Arc<Self>,

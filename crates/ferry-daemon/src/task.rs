@@ -252,10 +252,6 @@ impl Shared {
     }
 }
 
-fn proto_host(ctx: &Ctx) -> ferry_proto::scheduler::Host {
-    (ctx.host_info)()
-}
-
 /// Runs a task until the daemon stops; publishes the outcome on the handle's progress.
 pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, piece_size: u32) {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -378,7 +374,7 @@ impl TaskRun {
         PeerMessage {
             message: Some(peer_message::Message::Register(Register {
                 task_id: self.shared.handle.id.0.to_vec(),
-                host: Some(proto_host(&self.shared.ctx)),
+                host: Some((self.shared.ctx.host_info)()),
                 url: spec.url.to_string(),
                 headers: spec.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
                 held,

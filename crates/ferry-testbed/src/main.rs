@@ -166,7 +166,7 @@ async fn run(a: RunArgs) -> Result<()> {
     } else {
         "the seed runs on host 0, one of the H hosts".to_owned()
     };
-    let mut r = Run {
+    let r = Run {
         net,
         hosts,
         size,
@@ -206,7 +206,6 @@ async fn run(a: RunArgs) -> Result<()> {
         );
         results.push(res);
     }
-    r.kill_fraction = a.kill_fraction;
     let report = Report {
         hosts: a.hosts,
         size_bytes: size,

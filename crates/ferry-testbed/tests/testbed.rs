@@ -13,7 +13,8 @@ fn four_hosts_ferry_and_bound() {
     }
     let _ = Command::new("ip").args(["netns", "del", &probe]).status();
 
-    let out = tempfile_dir();
+    let dir = OutDir::new();
+    let out = dir.0.clone();
     let ferry = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-testbed")).with_file_name("ferry");
     assert!(ferry.exists(), "build the ferry binary first (cargo build --workspace)");
     let o = Command::new(env!("CARGO_BIN_EXE_ferry-testbed"))
@@ -38,14 +39,24 @@ fn four_hosts_ferry_and_bound() {
     for f in ["results.json", "results.md", "cdf.png"] {
         assert!(out.join(f).exists(), "{f} missing");
     }
-    let _ = std::fs::remove_dir_all(&out);
     // Nothing left behind.
     let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&list.stdout).contains("ftb"), "namespaces left behind");
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("ferry-testbed-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// The results directory, removed even when an assertion fails.
+struct OutDir(std::path::PathBuf);
+
+impl OutDir {
+    fn new() -> Self {
+        let d = std::env::temp_dir().join(format!("ferry-testbed-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -34,16 +34,9 @@ async fn tasks_land_on_both_schedulers() {
 async fn the_task_survives_its_scheduler() {
     let size = 2 << 20;
     let mut s = Setup::start(Spec { files: &[("f.bin", size)], schedulers: 2, ..Default::default() }).await;
-    let url = s.origin.url("f.bin");
     let (first, rest) = s.peers.split_at(4);
-    let jobs = first.iter().map(|p| {
-        let out = s.out(&p.name);
-        let url = url.clone();
-        async move { download(p, &url, &out).await.map(|_| out) }
-    });
-    for r in futures::future::join_all(jobs).await {
-        assert!(s.verify("f.bin", &r.unwrap()));
-    }
+    let rest: Vec<_> = rest.to_vec();
+    s.download_verified(first, "f.bin").await;
     // Kill the scheduler that owns the task; daemons move to the other one and re-register
     // what they hold (layout and digests included).
     let mut owner = None;
@@ -60,15 +53,7 @@ async fn the_task_survives_its_scheduler() {
         async move { (scheduler_stats(&survivor).await.peers >= 5).then_some(()) }
     })
     .await;
-    let rest: Vec<_> = rest.to_vec();
-    let jobs = rest.iter().map(|p| {
-        let out = s.out(&p.name);
-        let url = url.clone();
-        async move { download(p, &url, &out).await.map(|_| out) }
-    });
-    for r in futures::future::join_all(jobs).await {
-        assert!(s.verify("f.bin", &r.unwrap()));
-    }
+    s.download_verified(&rest, "f.bin").await;
     let served = s.origin.bytes_served();
     assert!(served as f64 <= 1.05 * size as f64, "origin read again after failover: {served}");
     for p in &rest {

@@ -88,6 +88,19 @@ impl Setup {
         dir.join(name)
     }
 
+    /// Downloads `file` on every given peer at once and checks each copy.
+    pub async fn download_verified(&self, peers: &[DaemonInfo], file: &str) {
+        let url = self.origin.url(file);
+        let jobs = peers.iter().map(|p| {
+            let (out, url) = (self.out(&format!("{}-{file}", p.name)), url.clone());
+            async move { download(p, &url, &out).await.map(|_| out) }
+        });
+        for (p, r) in peers.iter().zip(futures::future::join_all(jobs).await) {
+            let out = r.unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            assert!(self.verify(file, &out), "{} holds wrong bytes", p.name);
+        }
+    }
+
     pub fn verify(&self, file: &str, path: &Path) -> bool {
         std::fs::read(path).map(|b| b == self.files[file]).unwrap_or(false)
     }
