@@ -6,6 +6,11 @@
 //! end-game). The socket is read by a separate task, because a frame read must never be
 //! cancelled half-way; the worker selects on what that task forwards.
 //!
+//! A seed parent dispenses (see `ferry_proto::frame`): the worker keeps [`ANY_DEPTH`]
+//! `RequestAny`s waiting there and takes whatever new piece the seed hands it; by index it
+//! asks a seed only for pieces no other parent has shown for a grace time
+//! ([`Shared::seed_mask`]), which covers a first receiver that died before passing a piece on.
+//!
 //! A parent is dropped, and the scheduler told why, when the connection fails
 //! (`Unreachable`), a piece fails verification (`BadPiece`) or a request waits longer than
 //! `piece_timeout` (`Slow`). Its outstanding pieces go back to the picker for other parents.
@@ -14,6 +19,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use ferry_proto::frame::RejectCode;
 use ferry_proto::scheduler::FailReason;
 use ferry_transport::{connect, ParentEvent, TransportError};
 use ferry_types::HostId;
@@ -21,6 +27,10 @@ use rand::SeedableRng;
 use tokio::sync::mpsc;
 
 use crate::task::{Shared, Source, Stored};
+
+/// `RequestAny`s a child keeps waiting at a seed. Two, so the next piece can be on its way
+/// while one is being stored.
+const ANY_DEPTH: usize = 2;
 
 pub async fn parent_worker(shared: &Shared, parent: &HostId, addr: SocketAddr, seed: bool) -> FailReason {
     let mut inflight: VecDeque<(u32, Instant)> = VecDeque::new();
@@ -89,12 +99,28 @@ async fn run(
     let _abort = AbortOnDrop(read_task);
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut last_arrival = Instant::now();
+    let mut any_waiting = 0;
+    let mut exhausted = !seed;
+    let mut seed_only_since = vec![None; has.len()];
     loop {
         if shared.complete() {
             return FailReason::Unspecified;
         }
+        while !exhausted && any_waiting < ANY_DEPTH {
+            if writer.request_any().await.is_err() {
+                return FailReason::Unreachable;
+            }
+            any_waiting += 1;
+        }
+        let mut grace_ends = None;
         while inflight.len() < opts.pieces_in_flight {
-            let mask = if seed { shared.seed_mask(has) } else { has.clone() };
+            let mask = if seed {
+                let (mask, next) = shared.seed_mask(has, &mut seed_only_since);
+                grace_ends = next;
+                mask
+            } else {
+                has.clone()
+            };
             let pick = shared.picker.lock().expect("not poisoned").as_mut().and_then(|p| p.pick(&mask, &mut rng));
             let Some(index) = pick else { break };
             if writer.request(index).await.is_err() {
@@ -110,11 +136,18 @@ async fn run(
                 None => std::future::pending().await,
             }
         };
+        let grace = async {
+            match grace_ends {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = sleep => {
                 tracing::info!(%parent, "parent too slow");
                 return FailReason::Slow;
             }
+            _ = grace => {}
             r = changed.changed() => {
                 if r.is_err() {
                     return FailReason::Unspecified;
@@ -130,6 +163,10 @@ async fn run(
                         *h = true;
                     }
                 }
+                Some(Ok(ParentEvent::Reject { code: RejectCode::Exhausted, .. })) => {
+                    exhausted = true;
+                    any_waiting = 0;
+                }
                 Some(Ok(ParentEvent::Reject { index, .. })) => {
                     if let Some(pos) = inflight.iter().position(|(i, _)| *i == index) {
                         inflight.remove(pos);
@@ -143,25 +180,31 @@ async fn run(
                     }
                 }
                 Some(Ok(ParentEvent::Piece { index, bytes })) => {
-                    let Some(pos) = inflight.iter().position(|(i, _)| *i == index) else {
-                        return FailReason::BadPiece;
-                    };
-                    let (_, asked) = inflight.remove(pos).expect("position is valid");
                     let now = Instant::now();
+                    // Asked by index, or handed out in answer to a `RequestAny`.
+                    let (asked, by_index) = match inflight.iter().position(|(i, _)| *i == index) {
+                        Some(pos) => (inflight.remove(pos).expect("position is valid").1, true),
+                        None if any_waiting > 0 => {
+                            any_waiting -= 1;
+                            (last_arrival, false)
+                        }
+                        None => return FailReason::BadPiece,
+                    };
                     let cost = now - asked.max(last_arrival);
                     last_arrival = now;
                     let stored = shared.store_piece(index, bytes, Source::Parent { host: parent.clone(), cost }).await;
+                    let release = |i| if by_index { shared.release(i) };
                     match stored {
                         Ok(Stored::New) => {}
-                        Ok(Stored::Skipped) => shared.release(index),
+                        Ok(Stored::Skipped) => release(index),
                         Ok(Stored::Mismatch) => {
-                            shared.release(index);
+                            release(index);
                             tracing::warn!(%parent, index, "piece failed verification; dropping parent");
                             return FailReason::BadPiece;
                         }
                         Err(e) => {
                             tracing::warn!(%parent, index, error = %e, "storing piece failed");
-                            shared.release(index);
+                            release(index);
                             let _ = shared.events.send(crate::task::Event::Fatal(e));
                             return FailReason::Unspecified;
                         }

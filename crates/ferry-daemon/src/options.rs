@@ -34,6 +34,10 @@ pub struct DaemonOptions {
     /// Below this many parents, ask the scheduler for more every `parent_refresh`.
     pub want_parents: usize,
     pub parent_refresh: Duration,
+    /// A piece that only a seed parent shows (its first receiver died, or is slow to pass it
+    /// on) is asked of the seed by index after this long, times a per-piece factor in
+    /// [1, 3) so that not every child asks at once.
+    pub seed_grace: Duration,
     /// Test hook: serve corrupted bytes.
     pub corrupt_uploads: bool,
 }
@@ -59,6 +63,7 @@ impl DaemonOptions {
             origin_retries: 5,
             want_parents: 4,
             parent_refresh: Duration::from_secs(1),
+            seed_grace: Duration::from_secs(1),
             corrupt_uploads: false,
         }
     }

@@ -106,7 +106,8 @@ impl Shared {
 
     fn install(&self, file: Arc<ferry_storage::TaskFile>, held: Vec<(ferry_types::PieceIndex, PieceDigest)>) {
         let layout = *file.layout();
-        let avail = Arc::new(Availability::new(layout.piece_count()));
+        // A seed dispenses: it shows children a piece only once it handed it to one of them.
+        let avail = Arc::new(Availability::new(layout.piece_count(), self.ctx.opts.seed));
         let mut picker = PiecePicker::new(layout.piece_count());
         let mut digests = self.digests.lock().expect("not poisoned");
         let mut resumed_bytes = 0;
@@ -164,10 +165,58 @@ impl Shared {
         }
     }
 
-    /// What a seed parent should be asked for: what it has and no other parent does.
-    pub fn seed_mask(&self, has: &[bool]) -> Vec<bool> {
+    /// What a seed parent may be asked for by index: pieces it shows that no other parent
+    /// has shown for the piece's grace time (`since` remembers, per piece, when that began).
+    /// Returns the mask and the earliest moment another piece comes due.
+    pub fn seed_mask(&self, has: &[bool], since: &mut [Option<Instant>]) -> (Vec<bool>, Option<Instant>) {
         let h = self.peer_holders.lock().expect("not poisoned");
-        has.iter().enumerate().map(|(i, b)| *b && h.get(i).is_none_or(|c| *c == 0)).collect()
+        let now = Instant::now();
+        let grace = self.ctx.opts.seed_grace;
+        let mut next: Option<Instant> = None;
+        let mask = has
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let Some(slot) = since.get_mut(i) else { return false };
+                if !*b || h.get(i).is_some_and(|c| *c > 0) {
+                    *slot = None;
+                    return false;
+                }
+                let due = *slot.get_or_insert(now) + grace + grace.mul_f64(self.jitter(i as u32));
+                if due <= now {
+                    return true;
+                }
+                next = Some(next.map_or(due, |n| n.min(due)));
+                false
+            })
+            .collect();
+        (mask, next)
+    }
+
+    /// A per (host, piece) factor in [0, 2): children of one seed do not all give up on the
+    /// same piece at the same moment; the first to ask passes it on to the rest.
+    fn jitter(&self, index: u32) -> f64 {
+        let mut x: u64 = 0xcbf29ce484222325;
+        for b in self.ctx.opts.host_id.as_str().bytes().chain(index.to_be_bytes()) {
+            x = (x ^ b as u64).wrapping_mul(0x100000001b3);
+        }
+        (x % 1024) as f64 / 512.0
+    }
+
+    /// The digest of a piece, waiting up to `timeout` for the scheduler to send it: a piece a
+    /// seed hands out can arrive before its digest does.
+    async fn digest_of(&self, index: u32, timeout: Duration) -> Option<PieceDigest> {
+        let mut changed = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(d) = self.digests.lock().expect("not poisoned").get(&index) {
+                return Some(*d);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+        }
     }
 
     pub fn is_done(&self, index: u32) -> bool {
@@ -200,7 +249,10 @@ impl Shared {
         let (digest, bytes) = tokio::task::spawn_blocking(move || (PieceDigest::of(&bytes), bytes))
             .await
             .expect("hashing does not panic");
-        let known = self.digests.lock().expect("not poisoned").get(&index).copied();
+        let known = match source {
+            Source::Origin => self.digests.lock().expect("not poisoned").get(&index).copied(),
+            Source::Parent { .. } => self.digest_of(index, self.ctx.opts.piece_timeout).await,
+        };
         match (&source, known) {
             (_, Some(k)) if k != digest => {
                 return match source {
@@ -547,6 +599,11 @@ impl TaskRun {
                     cost_micros: cost,
                     length: len,
                 });
+                if digest.is_some() {
+                    // Read from origin: children cannot verify it before the scheduler has
+                    // relayed its digest, so do not wait for the next batch.
+                    self.flush(send);
+                }
                 if self.shared.complete() && !self.finished_sent {
                     self.flush(send);
                     send(peer_message::Message::Finished(Finished {}));

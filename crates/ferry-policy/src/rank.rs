@@ -82,8 +82,9 @@ pub struct RankOptions {
     pub max_parents: usize,
     pub seed_max_children: u32,
     pub peer_max_children: u32,
-    /// Refuse edges that close a cycle in the task's download graph (see `Dag`). Turning it
-    /// off lets two peers trade pieces both ways, as BitTorrent peers do; an experiment knob.
+    /// Refuse edges that close a cycle in the task's download graph (see `Dag`). Off by
+    /// default: two peers then trade pieces both ways, as BitTorrent peers do, and a piece a
+    /// seed hands to one peer reaches every other peer in one hop.
     pub avoid_cycles: bool,
     pub weights: Weights,
 }
@@ -91,10 +92,10 @@ pub struct RankOptions {
 impl Default for RankOptions {
     fn default() -> Self {
         Self {
-            max_parents: 4,
-            seed_max_children: 4,
-            peer_max_children: 8,
-            avoid_cycles: true,
+            max_parents: 16,
+            seed_max_children: 16,
+            peer_max_children: 16,
+            avoid_cycles: false,
             weights: Weights::default(),
         }
     }
@@ -240,29 +241,33 @@ mod tests {
         let mut seed = cand("s");
         seed.is_seed = true;
         seed.children = RankOptions::default().seed_max_children;
+        let mut full = cand("c");
+        full.children = RankOptions::default().peer_max_children;
         let mut peer = cand("b");
-        peer.children = RankOptions::default().seed_max_children;
-        assert_eq!(rank("a", &[seed, peer], &Dag::default(), &[]), ["b"]);
+        peer.children = RankOptions::default().peer_max_children - 1;
+        assert_eq!(rank("a", &[seed, full, peer], &Dag::default(), &[]), ["b"]);
     }
 
     #[test]
-    fn avoids_cycles() {
+    fn avoids_cycles_in_dag_mode() {
         let mut dag = Dag::default();
         dag.add_edge(&h("b"), &h("a"));
         dag.add_edge(&h("c"), &h("b"));
-        assert_eq!(rank("a", &[cand("b"), cand("c"), cand("d")], &dag, &[]), ["d"]);
-    }
-
-    #[test]
-    fn cycles_allowed_when_avoidance_is_off() {
-        let mut dag = Dag::default();
-        dag.add_edge(&h("b"), &h("a"));
         let loc = Locality::default();
         let me = h("a");
         let view = ChildView { host: &me, locality: &loc, blocklist: &[], piece_count: Some(10) };
-        let opts = RankOptions { avoid_cycles: false, ..Default::default() };
-        let candidates = [cand("b")];
-        assert_eq!(rank_parents(&view, &candidates, &dag, &opts).len(), 1);
+        let opts = RankOptions { avoid_cycles: true, ..Default::default() };
+        let candidates = [cand("b"), cand("c"), cand("d")];
+        let ranked: Vec<_> =
+            rank_parents(&view, &candidates, &dag, &opts).into_iter().map(|c| c.host.as_str()).collect();
+        assert_eq!(ranked, ["d"]);
+    }
+
+    #[test]
+    fn mesh_by_default_lets_peers_trade_both_ways() {
+        let mut dag = Dag::default();
+        dag.add_edge(&h("b"), &h("a"));
+        assert_eq!(rank("a", &[cand("b")], &dag, &[]), ["b"]);
     }
 
     #[test]
@@ -312,7 +317,7 @@ mod tests {
 
     #[test]
     fn returns_at_most_max_parents() {
-        let cs: Vec<_> = (0..10).map(|i| cand(&format!("p{i}"))).collect();
+        let cs: Vec<_> = (0..RankOptions::default().max_parents + 5).map(|i| cand(&format!("p{i}"))).collect();
         assert_eq!(rank("a", &cs, &Dag::default(), &[]).len(), RankOptions::default().max_parents);
     }
 

@@ -9,7 +9,14 @@
 //! One connection carries one task. The child opens with `Hello(task)`; the parent answers
 //! `Bitfield` (or `Reject` when it does not know the task) and then sends `Have` for every
 //! piece it finishes later. The child pipelines `Request`s; the parent answers each in order
-//! with `Piece` or `Reject`. The decoder never trusts a length before checking it against
+//! with `Piece` or `Reject`.
+//!
+//! A parent that reads the origin (a seed) *dispenses*: it shows children only pieces it has
+//! already handed out, and answers `RequestAny` with a piece of its choosing that nobody has
+//! been given yet, in the order children asked (or `Reject(u32::MAX, Exhausted)` once it has
+//! nothing left to hand out). Each new piece thus leaves the seed once and the children
+//! trade it among themselves (the super-seeding idea). `RequestAny` answers come when a piece
+//! is available, so they may overtake `Request` answers on the same connection. The decoder never trusts a length before checking it against
 //! the limit for its kind, so garbage costs a clear error and at most a 6-byte read.
 
 use bytes::{BufMut, BytesMut};
@@ -31,6 +38,7 @@ pub enum Kind {
     Request = 4,
     Piece = 5,
     Reject = 6,
+    RequestAny = 7,
 }
 
 impl Kind {
@@ -42,6 +50,7 @@ impl Kind {
             4 => Self::Request,
             5 => Self::Piece,
             6 => Self::Reject,
+            7 => Self::RequestAny,
             _ => return None,
         })
     }
@@ -53,6 +62,8 @@ pub enum RejectCode {
     NotHeld = 1,
     UnknownTask = 2,
     Busy = 3,
+    /// Answer to `RequestAny`: every piece has been handed out; ask for pieces by index.
+    Exhausted = 4,
 }
 
 /// A decoded control frame. Piece bytes are not part of it: see [`PieceHead`].
@@ -62,6 +73,7 @@ pub enum Frame {
     Bitfield { piece_count: u32, bits: Vec<u8> },
     Have { index: u32 },
     Request { index: u32 },
+    RequestAny,
     Reject { index: u32, code: RejectCode },
 }
 
@@ -131,12 +143,14 @@ pub fn decode_control(kind: Kind, body: &[u8]) -> Result<Frame, FrameError> {
         }
         Kind::Have => exact(4).and_then(|_| Ok(Frame::Have { index: u32_at(0)? })),
         Kind::Request => exact(4).and_then(|_| Ok(Frame::Request { index: u32_at(0)? })),
+        Kind::RequestAny => exact(0).map(|_| Frame::RequestAny),
         Kind::Reject => {
             exact(5)?;
             let code = match body[4] {
                 1 => RejectCode::NotHeld,
                 2 => RejectCode::UnknownTask,
                 3 => RejectCode::Busy,
+                4 => RejectCode::Exhausted,
                 _ => return Err(bad()),
             };
             Ok(Frame::Reject { index: u32_at(0)?, code })
@@ -181,6 +195,7 @@ pub fn encode(frame: &Frame, buf: &mut BytesMut) {
             put_head(buf, Kind::Request, 4);
             buf.put_u32(*index);
         }
+        Frame::RequestAny => put_head(buf, Kind::RequestAny, 0),
         Frame::Reject { index, code } => {
             put_head(buf, Kind::Reject, 5);
             buf.put_u32(*index);
@@ -246,6 +261,8 @@ mod tests {
         round_trip(Frame::Have { index: 3 });
         round_trip(Frame::Request { index: u32::MAX });
         round_trip(Frame::Reject { index: 1, code: RejectCode::Busy });
+        round_trip(Frame::RequestAny);
+        round_trip(Frame::Reject { index: u32::MAX, code: RejectCode::Exhausted });
     }
 
     #[test]
@@ -308,7 +325,7 @@ mod tests {
 
         #[test]
         fn valid_head_with_random_body_never_panics(
-            kind in 1u8..=6,
+            kind in 1u8..=7,
             body in proptest::collection::vec(any::<u8>(), 0..64),
         ) {
             let mut buf = vec![];

@@ -1,5 +1,6 @@
 //! The gRPC face of the scheduler.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -107,10 +108,10 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
                 } else {
                     task.dag.add_edge_unchecked(peer, id);
                 }
-                let h = hosts.get(id).map(|h| h.host.clone()).unwrap_or_else(|| task.peers[id].host.clone());
-                parents.push(Parent { host_id: id.to_string(), ip: h.ip, piece_port: h.piece_port, seed: h.seed });
+                parents.extend(parent_message(hosts, task, id));
             }
             send(&tx, peer_command::Command::Parents(Parents { parents }));
+            offer_back(task, hosts, peer, &ranked, &opts.rank);
             false
         }
         Decision::BackToSource => {
@@ -141,6 +142,40 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
     };
     if let Some(p) = task.peers.get_mut(peer) {
         p.waiting = waiting;
+    }
+}
+
+fn parent_message(hosts: &HashMap<HostId, HostEntry>, task: &TaskEntry, id: &HostId) -> Option<Parent> {
+    let h = hosts.get(id).map(|h| &h.host).or_else(|| task.peers.get(id).map(|p| &p.host))?;
+    Some(Parent { host_id: id.to_string(), ip: h.ip.clone(), piece_port: h.piece_port, seed: h.seed })
+}
+
+/// A mesh is symmetric: a peer just given `parents` is offered in turn to those of them that
+/// are still downloading, so peers that registered early learn of the ones that came later
+/// and every pair can trade both ways. Not in DAG mode, where that edge would close a cycle.
+fn offer_back(
+    task: &mut TaskEntry,
+    hosts: &HashMap<HostId, HostEntry>,
+    child: &HostId,
+    parents: &[HostId],
+    opts: &RankOptions,
+) {
+    if opts.avoid_cycles {
+        return;
+    }
+    let Some(offer) = parent_message(hosts, task, child) else { return };
+    for p in parents {
+        let Some(pe) = task.peers.get(p) else { continue };
+        let wants = pe.state == PeerState::Running
+            && !pe.from_origin
+            && !pe.blocklist.contains(child)
+            && task.dag.parents_of(p).count() < opts.max_parents
+            && !task.dag.parents_of(p).any(|x| x == child)
+            && task.dag.children_of(child) < opts.peer_max_children;
+        if wants {
+            task.dag.add_edge_unchecked(p, child);
+            send(&pe.tx, peer_command::Command::Parents(Parents { parents: vec![offer.clone()] }));
+        }
     }
 }
 

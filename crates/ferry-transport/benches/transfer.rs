@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
     let store = Store::open(dir.path()).unwrap();
     let record = TaskRecord { url: "bench".into(), content_length: SIZE, piece_size: PIECE };
     let (file, _) = store.open_task(TASK, &record).unwrap();
-    let avail = Arc::new(Availability::new(file.layout().piece_count()));
+    let avail = Arc::new(Availability::new(file.layout().piece_count(), false));
     for idx in file.layout().indices() {
         let bytes: Vec<u8> = (0..file.layout().len(idx)).map(|i| (i % 251) as u8).collect();
         file.write_piece(idx, &bytes).unwrap();

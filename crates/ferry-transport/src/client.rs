@@ -68,6 +68,11 @@ impl ParentWriter {
     pub async fn request(&mut self, index: u32) -> Result<(), TransportError> {
         Ok(write_frame(&mut self.wr, &Frame::Request { index }).await?)
     }
+
+    /// Asks a dispensing parent for a piece of its choosing (see `ferry_proto::frame`).
+    pub async fn request_any(&mut self) -> Result<(), TransportError> {
+        Ok(write_frame(&mut self.wr, &Frame::RequestAny).await?)
+    }
 }
 
 impl ParentReader {

@@ -3,7 +3,8 @@
 //! Per connection, a reader task turns `Request` frames into a bounded queue and a writer
 //! task answers them in order, interleaving `Have` notices for pieces finished meanwhile.
 //! The bounded queue is the pipeline depth a child gets; beyond it TCP back-pressure holds
-//! the child's requests in its socket.
+//! the child's requests in its socket. A `RequestAny` to a dispensing parent waits in the
+//! task's [`Availability`] until a piece is handed to it; the writer sends it when it comes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::avail::{AnyOutcome, EXHAUSTED};
 use crate::io::{read_frame, sendfile_all, write_frame, Incoming};
 use crate::{Availability, TransportError};
 
@@ -102,17 +104,17 @@ async fn handle(
     let (bits, piece_count, haves) = avail.subscribe();
     write_frame(&mut wr, &Frame::Bitfield { piece_count, bits }).await?;
 
-    let (req_tx, req_rx) = mpsc::channel::<u32>(64);
+    let (req_tx, req_rx) = mpsc::channel::<Ask>(64);
     let reader = async move {
         loop {
-            match read_frame(&mut rd).await? {
+            let ask = match read_frame(&mut rd).await? {
                 None => return Ok(()),
-                Some(Incoming::Control(Frame::Request { index })) => {
-                    if req_tx.send(index).await.is_err() {
-                        return Ok(());
-                    }
-                }
+                Some(Incoming::Control(Frame::Request { index })) => Ask::Piece(index),
+                Some(Incoming::Control(Frame::RequestAny)) => Ask::Any,
                 other => return Err(unexpected("Request", other)),
+            };
+            if req_tx.send(ask).await.is_err() {
+                return Ok(());
             }
         }
     };
@@ -120,6 +122,11 @@ async fn handle(
     // The writer ends when the reader's queue closes; the reader's error, if any, wins.
     let (r, w) = tokio::join!(reader, writer);
     r.and(w)
+}
+
+enum Ask {
+    Piece(u32),
+    Any,
 }
 
 fn unexpected(expected: &'static str, got: Option<Incoming>) -> TransportError {
@@ -132,14 +139,39 @@ fn unexpected(expected: &'static str, got: Option<Incoming>) -> TransportError {
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut requests: mpsc::Receiver<u32>,
-    mut haves: broadcast::Receiver<u32>,
+    wr: OwnedWriteHalf,
+    requests: mpsc::Receiver<Ask>,
+    haves: broadcast::Receiver<u32>,
     file: Arc<TaskFile>,
     avail: Arc<Availability>,
     opts: &ServerOptions,
     stats: &ServerStats,
 ) -> Result<(), TransportError> {
+    let (given_tx, mut given_rx) = mpsc::unbounded_channel();
+    let r = write_requests(wr, requests, haves, &given_tx, &mut given_rx, &file, &avail, opts, stats).await;
+    // Pieces handed to this child but never sent go to the next child that asks.
+    given_rx.close();
+    let mut unsent = vec![];
+    while let Ok(i) = given_rx.try_recv() {
+        unsent.push(i);
+    }
+    avail.requeue(unsent);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_requests(
+    mut wr: OwnedWriteHalf,
+    mut requests: mpsc::Receiver<Ask>,
+    mut haves: broadcast::Receiver<u32>,
+    given_tx: &mpsc::UnboundedSender<u32>,
+    given_rx: &mut mpsc::UnboundedReceiver<u32>,
+    file: &TaskFile,
+    avail: &Availability,
+    opts: &ServerOptions,
+    stats: &ServerStats,
+) -> Result<(), TransportError> {
+    let exhausted = Frame::Reject { index: EXHAUSTED, code: RejectCode::Exhausted };
     let mut haves_open = true;
     loop {
         tokio::select! {
@@ -148,15 +180,27 @@ async fn write_loop(
                 Ok(index) => write_frame(&mut wr, &Frame::Have { index }).await?,
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Missed notices: resend the whole picture as Haves.
-                    for index in (0..avail.piece_count()).filter(|i| avail.has(*i)) {
+                    for index in (0..avail.piece_count()).filter(|i| avail.shown(*i)) {
                         write_frame(&mut wr, &Frame::Have { index }).await?;
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => haves_open = false,
             },
-            req = requests.recv() => {
-                let Some(index) = req else { return Ok(()) };
-                send_piece(&mut wr, &file, &avail, index, opts, stats).await?;
+            Some(index) = given_rx.recv() => match index {
+                EXHAUSTED => write_frame(&mut wr, &exhausted).await?,
+                index => send_piece(&mut wr, file, avail, index, opts, stats).await?,
+            },
+            req = requests.recv() => match req {
+                None => return Ok(()),
+                Some(Ask::Piece(index)) => {
+                    avail.note_sent(index);
+                    send_piece(&mut wr, file, avail, index, opts, stats).await?;
+                }
+                Some(Ask::Any) => match avail.request_any(given_tx) {
+                    AnyOutcome::Given(index) => send_piece(&mut wr, file, avail, index, opts, stats).await?,
+                    AnyOutcome::Queued => {}
+                    AnyOutcome::Exhausted => write_frame(&mut wr, &exhausted).await?,
+                },
             }
         }
     }

@@ -30,7 +30,7 @@ async fn serves_pipelined_pieces_haves_and_rejects() {
     let len = 3 * PIECE as u64 + 100;
     let (file, _) =
         store.open_task(TASK, &TaskRecord { url: "x".into(), content_length: len, piece_size: PIECE }).unwrap();
-    let avail = Arc::new(Availability::new(file.layout().piece_count()));
+    let avail = Arc::new(Availability::new(file.layout().piece_count(), false));
     let piece = |i: u32| -> Vec<u8> {
         let idx = file.layout().index(i).unwrap();
         (0..file.layout().len(idx)).map(|b| (b ^ i) as u8).collect()
@@ -85,7 +85,7 @@ async fn garbage_from_a_client_closes_only_its_connection() {
     let store = Store::open(dir.path()).unwrap();
     let (file, _) =
         store.open_task(TASK, &TaskRecord { url: "x".into(), content_length: 10, piece_size: PIECE }).unwrap();
-    let avail = Arc::new(Availability::new(1));
+    let avail = Arc::new(Availability::new(1, false));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let cancel = CancellationToken::new();
@@ -98,5 +98,74 @@ async fn garbage_from_a_client_closes_only_its_connection() {
     assert_eq!(n, 0, "the server should close a connection that sent garbage");
     // The server still serves others.
     assert!(connect(addr, TASK, PIECE, Duration::from_secs(5)).await.is_ok());
+    cancel.cancel();
+}
+
+/// A dispensing parent over real sockets: two children each keep one `RequestAny` waiting;
+/// each new piece goes to exactly one of them, in the order they asked, and only then shows
+/// up as a `Have` to the other. When everything is handed out, the next ask is `Exhausted`.
+#[tokio::test]
+async fn dispensing_parent_hands_each_piece_to_one_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (file, _) = store
+        .open_task(TASK, &TaskRecord { url: "x".into(), content_length: 2 * PIECE as u64, piece_size: PIECE })
+        .unwrap();
+    let avail = Arc::new(Availability::new(2, true));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let cancel = CancellationToken::new();
+    let stats = Arc::new(ServerStats::default());
+    tokio::spawn(serve(l, Arc::new(One(file.clone(), avail.clone())), ServerOptions::default(), stats, cancel.clone()));
+
+    let (bits_a, mut rd_a, mut wr_a) = connect(addr, TASK, PIECE, Duration::from_secs(5)).await.unwrap();
+    let (_, mut rd_b, mut wr_b) = connect(addr, TASK, PIECE, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(bits_a, vec![false, false]);
+    let waiting = |n: usize| {
+        let avail = avail.clone();
+        move || {
+            let ok = avail.waiting() == n;
+            async move { ok.then_some(()) }
+        }
+    };
+    wr_a.request_any().await.unwrap();
+    ferry_testkit::wait_until("A's ask queued", Duration::from_secs(5), waiting(1)).await;
+    wr_b.request_any().await.unwrap();
+    ferry_testkit::wait_until("B's ask queued", Duration::from_secs(5), waiting(2)).await;
+    for i in 0..2u32 {
+        file.write_piece(file.layout().index(i).unwrap(), &vec![i as u8; PIECE as usize]).unwrap();
+        avail.insert(i);
+    }
+    let first_piece = |events: Vec<ParentEvent>| {
+        events.into_iter().find_map(|e| match e {
+            ParentEvent::Piece { index, .. } => Some(index),
+            _ => None,
+        })
+    };
+    let mut got = vec![];
+    for rd in [&mut rd_a, &mut rd_b] {
+        let mut evs = vec![];
+        loop {
+            let e = rd.next().await.unwrap().unwrap();
+            let piece = matches!(e, ParentEvent::Piece { .. });
+            evs.push(e);
+            if piece {
+                break;
+            }
+        }
+        got.push(first_piece(evs).unwrap());
+    }
+    assert_eq!(got, vec![0, 1], "each piece went to exactly one child, in the order they asked");
+    wr_a.request_any().await.unwrap();
+    loop {
+        match rd_a.next().await.unwrap().unwrap() {
+            ParentEvent::Reject { code, .. } => {
+                assert_eq!(code, ferry_proto::frame::RejectCode::Exhausted);
+                break;
+            }
+            ParentEvent::Have(_) => {}
+            ParentEvent::Piece { index, .. } => panic!("piece {index} handed out twice"),
+        }
+    }
     cancel.cancel();
 }

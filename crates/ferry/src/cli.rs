@@ -35,18 +35,20 @@ pub struct SchedulerArgs {
     /// Ordinary peers per task that may read the origin when no seed can.
     #[arg(long, default_value_t = 1, env = "FERRY_BACK_TO_SOURCE_LIMIT")]
     pub back_to_source_limit: u32,
-    /// Parents offered to a peer at once.
-    #[arg(long, default_value_t = 4, env = "FERRY_MAX_PARENTS")]
+    /// Parents a peer pulls from at most.
+    #[arg(long, default_value_t = 16, env = "FERRY_MAX_PARENTS")]
     pub max_parents: usize,
-    /// Children a seed feeds per task; the rest of the swarm feeds itself.
-    #[arg(long, default_value_t = 4, env = "FERRY_SEED_MAX_CHILDREN")]
+    /// Children a seed feeds per task. A seed hands each piece to one child, so more children
+    /// do not cost it more upload.
+    #[arg(long, default_value_t = 16, env = "FERRY_SEED_MAX_CHILDREN")]
     pub seed_max_children: u32,
     /// Children an ordinary peer feeds per task.
-    #[arg(long, default_value_t = 8, env = "FERRY_PEER_MAX_CHILDREN")]
+    #[arg(long, default_value_t = 16, env = "FERRY_PEER_MAX_CHILDREN")]
     pub peer_max_children: u32,
-    /// Experiment: let peers trade both ways (download graph may have cycles).
-    #[arg(long, env = "FERRY_ALLOW_CYCLES")]
-    pub allow_cycles: bool,
+    /// Keep each task's download graph acyclic (Dragonfly's DAG): peers never trade both
+    /// ways. Off by default: in a mesh every peer passes on what it got first.
+    #[arg(long, env = "FERRY_AVOID_CYCLES")]
+    pub avoid_cycles: bool,
 }
 
 #[derive(Args, Debug)]

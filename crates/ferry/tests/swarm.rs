@@ -36,6 +36,10 @@ async fn everyone_at_once_reads_origin_once() {
         assert!(st.bytes_from_peers >= size as u64 / 2, "{} got only {} bytes from peers", p.name, st.bytes_from_peers);
         assert_eq!(st.bytes_from_peers + st.bytes_from_origin, size as u64, "{} fetched pieces twice", p.name);
     }
+    // The seed hands each piece to one child and the children trade it: it must not upload a
+    // copy per child (with 8 children that would be 8 copies).
+    let seed_up = stats(&s.seed).await.unwrap().bytes_uploaded;
+    assert!(seed_up as f64 <= 1.5 * size as f64, "seed uploaded {seed_up} bytes for a {size}-byte file");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
             max_parents: a.max_parents,
             seed_max_children: a.seed_max_children,
             peer_max_children: a.peer_max_children,
-            avoid_cycles: !a.allow_cycles,
+            avoid_cycles: a.avoid_cycles,
             ..Default::default()
         },
         back_to_source_limit: a.back_to_source_limit,
