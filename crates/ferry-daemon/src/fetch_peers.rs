@@ -66,15 +66,23 @@ async fn run(
         }
     }
     let layout = shared.layout().expect("layout known");
-    let (mut reader, mut writer) = match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await
-    {
-        Ok((bits, r, w)) => {
-            *has = bits;
-            (r, w)
-        }
-        Err(e) => {
-            tracing::info!(%parent, error = %e, "cannot connect to parent");
-            return FailReason::Unreachable;
+    // A parent the scheduler offers has registered the task, but may not know its layout
+    // yet (it learns it a moment later): "unknown task" is worth a few retries.
+    let mut tries = 0;
+    let (mut reader, mut writer) = loop {
+        match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await {
+            Ok((bits, r, w)) => {
+                *has = bits;
+                break (r, w);
+            }
+            Err(TransportError::UnknownTask { .. }) if tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                tracing::info!(%parent, error = %e, "cannot connect to parent");
+                return FailReason::Unreachable;
+            }
         }
     };
     has.resize(layout.piece_count() as usize, false);

@@ -45,6 +45,10 @@ pub struct HostResult {
     /// Bytes this host served to other peers (Ferry only).
     pub bytes_uploaded: u64,
     pub cpu_seconds: f64,
+    /// Ferry only: `(seconds since start, bytes held, bytes uploaded)` every 100 ms, read
+    /// from the daemon's local API, to see where a swarm lags.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<(f64, u64, u64)>,
 }
 
 #[derive(Serialize, Clone, Debug)]

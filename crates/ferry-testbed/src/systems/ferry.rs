@@ -84,6 +84,38 @@ async fn uploaded(socket: &str) -> u64 {
     c.stats(ferry_proto::daemon::StatsRequest {}).await.map(|s| s.into_inner().bytes_uploaded).unwrap_or(0)
 }
 
+type Timeline = Vec<(f64, u64, u64)>;
+
+/// Every 100 ms until `stop`: per daemon, bytes held of the (one) task and bytes uploaded.
+async fn sample(
+    daemons: Vec<(String, String)>,
+    t0: Instant,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::collections::HashMap<String, Timeline> {
+    let mut clients = vec![];
+    for (node, socket) in daemons {
+        if let Ok(c) = ferry::local::connect(std::path::Path::new(&socket)).await {
+            clients.push((node, c));
+        }
+    }
+    let mut out: std::collections::HashMap<String, Timeline> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        for (node, c) in &mut clients {
+            let Ok(s) = c.stats(ferry_proto::daemon::StatsRequest {}).await else { continue };
+            let s = s.into_inner();
+            let held =
+                s.tasks.iter().map(|t| t.content_length * t.pieces_held as u64 / t.pieces_total.max(1) as u64).sum();
+            out.entry(node.clone()).or_default().push((since(t0, Instant::now()), held, s.bytes_uploaded));
+        }
+    }
+    out
+}
+
 pub async fn run(r: &Run) -> Result<SystemResult> {
     let origin = OriginProc::start(r)?;
     let sched_ns = r.net.node("sched").ns.clone();
@@ -130,6 +162,12 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
         });
     }
     let joined = tokio::spawn(futures_join(jobs));
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn(sample(
+        daemons.iter().map(|d| (d.node.clone(), d.socket.clone())).collect(),
+        t0,
+        stop_sampling.clone(),
+    ));
     if !victims.is_empty() {
         tokio::time::sleep(Duration::from_secs_f64(r.bound_s * 0.4)).await;
         for d in daemons.iter().filter(|d| victims.contains(&d.node)) {
@@ -138,6 +176,8 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     }
     let results = joined.await?;
     let busy = busy_fraction(before, cpu_ticks());
+    stop_sampling.cancel();
+    let mut timelines = sampler.await?;
 
     let mut hosts = vec![];
     for res in results {
@@ -152,6 +192,7 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
             bytes_from_origin: v["bytes_from_origin"].as_u64().unwrap_or(0),
             bytes_from_peers: v["bytes_from_peers"].as_u64().unwrap_or(0),
             cpu_seconds: e.cpu_seconds,
+            timeline: timelines.remove(&host).unwrap_or_default(),
             host,
             ..Default::default()
         });
