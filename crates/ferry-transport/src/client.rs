@@ -86,8 +86,14 @@ impl ParentReader {
                 if h.len > self.max_piece {
                     return Err(TransportError::Unexpected { expected: "piece within layout", got: format!("{h:?}") });
                 }
-                let mut bytes = vec![0u8; h.len as usize];
-                self.rd.read_exact(&mut bytes).await?;
+                // Read into spare capacity: no zeroing of a buffer about to be overwritten.
+                let len = h.len as usize;
+                let mut bytes = Vec::with_capacity(len);
+                while bytes.len() < len {
+                    if (&mut self.rd).take((len - bytes.len()) as u64).read_buf(&mut bytes).await? == 0 {
+                        return Err(TransportError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
                 Ok(Some(ParentEvent::Piece { index: h.index, bytes }))
             }
             Some(Incoming::Control(f)) => {

@@ -177,12 +177,31 @@ async fn write_requests(
         tokio::select! {
             biased;
             have = haves.recv(), if haves_open => match have {
-                Ok(index) => write_frame(&mut wr, &Frame::Have { index }).await?,
+                Ok(index) => {
+                    // Every notice pending goes out in one write: one segment, not one each.
+                    let mut buf = BytesMut::new();
+                    frame::encode(&Frame::Have { index }, &mut buf);
+                    loop {
+                        match haves.try_recv() {
+                            Ok(index) => frame::encode(&Frame::Have { index }, &mut buf),
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                for index in (0..avail.piece_count()).filter(|i| avail.shown(*i)) {
+                                    frame::encode(&Frame::Have { index }, &mut buf);
+                                }
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    wr.write_all(&buf).await?;
+                }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Missed notices: resend the whole picture as Haves.
+                    let mut buf = BytesMut::new();
                     for index in (0..avail.piece_count()).filter(|i| avail.shown(*i)) {
-                        write_frame(&mut wr, &Frame::Have { index }).await?;
+                        frame::encode(&Frame::Have { index }, &mut buf);
                     }
+                    wr.write_all(&buf).await?;
                 }
                 Err(broadcast::error::RecvError::Closed) => haves_open = false,
             },
