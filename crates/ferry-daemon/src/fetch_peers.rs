@@ -175,6 +175,17 @@ async fn run(
                     exhausted = true;
                     any_waiting = 0;
                 }
+                Some(Ok(ParentEvent::Reject { index, code: RejectCode::Busy })) => {
+                    // A seed still reading the origin keeps its upload for new pieces: it
+                    // does hold this one, so ask again after another grace time.
+                    if let Some(pos) = inflight.iter().position(|(i, _)| *i == index) {
+                        inflight.remove(pos);
+                        shared.release(index);
+                    }
+                    if let Some(since) = seed_only_since.get_mut(index as usize) {
+                        *since = Some(Instant::now());
+                    }
+                }
                 Some(Ok(ParentEvent::Reject { index, .. })) => {
                     if let Some(pos) = inflight.iter().position(|(i, _)| *i == index) {
                         inflight.remove(pos);

@@ -7,7 +7,8 @@
 //! seed that nobody else could have yet, so they fetch it from the child that got it, and
 //! the seed's upload carries each piece about once.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::{broadcast, mpsc};
@@ -15,9 +16,13 @@ use tokio::sync::{broadcast, mpsc};
 /// Sent down a waiter's channel when nothing is left to hand out.
 pub const EXHAUSTED: u32 = u32::MAX;
 
+/// One child connection, as a dispensing peer tracks it.
+pub type ChildId = u64;
+
 pub struct Availability {
     inner: Mutex<Inner>,
     haves: broadcast::Sender<u32>,
+    next_child: AtomicU64,
 }
 
 struct Inner {
@@ -29,9 +34,13 @@ struct Inner {
 #[derive(Default)]
 struct Dispense {
     shown: Vec<bool>,
+    /// The child each handed-out piece went to.
+    holder: Vec<Option<ChildId>>,
+    /// Children connected now.
+    live: HashSet<ChildId>,
     /// Held, not yet handed out; oldest first.
     queue: VecDeque<u32>,
-    waiters: VecDeque<mpsc::UnboundedSender<u32>>,
+    waiters: VecDeque<(ChildId, mpsc::UnboundedSender<u32>)>,
 }
 
 /// What a `RequestAny` gets right away.
@@ -65,14 +74,15 @@ impl Inner {
         let Some(d) = self.dispense.as_mut() else { return };
         let mut given = vec![];
         while let Some(&index) = d.queue.front() {
-            let Some(w) = d.waiters.pop_front() else { break };
+            let Some((child, w)) = d.waiters.pop_front() else { break };
             if w.send(index).is_ok() {
                 d.queue.pop_front();
+                d.holder[index as usize] = Some(child);
                 given.push(index);
             }
         }
         if complete && d.queue.is_empty() {
-            for w in d.waiters.drain(..) {
+            for (_, w) in d.waiters.drain(..) {
                 let _ = w.send(EXHAUSTED);
             }
         }
@@ -87,8 +97,10 @@ impl Availability {
     pub fn new(piece_count: u32, dispensing: bool) -> Self {
         let (haves, _) = broadcast::channel(4096);
         let n = piece_count as usize;
-        let dispense = dispensing.then(|| Dispense { shown: vec![false; n], ..Default::default() });
-        Self { inner: Mutex::new(Inner { held: vec![false; n], held_count: 0, dispense }), haves }
+        let dispense =
+            dispensing.then(|| Dispense { shown: vec![false; n], holder: vec![None; n], ..Default::default() });
+        let inner = Mutex::new(Inner { held: vec![false; n], held_count: 0, dispense });
+        Self { inner, haves, next_child: AtomicU64::new(1) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -133,21 +145,46 @@ impl Availability {
         true
     }
 
-    /// A `RequestAny` from the child behind `waiter`.
-    pub fn request_any(&self, waiter: &mpsc::UnboundedSender<u32>) -> AnyOutcome {
+    /// A child connected: its id for the calls below.
+    pub fn open_child(&self) -> ChildId {
+        let id = self.next_child.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = self.lock().dispense.as_mut() {
+            d.live.insert(id);
+        }
+        id
+    }
+
+    /// A child's connection ended; pieces handed to it but never sent go to the next child
+    /// that asks, first.
+    pub fn close_child(&self, child: ChildId, unsent: impl IntoIterator<Item = u32>) {
+        let mut inner = self.lock();
+        if let Some(d) = inner.dispense.as_mut() {
+            d.live.remove(&child);
+            for i in unsent {
+                if i != EXHAUSTED && !d.queue.contains(&i) {
+                    d.queue.push_front(i);
+                }
+            }
+        }
+        inner.pump(&self.haves);
+    }
+
+    /// A `RequestAny` from `child`, whose answers go down `waiter`.
+    pub fn request_any(&self, child: ChildId, waiter: &mpsc::UnboundedSender<u32>) -> AnyOutcome {
         let mut inner = self.lock();
         let complete = inner.complete();
         let Some(d) = inner.dispense.as_mut() else {
             return AnyOutcome::Exhausted;
         };
         if let Some(index) = d.queue.pop_front() {
+            d.holder[index as usize] = Some(child);
             inner.show(index, &self.haves);
             return AnyOutcome::Given(index);
         }
         if complete {
             return AnyOutcome::Exhausted;
         }
-        d.waiters.push_back(waiter.clone());
+        d.waiters.push_back((child, waiter.clone()));
         AnyOutcome::Queued
     }
 
@@ -156,28 +193,27 @@ impl Availability {
         self.lock().dispense.as_ref().map_or(0, |d| d.waiters.len())
     }
 
-    /// A piece is being sent by index: it counts as handed out.
-    pub fn note_sent(&self, index: u32) {
+    /// Whether `child` may have a piece it asked for by index.
+    ///
+    /// While a dispensing peer is still receiving the task (reading the origin), its upload
+    /// carries the first copy of every new piece, and the ACKs of its own download share that
+    /// link: measured on the testbed, a seed whose children asked it for pieces they could
+    /// not yet see elsewhere uploaded 1.3-2 copies and its origin read stalled. So until it
+    /// holds the whole task it sends a handed-out piece again only when the child it went to
+    /// has disconnected (died before passing it on); the asker gets it and holds it instead.
+    pub fn claim_by_index(&self, child: ChildId, index: u32) -> bool {
         let mut inner = self.lock();
-        if let Some(d) = inner.dispense.as_mut() {
-            if let Some(pos) = d.queue.iter().position(|i| *i == index) {
-                d.queue.remove(pos);
-            }
+        let complete = inner.complete();
+        let Some(d) = inner.dispense.as_mut() else { return true };
+        if let Some(pos) = d.queue.iter().position(|i| *i == index) {
+            d.queue.remove(pos);
+        } else if !complete && d.holder.get(index as usize).is_some_and(|h| h.is_some_and(|h| d.live.contains(&h))) {
+            return false;
         }
-    }
-
-    /// Pieces handed to a child whose connection ended before they were sent: hand them out
-    /// again, first.
-    pub fn requeue(&self, pieces: impl IntoIterator<Item = u32>) {
-        let mut inner = self.lock();
-        if let Some(d) = inner.dispense.as_mut() {
-            for i in pieces {
-                if i != EXHAUSTED && !d.queue.contains(&i) {
-                    d.queue.push_front(i);
-                }
-            }
+        if let Some(h) = d.holder.get_mut(index as usize) {
+            *h = Some(child);
         }
-        inner.pump(&self.haves);
+        true
     }
 
     /// Whether a child may see the piece here.
@@ -243,8 +279,8 @@ mod tests {
         assert_eq!(bits, vec![0]);
         let (w1, mut r1) = mpsc::unbounded_channel();
         let (w2, mut r2) = mpsc::unbounded_channel();
-        assert_eq!(a.request_any(&w1), AnyOutcome::Queued);
-        assert_eq!(a.request_any(&w2), AnyOutcome::Queued);
+        assert_eq!(a.request_any(1, &w1), AnyOutcome::Queued);
+        assert_eq!(a.request_any(2, &w2), AnyOutcome::Queued);
         a.insert(2);
         a.insert(0);
         assert_eq!(r1.try_recv().unwrap(), 2);
@@ -254,9 +290,9 @@ mod tests {
         a.insert(1);
         assert!(a.has(1) && !a.shown(1));
         assert!(haves.try_recv().is_err());
-        assert_eq!(a.request_any(&w1), AnyOutcome::Given(1));
+        assert_eq!(a.request_any(1, &w1), AnyOutcome::Given(1));
         assert!(a.shown(1));
-        assert_eq!(a.request_any(&w1), AnyOutcome::Exhausted);
+        assert_eq!(a.request_any(1, &w1), AnyOutcome::Exhausted);
     }
 
     #[test]
@@ -266,17 +302,17 @@ mod tests {
         let (w2, mut r2) = mpsc::unbounded_channel();
         let (w3, mut r3) = mpsc::unbounded_channel();
         for w in [&w1, &w2, &w3] {
-            assert_eq!(a.request_any(w), AnyOutcome::Queued);
+            assert_eq!(a.request_any(9, w), AnyOutcome::Queued);
         }
         a.insert(0);
         a.insert(1);
         assert_eq!((r1.try_recv().unwrap(), r2.try_recv().unwrap()), (0, 1));
         assert_eq!(r3.try_recv().unwrap(), EXHAUSTED, "a waiter left over when all is handed out");
-        assert_eq!(a.request_any(&w1), AnyOutcome::Exhausted);
+        assert_eq!(a.request_any(1, &w1), AnyOutcome::Exhausted);
         // w2's connection died before sending piece 1: the next child gets it.
         drop(r2);
-        a.requeue([1]);
-        assert_eq!(a.request_any(&w1), AnyOutcome::Given(1));
+        a.close_child(2, [1]);
+        assert_eq!(a.request_any(1, &w1), AnyOutcome::Given(1));
     }
 
     #[test]
@@ -284,8 +320,8 @@ mod tests {
         let a = Availability::new(1, true);
         let (w1, r1) = mpsc::unbounded_channel();
         let (w2, mut r2) = mpsc::unbounded_channel();
-        a.request_any(&w1);
-        a.request_any(&w2);
+        a.request_any(1, &w1);
+        a.request_any(2, &w2);
         drop(r1);
         a.insert(0);
         assert_eq!(r2.try_recv().unwrap(), 0);
@@ -297,6 +333,23 @@ mod tests {
         let (w, _r) = mpsc::unbounded_channel();
         a.insert(0);
         assert!(a.shown(0));
-        assert_eq!(a.request_any(&w), AnyOutcome::Exhausted);
+        assert_eq!(a.request_any(1, &w), AnyOutcome::Exhausted);
+    }
+
+    #[test]
+    fn a_piece_goes_again_only_when_its_receiver_is_gone_or_all_is_held() {
+        let a = Availability::new(2, true);
+        let (w, _r) = mpsc::unbounded_channel();
+        let (c1, c2, c3) = (a.open_child(), a.open_child(), a.open_child());
+        a.insert(0);
+        assert_eq!(a.request_any(c1, &w), AnyOutcome::Given(0));
+        assert!(!a.claim_by_index(c2, 0), "c1 holds it and will pass it on");
+        a.close_child(c1, []);
+        assert!(a.claim_by_index(c2, 0), "c1 is gone: repair");
+        assert!(!a.claim_by_index(c3, 0), "c2 holds it now");
+        a.insert(1);
+        assert!(a.claim_by_index(c3, 1), "asked by index before it was handed out: its first copy");
+        assert!(a.claim_by_index(c3, 0), "all held: the upload is free for anything");
+        assert_eq!(a.request_any(c3, &w), AnyOutcome::Exhausted);
     }
 }

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::avail::{AnyOutcome, EXHAUSTED};
+use crate::avail::{AnyOutcome, ChildId, EXHAUSTED};
 use crate::io::{read_frame, sendfile_all, write_frame, Incoming};
 use crate::{Availability, TransportError};
 
@@ -148,14 +148,15 @@ async fn write_loop(
     stats: &ServerStats,
 ) -> Result<(), TransportError> {
     let (given_tx, mut given_rx) = mpsc::unbounded_channel();
-    let r = write_requests(wr, requests, haves, &given_tx, &mut given_rx, &file, &avail, opts, stats).await;
+    let child = avail.open_child();
+    let r = write_requests(wr, requests, haves, child, &given_tx, &mut given_rx, &file, &avail, opts, stats).await;
     // Pieces handed to this child but never sent go to the next child that asks.
     given_rx.close();
     let mut unsent = vec![];
     while let Ok(i) = given_rx.try_recv() {
         unsent.push(i);
     }
-    avail.requeue(unsent);
+    avail.close_child(child, unsent);
     r
 }
 
@@ -164,6 +165,7 @@ async fn write_requests(
     mut wr: OwnedWriteHalf,
     mut requests: mpsc::Receiver<Ask>,
     mut haves: broadcast::Receiver<u32>,
+    child: ChildId,
     given_tx: &mpsc::UnboundedSender<u32>,
     given_rx: &mut mpsc::UnboundedReceiver<u32>,
     file: &TaskFile,
@@ -212,10 +214,13 @@ async fn write_requests(
             req = requests.recv() => match req {
                 None => return Ok(()),
                 Some(Ask::Piece(index)) => {
-                    avail.note_sent(index);
-                    send_piece(&mut wr, file, avail, index, opts, stats).await?;
+                    if avail.claim_by_index(child, index) {
+                        send_piece(&mut wr, file, avail, index, opts, stats).await?;
+                    } else {
+                        write_frame(&mut wr, &Frame::Reject { index, code: RejectCode::Busy }).await?;
+                    }
                 }
-                Some(Ask::Any) => match avail.request_any(given_tx) {
+                Some(Ask::Any) => match avail.request_any(child, given_tx) {
                     AnyOutcome::Given(index) => send_piece(&mut wr, file, avail, index, opts, stats).await?,
                     AnyOutcome::Queued => {}
                     AnyOutcome::Exhausted => write_frame(&mut wr, &exhausted).await?,
