@@ -65,6 +65,9 @@ fn send(tx: &crate::state::PeerTx, c: peer_command::Command) {
     let _ = tx.send(Ok(PeerCommand { command: Some(c) }));
 }
 
+/// Parents a peer gets over the child limits when no parent is within them.
+const STARVING_PARENTS: usize = 4;
+
 /// Decides what one peer of a task is told now, and tells it.
 fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, opts: &SchedulerOptions) {
     let seeds: Vec<SeedCandidate> = st
@@ -87,8 +90,20 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
     let candidates = task.candidates(hosts);
     let loc = locality(&p.host);
     let view = ChildView { host: peer, locality: &loc, blocklist: &p.blocklist, piece_count: task.piece_count() };
-    let ranked: Vec<HostId> =
+    let mut ranked: Vec<HostId> =
         rank_parents(&view, &candidates, &task.dag, &opts.rank).into_iter().map(|c| c.host.clone()).collect();
+    if ranked.is_empty() {
+        // Every peer that could feed this one is at its child limit (a late arrival in a
+        // mesh that has filled up). Measured at 32 hosts: six late peers waited 6 s with 0
+        // bytes while the rest downloaded. Better a few parents over their limit than none.
+        let relaxed = RankOptions {
+            max_parents: STARVING_PARENTS,
+            seed_max_children: u32::MAX,
+            peer_max_children: u32::MAX,
+            ..opts.rank.clone()
+        };
+        ranked = rank_parents(&view, &candidates, &task.dag, &relaxed).into_iter().map(|c| c.host.clone()).collect();
+    }
     let input = DecisionInput {
         has_parents: !ranked.is_empty(),
         want_origin,
@@ -471,5 +486,78 @@ impl Scheduler for SchedulerService {
             seed_fetches: st.seed_fetches,
             back_to_source_grants: st.back_to_source_grants,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::scheduler::Host;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    type Rx = UnboundedReceiver<Result<PeerCommand, Status>>;
+
+    fn join(svc: &SchedulerService, id: &str, from_origin: bool) -> Rx {
+        let host = Host { id: id.into(), ip: "127.0.0.1".into(), piece_port: 1, upload_slots: 8, ..Default::default() };
+        let reg = Register {
+            task_id: vec![7; 32],
+            host: Some(host),
+            url: "http://origin/f".into(),
+            from_origin,
+            ..Default::default()
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        svc.register(reg, tx).unwrap();
+        rx
+    }
+
+    /// Parent ids in every `Parents` command received so far; `None` if the peer was only
+    /// told to wait.
+    fn parents(rx: &mut Rx) -> Option<Vec<String>> {
+        let mut out: Option<Vec<String>> = None;
+        while let Ok(Ok(c)) = rx.try_recv() {
+            if let Some(peer_command::Command::Parents(p)) = c.command {
+                out.get_or_insert_default().extend(p.parents.into_iter().map(|p| p.host_id));
+            }
+        }
+        out.map(|mut v| {
+            v.sort();
+            v
+        })
+    }
+
+    #[test]
+    fn a_new_peer_is_offered_back_to_its_parents() {
+        let svc = SchedulerService::new(SchedulerOptions::default());
+        let _seed = join(&svc, "seed", true);
+        let mut a = join(&svc, "a", false);
+        assert_eq!(parents(&mut a).unwrap(), ["seed"]);
+        let mut b = join(&svc, "b", false);
+        assert_eq!(parents(&mut b).unwrap(), ["a", "seed"]);
+        assert_eq!(parents(&mut a).unwrap(), ["b"], "a learns of b, which came later");
+    }
+
+    #[test]
+    fn dag_mode_offers_nothing_back() {
+        let rank = RankOptions { avoid_cycles: true, ..Default::default() };
+        let svc = SchedulerService::new(SchedulerOptions { rank, ..Default::default() });
+        let _seed = join(&svc, "seed", true);
+        let mut a = join(&svc, "a", false);
+        parents(&mut a);
+        let _b = join(&svc, "b", false);
+        assert_eq!(parents(&mut a), None);
+    }
+
+    #[test]
+    fn a_late_peer_gets_parents_over_the_child_limits_rather_than_none() {
+        let rank = RankOptions { seed_max_children: 1, peer_max_children: 1, ..Default::default() };
+        let svc = SchedulerService::new(SchedulerOptions { rank, ..Default::default() });
+        let _seed = join(&svc, "seed", true);
+        let _a = join(&svc, "a", false);
+        let _b = join(&svc, "b", false);
+        // seed feeds a, a feeds b, b feeds a: every child slot is taken.
+        let mut c = join(&svc, "c", false);
+        let got = parents(&mut c).expect("parents, not a wait");
+        assert!(!got.is_empty() && got.len() <= STARVING_PARENTS, "{got:?}");
     }
 }
