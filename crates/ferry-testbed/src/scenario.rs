@@ -63,6 +63,10 @@ pub struct SystemResult {
     pub cpu_busy_fraction: f64,
     pub cpu_seconds_total: f64,
     pub hosts: Vec<HostResult>,
+    /// Hosts that serve but are not among the H (Ferry's seed with `--seed-link`): their
+    /// CPU counts in `cpu_seconds_total`, their times do not count in the makespan.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub helpers: Vec<HostResult>,
 }
 
 impl Run {
@@ -119,6 +123,7 @@ impl Run {
             cpu_busy_fraction: cpu_busy,
             cpu_seconds_total: hosts.iter().map(|h| h.cpu_seconds).sum(),
             hosts,
+            helpers: vec![],
         }
     }
 }

@@ -208,6 +208,7 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
                 completed: true,
                 verified: true,
                 bytes_uploaded: up,
+                timeline: timelines.remove(&d.node).unwrap_or_default(),
                 ..Default::default()
             };
             hosts.push(seed);
@@ -224,9 +225,9 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     wait(sched.pid()).await;
     let served = origin.stop();
     // The separate seed host is not one of the H hosts: it is kept for CPU, not for makespan.
-    let seed_extra: Vec<HostResult> = hosts.iter().filter(|h| h.host == "seed").cloned().collect();
-    hosts.retain(|h| h.host != "seed");
+    let (helpers, hosts): (Vec<HostResult>, Vec<HostResult>) = hosts.into_iter().partition(|h| h.host == "seed");
     let mut res = r.finish("ferry", hosts, served, "origin (HTTP body bytes)", busy);
-    res.cpu_seconds_total += seed_extra.iter().map(|h| h.cpu_seconds).sum::<f64>();
+    res.cpu_seconds_total += helpers.iter().map(|h| h.cpu_seconds).sum::<f64>();
+    res.helpers = helpers;
     Ok(res)
 }
