@@ -69,6 +69,10 @@ struct RunArgs {
     /// Piece size passed to Ferry's seed.
     #[arg(long)]
     piece_size: Option<String>,
+    /// Sample every Ferry daemon's progress this often (milliseconds; 0: off). The samples
+    /// cost some CPU on a machine that may already be the limit.
+    #[arg(long, default_value_t = 100)]
+    timeline_ms: u64,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -180,6 +184,7 @@ async fn run(a: RunArgs) -> Result<()> {
         origin_link: a.origin_link,
         seed_link: a.seed_link,
         piece_size: a.piece_size.clone(),
+        timeline_every: (a.timeline_ms > 0).then(|| std::time::Duration::from_millis(a.timeline_ms)),
         kill_fraction: a.kill_fraction,
         staggered: a.arrival == "staggered",
         bound_s,

@@ -27,6 +27,8 @@ pub struct Run {
     pub origin_link: Rate,
     pub seed_link: bool,
     pub piece_size: Option<String>,
+    /// How often Ferry daemons' progress is sampled into `HostResult::timeline`.
+    pub timeline_every: Option<Duration>,
     pub kill_fraction: f64,
     pub staggered: bool,
     pub bound_s: f64,

@@ -86,12 +86,14 @@ async fn uploaded(socket: &str) -> u64 {
 
 type Timeline = Vec<(f64, u64, u64)>;
 
-/// Every 100 ms until `stop`: per daemon, bytes held of the (one) task and bytes uploaded.
+/// Every `every` until `stop`: per daemon, bytes held of the (one) task and bytes uploaded.
 async fn sample(
     daemons: Vec<(String, String)>,
     t0: Instant,
+    every: Option<Duration>,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::collections::HashMap<String, Timeline> {
+    let Some(every) = every else { return Default::default() };
     let mut clients = vec![];
     for (node, socket) in daemons {
         if let Ok(c) = ferry::local::connect(std::path::Path::new(&socket)).await {
@@ -99,7 +101,7 @@ async fn sample(
         }
     }
     let mut out: std::collections::HashMap<String, Timeline> = Default::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
     while !stop.is_cancelled() {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -166,6 +168,7 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     let sampler = tokio::spawn(sample(
         daemons.iter().map(|d| (d.node.clone(), d.socket.clone())).collect(),
         t0,
+        r.timeline_every,
         stop_sampling.clone(),
     ));
     if !victims.is_empty() {
