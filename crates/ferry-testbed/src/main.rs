@@ -164,12 +164,20 @@ async fn run(a: RunArgs) -> Result<()> {
     let up = a.link.0 as f64;
     let receivers = a.hosts + usize::from(a.seed_link);
     let ups = vec![up; receivers];
-    let bound_s = report::bound(size, a.origin_link.0 as f64, receivers, &ups, up);
-    let bound_note = if a.seed_link {
+    let together_s = report::bound(size, a.origin_link.0 as f64, receivers, &ups, up);
+    let staggered = a.arrival == "staggered";
+    let mut bound_s = together_s;
+    let mut bound_note = if a.seed_link {
         "the seed's host counted as one more receiver with the same caps".to_owned()
     } else {
         "the seed runs on host 0, one of the H hosts".to_owned()
     };
+    if staggered {
+        // Arrivals spread over the simultaneous bound T; the last host, arriving at T, still
+        // needs S / d_min. Starting later never makes the simultaneous bound smaller.
+        bound_s = report::staggered_bound(together_s, together_s, size, up);
+        bound_note.push_str(&format!("; staggered: hosts arrive over {together_s:.2} s, the last then needs S/d_min"));
+    }
     let r = Run {
         net,
         hosts,
@@ -186,7 +194,8 @@ async fn run(a: RunArgs) -> Result<()> {
         piece_size: a.piece_size.clone(),
         timeline_every: (a.timeline_ms > 0).then(|| std::time::Duration::from_millis(a.timeline_ms)),
         kill_fraction: a.kill_fraction,
-        staggered: a.arrival == "staggered",
+        staggered,
+        arrival_spread_s: together_s,
         bound_s,
     };
     let calibration = calibrate(&r).await?;

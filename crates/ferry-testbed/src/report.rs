@@ -33,6 +33,12 @@ pub struct Calibration {
 }
 
 /// Kumar & Ross (2006): T_min = max(S/u_origin, S/d_min, N·S/(u_origin + Σu_i)).
+/// Lower bound with staggered arrivals: the simultaneous bound still holds, and the host that
+/// arrives last (at `last_arrival_s`) cannot finish before it has downloaded S at `d_min_bps`.
+pub fn staggered_bound(together_s: f64, last_arrival_s: f64, size: u64, d_min_bps: f64) -> f64 {
+    together_s.max(last_arrival_s + size as f64 * 8.0 / d_min_bps)
+}
+
 pub fn bound(size: u64, origin_up_bps: f64, receivers: usize, host_up_bps: &[f64], d_min_bps: f64) -> f64 {
     let s = size as f64 * 8.0;
     let total_up = origin_up_bps + host_up_bps.iter().sum::<f64>();
@@ -125,6 +131,15 @@ pub fn plot(r: &Report, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staggered_bound_adds_the_last_hosts_download() {
+        let s = 128u64 << 20;
+        let t = bound(s, 200e6, 16, &[200e6; 16], 200e6);
+        let st = staggered_bound(t, t, s, 200e6);
+        assert!((st - 2.0 * s as f64 * 8.0 / 200e6).abs() < 1e-9, "{st}");
+        assert_eq!(staggered_bound(10.0, 0.0, s, 200e6), 10.0);
+    }
 
     #[test]
     fn bound_matches_hand_computation() {

@@ -32,6 +32,8 @@ pub struct Run {
     pub kill_fraction: f64,
     pub staggered: bool,
     pub bound_s: f64,
+    /// With `staggered`, hosts start evenly over this many seconds (the simultaneous bound).
+    pub arrival_spread_s: f64,
 }
 
 #[derive(Serialize, Clone, Debug, Default)]
@@ -92,7 +94,7 @@ impl Run {
     /// Start offset of host `i` (all at once, or spread over one bound-time when staggered).
     pub fn arrival(&self, i: usize) -> Duration {
         if self.staggered && self.hosts.len() > 1 {
-            Duration::from_secs_f64(self.bound_s * i as f64 / (self.hosts.len() - 1) as f64)
+            Duration::from_secs_f64(self.arrival_spread_s * i as f64 / (self.hosts.len() - 1) as f64)
         } else {
             Duration::ZERO
         }
