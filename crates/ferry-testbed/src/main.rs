@@ -229,6 +229,9 @@ async fn run(a: RunArgs) -> Result<()> {
         arrival: a.arrival.clone(),
         kill_fraction: a.kill_fraction,
         calibration,
+        tcp_congestion_control: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default(),
         bound_s,
         bound_note,
         systems: results,

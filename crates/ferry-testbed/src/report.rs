@@ -18,6 +18,9 @@ pub struct Report {
     pub arrival: String,
     pub kill_fraction: f64,
     pub calibration: Calibration,
+    /// The kernel's default TCP congestion control, which every namespace inherits: it shapes
+    /// how uploads and downloads share a capped link.
+    pub tcp_congestion_control: String,
     pub bound_s: f64,
     pub bound_note: String,
     pub systems: Vec<SystemResult>,
@@ -48,7 +51,7 @@ pub fn bound(size: u64, origin_up_bps: f64, receivers: usize, host_up_bps: &[f64
 pub fn markdown(r: &Report) -> String {
     let mut m = format!(
         "{} hosts, {:.0} MiB, links {} Mbit/s, origin {} Mbit/s, arrival {}, kill fraction {}; \
-         bound T_min = {:.2} s ({}); calibration: one TCP flow reached {:.0}% of its cap.\n\n",
+         bound T_min = {:.2} s ({}); calibration: one TCP flow reached {:.0}% of its cap; TCP congestion control {}.\n\n",
         r.hosts,
         r.size_bytes as f64 / (1 << 20) as f64,
         r.link_bps / 1_000_000,
@@ -57,7 +60,8 @@ pub fn markdown(r: &Report) -> String {
         r.kill_fraction,
         r.bound_s,
         r.bound_note,
-        r.calibration.ratio * 100.0
+        r.calibration.ratio * 100.0,
+        r.tcp_congestion_control
     );
     m.push_str(
         "| system | makespan s | first s | median s | efficiency | origin bytes / S | CPU busy | CPU s | verified |\n",
