@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::avail::{AnyOutcome, ChildId, EXHAUSTED};
+use crate::avail::{AnyOutcome, EXHAUSTED};
 use crate::io::{read_frame, sendfile_all, write_frame, Incoming};
 use crate::{Availability, TransportError};
 
@@ -140,8 +140,8 @@ fn unexpected(expected: &'static str, got: Option<Incoming>) -> TransportError {
 
 async fn write_loop(
     wr: OwnedWriteHalf,
-    requests: mpsc::Receiver<Ask>,
-    haves: broadcast::Receiver<u32>,
+    mut requests: mpsc::Receiver<Ask>,
+    mut haves: broadcast::Receiver<u32>,
     file: Arc<TaskFile>,
     avail: Arc<Availability>,
     opts: &ServerOptions,
@@ -149,34 +149,11 @@ async fn write_loop(
 ) -> Result<(), TransportError> {
     let (given_tx, mut given_rx) = mpsc::unbounded_channel();
     let child = avail.open_child();
-    let r = write_requests(wr, requests, haves, child, &given_tx, &mut given_rx, &file, &avail, opts, stats).await;
-    // Pieces handed to this child but never sent go to the next child that asks.
-    given_rx.close();
-    let mut unsent = vec![];
-    while let Ok(i) = given_rx.try_recv() {
-        unsent.push(i);
-    }
-    avail.close_child(child, unsent);
-    r
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn write_requests(
-    mut wr: OwnedWriteHalf,
-    mut requests: mpsc::Receiver<Ask>,
-    mut haves: broadcast::Receiver<u32>,
-    child: ChildId,
-    given_tx: &mpsc::UnboundedSender<u32>,
-    given_rx: &mut mpsc::UnboundedReceiver<u32>,
-    file: &TaskFile,
-    avail: &Availability,
-    opts: &ServerOptions,
-    stats: &ServerStats,
-) -> Result<(), TransportError> {
+    let mut w = Writer { wr, file: &file, avail: &avail, opts, stats };
     let exhausted = Frame::Reject { index: EXHAUSTED, code: RejectCode::Exhausted };
     let mut haves_open = true;
-    loop {
-        tokio::select! {
+    let r = loop {
+        let step = tokio::select! {
             biased;
             have = haves.recv(), if haves_open => match have {
                 Ok(index) => {
@@ -187,78 +164,97 @@ async fn write_requests(
                         match haves.try_recv() {
                             Ok(index) => frame::encode(&Frame::Have { index }, &mut buf),
                             Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                                for index in (0..avail.piece_count()).filter(|i| avail.shown(*i)) {
-                                    frame::encode(&Frame::Have { index }, &mut buf);
-                                }
+                                encode_all_shown(&avail, &mut buf);
                                 break;
                             }
                             Err(_) => break,
                         }
                     }
-                    wr.write_all(&buf).await?;
+                    w.wr.write_all(&buf).await.map_err(TransportError::from)
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Missed notices: resend the whole picture as Haves.
                     let mut buf = BytesMut::new();
-                    for index in (0..avail.piece_count()).filter(|i| avail.shown(*i)) {
-                        frame::encode(&Frame::Have { index }, &mut buf);
-                    }
-                    wr.write_all(&buf).await?;
+                    encode_all_shown(&avail, &mut buf);
+                    w.wr.write_all(&buf).await.map_err(TransportError::from)
                 }
-                Err(broadcast::error::RecvError::Closed) => haves_open = false,
+                Err(broadcast::error::RecvError::Closed) => {
+                    haves_open = false;
+                    Ok(())
+                }
             },
             Some(index) = given_rx.recv() => match index {
-                EXHAUSTED => write_frame(&mut wr, &exhausted).await?,
-                index => send_piece(&mut wr, file, avail, index, opts, stats).await?,
+                EXHAUSTED => write_frame(&mut w.wr, &exhausted).await.map_err(TransportError::from),
+                index => w.send_piece(index).await,
             },
             req = requests.recv() => match req {
-                None => return Ok(()),
+                None => break Ok(()),
+                Some(Ask::Piece(index)) if avail.claim_by_index(child, index) => w.send_piece(index).await,
                 Some(Ask::Piece(index)) => {
-                    if avail.claim_by_index(child, index) {
-                        send_piece(&mut wr, file, avail, index, opts, stats).await?;
-                    } else {
-                        write_frame(&mut wr, &Frame::Reject { index, code: RejectCode::Busy }).await?;
-                    }
+                    let busy = Frame::Reject { index, code: RejectCode::Busy };
+                    write_frame(&mut w.wr, &busy).await.map_err(TransportError::from)
                 }
-                Some(Ask::Any) => match avail.request_any(child, given_tx) {
-                    AnyOutcome::Given(index) => send_piece(&mut wr, file, avail, index, opts, stats).await?,
-                    AnyOutcome::Queued => {}
-                    AnyOutcome::Exhausted => write_frame(&mut wr, &exhausted).await?,
+                Some(Ask::Any) => match avail.request_any(child, &given_tx) {
+                    AnyOutcome::Given(index) => w.send_piece(index).await,
+                    AnyOutcome::Queued => Ok(()),
+                    AnyOutcome::Exhausted => write_frame(&mut w.wr, &exhausted).await.map_err(TransportError::from),
                 },
             }
+        };
+        if let Err(e) = step {
+            break Err(e);
         }
+    };
+    // Pieces handed to this child but never sent go to the next child that asks.
+    given_rx.close();
+    let mut unsent = vec![];
+    while let Ok(i) = given_rx.try_recv() {
+        unsent.push(i);
+    }
+    avail.close_child(child, unsent);
+    r
+}
+
+fn encode_all_shown(avail: &Availability, buf: &mut BytesMut) {
+    for index in (0..avail.piece_count()).filter(|i| avail.shown(*i)) {
+        frame::encode(&Frame::Have { index }, buf);
     }
 }
 
-async fn send_piece(
-    wr: &mut OwnedWriteHalf,
-    file: &TaskFile,
-    avail: &Availability,
-    index: u32,
-    opts: &ServerOptions,
-    stats: &ServerStats,
-) -> Result<(), TransportError> {
-    let layout = file.layout();
-    let idx = match layout.index(index) {
-        Ok(i) if avail.has(index) => i,
-        _ => {
-            write_frame(wr, &Frame::Reject { index, code: RejectCode::NotHeld }).await?;
-            return Ok(());
+/// One connection's sending side.
+struct Writer<'a> {
+    wr: OwnedWriteHalf,
+    file: &'a TaskFile,
+    avail: &'a Availability,
+    opts: &'a ServerOptions,
+    stats: &'a ServerStats,
+}
+
+impl Writer<'_> {
+    async fn send_piece(&mut self, index: u32) -> Result<(), TransportError> {
+        let (file, wr) = (self.file, &mut self.wr);
+        let layout = file.layout();
+        let idx = match layout.index(index) {
+            Ok(i) if self.avail.has(index) => i,
+            _ => {
+                write_frame(wr, &Frame::Reject { index, code: RejectCode::NotHeld }).await?;
+                return Ok(());
+            }
+        };
+        let len = layout.len(idx);
+        let mut head = BytesMut::with_capacity(frame::HEAD_LEN + frame::PIECE_HEAD_LEN);
+        frame::encode_piece_head(PieceHead { index, len }, &mut head);
+        wr.write_all(&head).await?;
+        if self.opts.corrupt_uploads {
+            let mut bytes = file.read_piece(idx).map_err(|e| std::io::Error::other(e.to_string()))?;
+            if let Some(b) = bytes.first_mut() {
+                *b ^= 0xff;
+            }
+            wr.write_all(&bytes).await?;
+        } else {
+            sendfile_all(wr.as_ref(), file.file(), layout.offset(idx), len as usize).await?;
         }
-    };
-    let len = layout.len(idx);
-    let mut head = BytesMut::with_capacity(frame::HEAD_LEN + frame::PIECE_HEAD_LEN);
-    frame::encode_piece_head(PieceHead { index, len }, &mut head);
-    wr.write_all(&head).await?;
-    if opts.corrupt_uploads {
-        let mut bytes = file.read_piece(idx).map_err(|e| std::io::Error::other(e.to_string()))?;
-        if let Some(b) = bytes.first_mut() {
-            *b ^= 0xff;
-        }
-        wr.write_all(&bytes).await?;
-    } else {
-        sendfile_all(wr.as_ref(), file.file(), layout.offset(idx), len as usize).await?;
+        self.stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
+        Ok(())
     }
-    stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
-    Ok(())
 }
