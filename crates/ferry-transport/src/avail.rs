@@ -33,8 +33,7 @@ struct Inner {
 
 #[derive(Default)]
 struct Dispense {
-    shown: Vec<bool>,
-    /// The child each handed-out piece went to.
+    /// The child each handed-out piece went to last; `Some` is what children may see.
     holder: Vec<Option<ChildId>>,
     /// Children connected now.
     live: HashSet<ChildId>,
@@ -58,27 +57,15 @@ impl Inner {
         self.held_count as usize == self.held.len()
     }
 
-    fn show(&mut self, index: u32, haves: &broadcast::Sender<u32>) {
-        if let Some(d) = self.dispense.as_mut() {
-            if let Some(s) = d.shown.get_mut(index as usize) {
-                if !std::mem::replace(s, true) {
-                    let _ = haves.send(index);
-                }
-            }
-        }
-    }
-
     /// Hands queued pieces to waiters; tells waiters when nothing more will come.
     fn pump(&mut self, haves: &broadcast::Sender<u32>) {
         let complete = self.complete();
         let Some(d) = self.dispense.as_mut() else { return };
-        let mut given = vec![];
         while let Some(&index) = d.queue.front() {
             let Some((child, w)) = d.waiters.pop_front() else { break };
             if w.send(index).is_ok() {
                 d.queue.pop_front();
-                d.holder[index as usize] = Some(child);
-                given.push(index);
+                d.hand_out(index, child, haves);
             }
         }
         if complete && d.queue.is_empty() {
@@ -86,8 +73,16 @@ impl Inner {
                 let _ = w.send(EXHAUSTED);
             }
         }
-        for i in given {
-            self.show(i, haves);
+    }
+}
+
+impl Dispense {
+    /// Records that a held piece went to `child`; the first time, children hear of it.
+    fn hand_out(&mut self, index: u32, child: ChildId, haves: &broadcast::Sender<u32>) {
+        if let Some(h) = self.holder.get_mut(index as usize) {
+            if h.replace(child).is_none() {
+                let _ = haves.send(index);
+            }
         }
     }
 }
@@ -97,8 +92,7 @@ impl Availability {
     pub fn new(piece_count: u32, dispensing: bool) -> Self {
         let (haves, _) = broadcast::channel(4096);
         let n = piece_count as usize;
-        let dispense =
-            dispensing.then(|| Dispense { shown: vec![false; n], holder: vec![None; n], ..Default::default() });
+        let dispense = dispensing.then(|| Dispense { holder: vec![None; n], ..Default::default() });
         let inner = Mutex::new(Inner { held: vec![false; n], held_count: 0, dispense });
         Self { inner, haves, next_child: AtomicU64::new(1) }
     }
@@ -177,8 +171,7 @@ impl Availability {
             return AnyOutcome::Exhausted;
         };
         if let Some(index) = d.queue.pop_front() {
-            d.holder[index as usize] = Some(child);
-            inner.show(index, &self.haves);
+            d.hand_out(index, child, &self.haves);
             return AnyOutcome::Given(index);
         }
         if complete {
@@ -204,15 +197,18 @@ impl Availability {
     pub fn claim_by_index(&self, child: ChildId, index: u32) -> bool {
         let mut inner = self.lock();
         let complete = inner.complete();
+        let held = inner.held.get(index as usize).copied().unwrap_or(false);
         let Some(d) = inner.dispense.as_mut() else { return true };
+        if !held {
+            // Answered `NotHeld` by the sender; nothing to record.
+            return true;
+        }
         if let Some(pos) = d.queue.iter().position(|i| *i == index) {
             d.queue.remove(pos);
-        } else if !complete && d.holder.get(index as usize).is_some_and(|h| h.is_some_and(|h| d.live.contains(&h))) {
+        } else if !complete && d.holder[index as usize].is_some_and(|h| d.live.contains(&h)) {
             return false;
         }
-        if let Some(h) = d.holder.get_mut(index as usize) {
-            *h = Some(child);
-        }
+        d.hand_out(index, child, &self.haves);
         true
     }
 
@@ -220,7 +216,7 @@ impl Availability {
     pub fn shown(&self, index: u32) -> bool {
         let inner = self.lock();
         match &inner.dispense {
-            Some(d) => d.shown.get(index as usize).copied().unwrap_or(false),
+            Some(d) => d.holder.get(index as usize).is_some_and(Option::is_some),
             None => inner.held.get(index as usize).copied().unwrap_or(false),
         }
     }
@@ -231,10 +227,10 @@ impl Availability {
         let inner = self.lock();
         let rx = self.haves.subscribe();
         let bits = match &inner.dispense {
-            Some(d) => &d.shown,
-            None => &inner.held,
+            Some(d) => pack_bits(&d.holder.iter().map(Option::is_some).collect::<Vec<_>>()),
+            None => pack_bits(&inner.held),
         };
-        (pack_bits(bits), bits.len() as u32, rx)
+        (bits, inner.held.len() as u32, rx)
     }
 }
 
