@@ -175,23 +175,18 @@ async fn run(
                     exhausted = true;
                     any_waiting = 0;
                 }
-                Some(Ok(ParentEvent::Reject { index, code: RejectCode::Busy })) => {
-                    // A seed still reading the origin keeps its upload for new pieces: it
-                    // does hold this one, so ask again after another grace time.
+                Some(Ok(ParentEvent::Reject { index, code })) => {
                     if let Some(pos) = inflight.iter().position(|(i, _)| *i == index) {
                         inflight.remove(pos);
                         shared.release(index);
                     }
-                    if let Some(since) = seed_only_since.get_mut(index as usize) {
-                        *since = Some(Instant::now());
-                    }
-                }
-                Some(Ok(ParentEvent::Reject { index, .. })) => {
-                    if let Some(pos) = inflight.iter().position(|(i, _)| *i == index) {
-                        inflight.remove(pos);
-                        shared.release(index);
-                    }
-                    if let Some(h) = has.get_mut(index as usize) {
+                    if code == RejectCode::Busy {
+                        // A seed still reading the origin keeps its upload for new pieces: it
+                        // does hold this one, so ask again after another grace time.
+                        if let Some(since) = seed_only_since.get_mut(index as usize) {
+                            *since = Some(Instant::now());
+                        }
+                    } else if let Some(h) = has.get_mut(index as usize) {
                         if *h && !seed {
                             shared.count_holders(std::iter::once(index), -1);
                         }
