@@ -106,7 +106,7 @@ pub async fn run(
     tokio::spawn(serve(
         listener,
         registry,
-        ServerOptions { corrupt_uploads: opts.corrupt_uploads },
+        ServerOptions { corrupt_uploads: opts.corrupt_uploads, ..ServerOptions::default() },
         server_stats,
         cancel.clone(),
     ));

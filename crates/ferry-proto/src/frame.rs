@@ -16,8 +16,11 @@
 //! been given yet, in the order children asked (or `Reject(u32::MAX, Exhausted)` once it has
 //! nothing left to hand out). Each new piece thus leaves the seed once and the children
 //! trade it among themselves (the super-seeding idea). `RequestAny` answers come when a piece
-//! is available, so they may overtake `Request` answers on the same connection. The decoder never trusts a length before checking it against
-//! the limit for its kind, so garbage costs a clear error and at most a 6-byte read.
+//! is available, so they may overtake `Request` answers on the same connection.
+//!
+//! The decoder never trusts a length before checking it against the exact limit for its kind
+//! ([`Kind::max_body`]): a `Hello` is 32 bytes, a `Request` 4, so a peer that announces a
+//! large frame and then sends nothing costs a clear error, not a buffer.
 
 use bytes::{BufMut, BytesMut};
 
@@ -42,6 +45,20 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The largest body a frame of this kind may have. Fixed-size kinds allow exactly their
+    /// size; a bitfield is bounded by [`MAX_CONTROL_BODY`] (8 Mi pieces), a piece by
+    /// [`MAX_PIECE_BODY`].
+    pub fn max_body(self) -> u32 {
+        match self {
+            Self::Hello => 32,
+            Self::Have | Self::Request => 4,
+            Self::RequestAny => 0,
+            Self::Reject => 5,
+            Self::Bitfield => MAX_CONTROL_BODY,
+            Self::Piece => MAX_PIECE_BODY,
+        }
+    }
+
     fn from_u8(b: u8) -> Option<Self> {
         Some(match b {
             1 => Self::Hello,
@@ -113,7 +130,7 @@ pub fn decode_head(head: &[u8; HEAD_LEN]) -> Result<Head, FrameError> {
         return Err(FrameError::Malformed { kind, len });
     }
     let body_len = len - 2;
-    let max = if kind == Kind::Piece { MAX_PIECE_BODY } else { MAX_CONTROL_BODY };
+    let max = kind.max_body();
     if body_len > max {
         return Err(FrameError::TooLarge { len: body_len, max });
     }
@@ -294,6 +311,18 @@ mod tests {
         head[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         head[5] = Kind::Piece as u8;
         assert!(matches!(decode_head(&head), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn fixed_size_kinds_refuse_a_larger_announced_body() {
+        // A `Hello` announcing a megabyte is refused from its 6-byte head.
+        let mut head = [0u8; HEAD_LEN];
+        head[..4].copy_from_slice(&(1024 * 1024u32).to_be_bytes());
+        head[4] = VERSION;
+        head[5] = Kind::Hello as u8;
+        assert_eq!(decode_head(&head), Err(FrameError::TooLarge { len: 1024 * 1024 - 2, max: 32 }));
+        head[..4].copy_from_slice(&34u32.to_be_bytes());
+        assert!(decode_head(&head).is_ok());
     }
 
     #[test]

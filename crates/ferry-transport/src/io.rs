@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_proto::frame::{self, Frame, Head, Kind, PieceHead};
@@ -16,23 +17,45 @@ pub enum Incoming {
     Piece(PieceHead),
 }
 
+/// Once a frame's first byte has arrived, the rest of its head and control body must follow
+/// within this long. A peer that starts a frame and stalls is cut off instead of holding a
+/// connection and a buffer (a slow-loris); piece bytes are read by the caller and not bound
+/// by it, since a 64 MiB piece on a slow link legitimately takes longer.
+pub const FRAME_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Reads the next frame head (and the body, for control frames). `Ok(None)` on clean EOF.
+/// Waiting for a frame to start is not bounded here: a child may stay quiet while its parent
+/// has nothing new.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Incoming>, TransportError> {
+    read_frame_of(r, |_| true).await
+}
+
+/// As [`read_frame`], but a frame whose kind `accept` refuses is an error decided from its
+/// 6-byte head, before any body byte is buffered.
+pub async fn read_frame_of<R: AsyncRead + Unpin>(
+    r: &mut R,
+    accept: impl Fn(Kind) -> bool,
+) -> Result<Option<Incoming>, TransportError> {
     let mut head = [0u8; frame::HEAD_LEN];
-    match r.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    if r.read(&mut head[..1]).await? == 0 {
+        return Ok(None);
     }
-    let Head { kind, body_len } = frame::decode_head(&head)?;
-    if kind == Kind::Piece {
-        let mut ph = [0u8; frame::PIECE_HEAD_LEN];
-        r.read_exact(&mut ph).await?;
-        return Ok(Some(Incoming::Piece(frame::decode_piece_head(body_len, &ph)?)));
-    }
-    let mut body = vec![0u8; body_len as usize];
-    r.read_exact(&mut body).await?;
-    Ok(Some(Incoming::Control(frame::decode_control(kind, &body)?)))
+    let rest = async {
+        r.read_exact(&mut head[1..]).await?;
+        let Head { kind, body_len } = frame::decode_head(&head)?;
+        if !accept(kind) {
+            return Err(TransportError::Unexpected { expected: "another frame kind", got: format!("{kind:?}") });
+        }
+        if kind == Kind::Piece {
+            let mut ph = [0u8; frame::PIECE_HEAD_LEN];
+            r.read_exact(&mut ph).await?;
+            return Ok(Some(Incoming::Piece(frame::decode_piece_head(body_len, &ph)?)));
+        }
+        let mut body = vec![0u8; body_len as usize];
+        r.read_exact(&mut body).await?;
+        Ok(Some(Incoming::Control(frame::decode_control(kind, &body)?)))
+    };
+    tokio::time::timeout(FRAME_DEADLINE, rest).await.map_err(|_| TransportError::Stalled(FRAME_DEADLINE))?
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {

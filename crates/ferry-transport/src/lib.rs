@@ -28,6 +28,10 @@ pub enum TransportError {
     Frame(#[from] FrameError),
     #[error("peer sent {got:?} where {expected} was expected")]
     Unexpected { expected: &'static str, got: String },
+    #[error("peer stalled in the middle of a frame for {0:?}")]
+    Stalled(std::time::Duration),
+    #[error("peer sent no Hello within {0:?} of connecting")]
+    NoHello(std::time::Duration),
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
     #[error("listen on {addr}: {source}")]

@@ -5,13 +5,20 @@
 //! The bounded queue is the pipeline depth a child gets; beyond it TCP back-pressure holds
 //! the child's requests in its socket. A `RequestAny` to a dispensing parent waits in the
 //! task's [`Availability`] until a piece is handed to it; the writer sends it when it comes.
+//!
+//! Bounds, so that no peer can make the server hold memory or sockets it did not earn: a cap
+//! on connections in total and per remote address (checked at accept), a deadline for the
+//! `Hello`, a deadline for the rest of any frame once it started, and per-kind frame limits
+//! checked from the 6-byte head (a `Hello` is 32 bytes; only `Request`s follow it).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use ferry_proto::frame::{self, Frame, PieceHead, RejectCode};
+use ferry_proto::frame::{self, Frame, Kind, PieceHead, RejectCode};
 use ferry_storage::TaskFile;
 use ferry_types::TaskId;
 use tokio::io::AsyncWriteExt;
@@ -22,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::avail::{AnyOutcome, EXHAUSTED};
-use crate::io::{read_frame, sendfile_all, write_frame, Incoming};
+use crate::io::{read_frame_of, sendfile_all, write_frame, Incoming};
 use crate::{Availability, TransportError};
 
 /// Finds the content and availability of a task this daemon can serve.
@@ -30,16 +37,74 @@ pub trait TaskLookup: Send + Sync + 'static {
     fn lookup(&self, task: &TaskId) -> Option<(Arc<TaskFile>, Arc<Availability>)>;
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// Test hook: flip a byte in every piece sent, to exercise children's verification.
     pub corrupt_uploads: bool,
+    /// Connections served at once; a new one beyond this is closed at once.
+    pub max_connections: usize,
+    /// Connections served at once from one remote address.
+    pub max_per_address: usize,
+    /// A connection that has not said `Hello` within this long is closed.
+    pub hello_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            corrupt_uploads: false,
+            max_connections: 1024,
+            max_per_address: 64,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counts connections in total and per remote address; an [`Admission`] gives its slot back
+/// when dropped.
+#[derive(Default)]
+struct Limits {
+    per_addr: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct Admission {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    fn admit(self: &Arc<Self>, ip: IpAddr, opts: &ServerOptions, active: u64) -> Option<Admission> {
+        let mut m = self.per_addr.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= opts.max_per_address || active as usize >= opts.max_connections {
+            if *n == 0 {
+                m.remove(&ip);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(Admission { limits: self.clone(), ip })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut m = self.limits.per_addr.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct ServerStats {
     pub bytes_uploaded: AtomicU64,
     pub connections_active: AtomicU64,
+    /// Connections closed at accept because a limit was reached.
+    pub connections_refused: AtomicU64,
 }
 
 /// Accepts connections until `cancel` fires.
@@ -50,6 +115,7 @@ pub async fn serve(
     stats: Arc<ServerStats>,
     cancel: CancellationToken,
 ) {
+    let limits = Arc::new(Limits::default());
     loop {
         let (sock, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -61,10 +127,16 @@ pub async fn serve(
                 }
             },
         };
+        let Some(admission) = limits.admit(peer.ip(), &opts, stats.connections_active.load(Ordering::Relaxed)) else {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "piece connection refused: connection limit reached");
+            continue;
+        };
         let (lookup, opts, stats, cancel) = (lookup.clone(), opts.clone(), stats.clone(), cancel.clone());
         let span = tracing::debug_span!("piece_conn", %peer);
         tokio::spawn(
             async move {
+                let _admission = admission;
                 stats.connections_active.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
                     _ = cancel.cancelled() => {}
@@ -93,9 +165,13 @@ async fn handle(
 ) -> Result<(), TransportError> {
     sock.set_nodelay(true)?;
     let (mut rd, mut wr) = sock.into_split();
-    let task_id = match read_frame(&mut rd).await? {
-        Some(Incoming::Control(Frame::Hello { task_id })) => TaskId(task_id),
-        other => return Err(unexpected("Hello", other)),
+    let hello = read_frame_of(&mut rd, |k| k == Kind::Hello);
+    let task_id = match tokio::time::timeout(opts.hello_timeout, hello).await {
+        Err(_) => return Err(TransportError::NoHello(opts.hello_timeout)),
+        Ok(r) => match r? {
+            Some(Incoming::Control(Frame::Hello { task_id })) => TaskId(task_id),
+            other => return Err(unexpected("Hello", other)),
+        },
     };
     let Some((file, avail)) = lookup.lookup(&task_id) else {
         write_frame(&mut wr, &Frame::Reject { index: u32::MAX, code: RejectCode::UnknownTask }).await?;
@@ -107,7 +183,7 @@ async fn handle(
     let (req_tx, req_rx) = mpsc::channel::<Ask>(64);
     let reader = async move {
         loop {
-            let ask = match read_frame(&mut rd).await? {
+            let ask = match read_frame_of(&mut rd, |k| matches!(k, Kind::Request | Kind::RequestAny)).await? {
                 None => return Ok(()),
                 Some(Incoming::Control(Frame::Request { index })) => Ask::Piece(index),
                 Some(Incoming::Control(Frame::RequestAny)) => Ask::Any,

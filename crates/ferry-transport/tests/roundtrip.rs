@@ -169,3 +169,80 @@ async fn dispensing_parent_hands_each_piece_to_one_child() {
     }
     cancel.cancel();
 }
+
+/// Waits for the server to close `s` (EOF or reset), bounded.
+async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn server_with(opts: ServerOptions) -> (std::net::SocketAddr, CancellationToken, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (file, _) =
+        store.open_task(TASK, &TaskRecord { url: "x".into(), content_length: 10, piece_size: PIECE }).unwrap();
+    let avail = Arc::new(Availability::new(1, false));
+    let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_l.set_nonblocking(true).unwrap();
+    let addr = std_l.local_addr().unwrap();
+    let l = TcpListener::from_std(std_l).unwrap();
+    let cancel = CancellationToken::new();
+    tokio::spawn(serve(l, Arc::new(One(file, avail)), opts, Arc::default(), cancel.clone()));
+    (addr, cancel, dir)
+}
+
+#[tokio::test]
+async fn a_hello_announcing_a_megabyte_is_refused_from_its_head() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, cancel, _dir) = server_with(ServerOptions::default());
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = (1024 * 1024u32).to_be_bytes().to_vec();
+    head.extend([ferry_proto::frame::VERSION, ferry_proto::frame::Kind::Hello as u8]);
+    s.write_all(&head).await.unwrap();
+    assert!(closed_by_server(&mut s).await, "an oversize Hello must close the connection at once");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn silent_and_stalled_connections_are_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let opts = ServerOptions { hello_timeout: Duration::from_millis(300), ..Default::default() };
+    let (addr, cancel, _dir) = server_with(opts);
+    // Says nothing at all.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // Starts a Hello and stalls after 3 bytes.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(&[0, 0, 0]).await.unwrap();
+    assert!(closed_by_server(&mut silent).await);
+    assert!(closed_by_server(&mut stalled).await);
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_address_cap_are_closed_and_others_still_served() {
+    let opts = ServerOptions { max_per_address: 2, ..Default::default() };
+    let (addr, cancel, _dir) = server_with(opts);
+    let _a = connect(addr, TASK, PIECE, Duration::from_secs(5)).await.unwrap();
+    let _b = connect(addr, TASK, PIECE, Duration::from_secs(5)).await.unwrap();
+    assert!(connect(addr, TASK, PIECE, Duration::from_secs(5)).await.is_err(), "third from one address");
+    // Another loopback address has its own allowance.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = sock.connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hello = bytes::BytesMut::new();
+    ferry_proto::frame::encode(&ferry_proto::frame::Frame::Hello { task_id: TASK.0 }, &mut hello);
+    other.write_all(&hello).await.unwrap();
+    let mut first = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), other.read_exact(&mut first)).await.unwrap().unwrap();
+    assert_eq!(first[5], ferry_proto::frame::Kind::Bitfield as u8);
+    drop((_a, _b));
+    cancel.cancel();
+}
