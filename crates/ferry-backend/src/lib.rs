@@ -6,9 +6,10 @@
 
 mod http;
 
-pub use http::HttpBackend;
+pub use http::{HttpBackend, HttpOptions};
 
 use bytes::Bytes;
+use ferry_types::{OriginRequest, Validators};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -24,10 +25,17 @@ pub enum BackendError {
     NoContentLength { url: String },
     #[error("origin ignored the range request for {url} (expected 206 from offset {offset})")]
     RangeIgnored { url: String, offset: u64 },
+    #[error("origin {url} {reason}")]
+    BadResponse { url: String, reason: String },
+    #[error("TLS with origin host {host} failed: {reason}; if the origin uses a private CA, give its certificate with --ca-cert")]
+    Tls { host: String, reason: String },
+    #[error("CA certificate {path}: {reason}")]
+    CaCert { path: String, reason: String },
 }
 
 impl BackendError {
-    /// Worth another try after a pause: 5xx, 429, resets and timeouts. 4xx is final.
+    /// Worth another try after a pause: 5xx, 429, resets and timeouts. 4xx, certificate
+    /// errors and unusable responses are final: the next try would see the same.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
@@ -45,16 +53,9 @@ impl BackendError {
     }
 }
 
-/// A request for an object at its origin.
-#[derive(Clone, Debug)]
-pub struct SourceRequest {
-    pub url: url::Url,
-    pub headers: Vec<(String, String)>,
-}
-
-/// An open object body.
+/// An open object body and the object's validators (its whole length among them).
 pub struct SourceBody {
-    pub content_length: u64,
+    pub validators: Validators,
     inner: http::HttpBody,
 }
 
@@ -79,10 +80,18 @@ impl Backend {
         }
     }
 
-    /// Opens the object at `offset`; the returned length is the whole object's.
-    pub async fn open(&self, req: &SourceRequest, offset: u64) -> Result<SourceBody, BackendError> {
+    /// Opens the object at `offset`; the returned validators are the whole object's.
+    pub async fn open(&self, req: &OriginRequest, offset: u64) -> Result<SourceBody, BackendError> {
         match self {
             Self::Http(h) => h.open(req, offset).await,
+        }
+    }
+
+    /// Whether this request may read the object, and the object's validators, at the cost
+    /// of one small origin request.
+    pub async fn check(&self, req: &OriginRequest) -> Result<Validators, BackendError> {
+        match self {
+            Self::Http(h) => h.check(req).await,
         }
     }
 }

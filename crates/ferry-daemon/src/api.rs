@@ -1,4 +1,11 @@
 //! The local API, served on the daemon's Unix socket.
+//!
+//! A download is one caller's request. Before it is handed any byte, from peers or from the
+//! local cache, it must be entitled to them: a request that carries credentials proves them
+//! against the origin before it joins the task, and a request for a private task (one first
+//! read with credentials) proves its access before its output is written. A failure that
+//! came from another request's way to the origin (its token, its URL) is not this request's:
+//! it starts over with its own.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -7,7 +14,8 @@ use std::time::Duration;
 
 use ferry_proto::daemon::daemon_server::Daemon;
 use ferry_proto::daemon::{DownloadProgress, DownloadRequest, StatsRequest, StatsResponse, TaskStats};
-use ferry_types::{FileDigest, TaskId, TaskIdInput};
+use ferry_storage::PieceStore;
+use ferry_types::{FileDigest, OriginRequest, PieceDigest, TaskId, TaskIdInput, Validators};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -16,7 +24,7 @@ use tracing::Instrument;
 
 use crate::counters::Counters;
 use crate::output;
-use crate::registry::{Progress, TaskSpec};
+use crate::registry::{Progress, TaskHandle};
 use crate::run::Ctx;
 use crate::DaemonError;
 
@@ -28,8 +36,11 @@ fn bad(msg: String) -> Status {
     DaemonError::BadRequest(msg).to_status()
 }
 
+/// How often one request starts over after failures that were not its own.
+const MAX_RESTARTS: usize = 3;
+
 /// Validates a request into what the task needs, and its id.
-fn parse(req: &DownloadRequest) -> Result<(TaskId, TaskSpec, PathBuf), Status> {
+fn parse(req: &DownloadRequest) -> Result<(TaskId, OriginRequest, PathBuf), Status> {
     let url = url::Url::parse(&req.url).map_err(|e| bad(format!("malformed URL `{}`: {e}", req.url)))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad(format!(
@@ -51,10 +62,171 @@ fn parse(req: &DownloadRequest) -> Result<(TaskId, TaskSpec, PathBuf), Status> {
         filtered_query_params: &req.filtered_query_params,
     });
     let headers = req.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect();
-    Ok((id, TaskSpec { url, headers, digest }, output))
+    let request =
+        OriginRequest::new(url, headers, digest, req.filtered_query_params.clone()).map_err(|e| bad(e.to_string()))?;
+    Ok((id, request, output))
 }
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<DownloadProgress, Status>> + Send>>;
+
+/// One local download from request to landed output.
+struct Download {
+    ctx: Arc<Ctx>,
+    id: TaskId,
+    request: OriginRequest,
+    output: PathBuf,
+    link: bool,
+    deadline: Option<tokio::time::Instant>,
+    timeout: Duration,
+    tx: mpsc::Sender<Result<DownloadProgress, Status>>,
+    /// What the origin told this request when it proved its access.
+    authorized: Option<Validators>,
+}
+
+fn progress_message(id: TaskId, handle: &TaskHandle, p: &Progress, done: bool) -> DownloadProgress {
+    DownloadProgress {
+        task_id: id.to_string(),
+        content_length: p.content_length,
+        completed_bytes: p.completed_bytes,
+        done,
+        bytes_from_peers: Counters::get(&handle.counters.from_peers),
+        bytes_from_origin: Counters::get(&handle.counters.from_origin),
+        bytes_from_cache: Counters::get(&handle.counters.from_cache),
+    }
+}
+
+impl Download {
+    async fn run(mut self) -> Result<DownloadProgress, DaemonError> {
+        if self.request.credentialed() || self.ctx.opts.always_authorize {
+            self.authorized = Some(self.ctx.authorize(&self.request).await?);
+        }
+        let mut restarts = 0;
+        loop {
+            let piece_size = self.ctx.opts.piece_size.unwrap_or(0);
+            let handle = self.ctx.start_task(self.id, self.request.clone(), false, piece_size);
+            let result = match self.wait(&handle).await {
+                Ok(p) => self.land(&handle).await.map(|_| progress_message(self.id, &handle, &p, true)),
+                Err(e) => Err(e),
+            };
+            let retry = match &result {
+                Err(e) if restarts < MAX_RESTARTS => {
+                    matches!(**e, DaemonError::Restart)
+                        || (e.is_request_specific() && handle.request.key() != self.request.key())
+                }
+                _ => false,
+            };
+            if !retry {
+                return result.map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|e| clone_error(&e)));
+            }
+            restarts += 1;
+            tracing::info!("the task failed under another request; starting over with this one");
+        }
+    }
+
+    /// Streams progress until the task has an outcome or this request's deadline passes.
+    async fn wait(&self, handle: &Arc<TaskHandle>) -> Result<Progress, Arc<DaemonError>> {
+        let mut watch = handle.progress.subscribe();
+        loop {
+            let p = watch.borrow_and_update().clone();
+            if let Some(o) = p.outcome.clone() {
+                return o.map(|_| p);
+            }
+            if self.tx.send(Ok(progress_message(self.id, handle, &p, false))).await.is_err() {
+                return Err(Arc::new(DaemonError::Cancelled));
+            }
+            let changed = match self.deadline {
+                Some(d) => tokio::time::timeout_at(d, watch.changed()).await.ok(),
+                None => Some(watch.changed().await),
+            };
+            match changed {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err(Arc::new(DaemonError::ShuttingDown)),
+                None => return Err(Arc::new(DaemonError::Timeout(self.timeout))),
+            }
+        }
+    }
+
+    /// The gate and the output: a private task's bytes go only to a request that proved its
+    /// access and sees the same content; a cache hit is checked against its piece digests.
+    async fn land(&mut self, handle: &Arc<TaskHandle>) -> Result<(), Arc<DaemonError>> {
+        let content = handle.content.get().ok_or_else(|| Arc::new(DaemonError::Restart))?;
+        if content.private && self.authorized.is_none() {
+            self.authorized = Some(self.ctx.authorize(&self.request).await.map_err(Arc::new)?);
+        }
+        if let Some(v) = &self.authorized {
+            if !v.same_content(&content.validators) {
+                return Err(Arc::new(DaemonError::OriginChanged(format!(
+                    "this host holds {:?}, the origin now answers {:?}",
+                    content.validators, v
+                ))));
+            }
+        }
+        let (ctx, id, handle2) = (self.ctx.clone(), self.id, handle.clone());
+        let (output, link, digest) = (self.output.clone(), self.link, self.request.digest().cloned());
+        tokio::task::spawn_blocking(move || {
+            let content = handle2.content.get().expect("checked above");
+            // Bytes that came from this host's disk rather than from a verified transfer
+            // just now (a repeated request, or a resume after a restart).
+            if Counters::get(&handle2.counters.from_cache) > 0 {
+                verify_cached(&ctx, id, &handle2, content)?;
+            }
+            let path = content.file.path();
+            if let Some(d) = &digest {
+                if let Err(e) = output::verify_digest(path, d) {
+                    // Bytes that are not the digest's must not stay under its name.
+                    forget(&ctx, &handle2);
+                    return Err(e);
+                }
+            }
+            output::land(path, &output, link)
+        })
+        .await
+        .expect("landing does not panic")
+        .map_err(Arc::new)
+    }
+}
+
+/// A task completed before this request: its bytes are read back and checked against the
+/// recorded piece digests before they are handed out (a cache file changed on disk, by
+/// hand or by a failing disk, is refetched, never returned).
+fn verify_cached(
+    ctx: &Ctx,
+    id: TaskId,
+    handle: &Arc<TaskHandle>,
+    content: &crate::registry::Content,
+) -> Result<(), DaemonError> {
+    let layout = *content.file.layout();
+    let held = ctx.store.held(id, &layout)?;
+    let ok = held.len() as u32 == layout.piece_count()
+        && held.iter().all(|(i, d)| content.file.read_piece(*i).is_ok_and(|b| PieceDigest::of(&b) == *d));
+    if ok {
+        return Ok(());
+    }
+    tracing::warn!(task = ?id, "cached content does not match its piece digests; fetching it again");
+    forget(ctx, handle);
+    Err(DaemonError::Restart)
+}
+
+/// Drops a task from this host entirely.
+fn forget(ctx: &Ctx, handle: &Arc<TaskHandle>) {
+    handle.progress.send_modify(|p| p.outcome = Some(Err(Arc::new(DaemonError::Restart))));
+    ctx.registry.remove(handle);
+    if let Err(e) = ctx.store.remove_task(handle.id) {
+        tracing::warn!(error = %e, "could not remove a task's content");
+    }
+}
+
+/// A failure shared by several requests, as each one's own error.
+fn clone_error(e: &DaemonError) -> DaemonError {
+    match e {
+        DaemonError::OriginRemote(f) => DaemonError::OriginRemote(f.clone()),
+        DaemonError::Restart => DaemonError::Restart,
+        DaemonError::Timeout(t) => DaemonError::Timeout(*t),
+        DaemonError::ShuttingDown => DaemonError::ShuttingDown,
+        DaemonError::Cancelled => DaemonError::Cancelled,
+        other => DaemonError::OriginRemote(other.failure()),
+    }
+}
 
 #[tonic::async_trait]
 impl Daemon for Api {
@@ -62,61 +234,24 @@ impl Daemon for Api {
 
     async fn download(&self, req: Request<DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
         let req = req.into_inner();
-        let (id, spec, output) = parse(&req)?;
-        let span = tracing::info_span!("download", task = ?id, url = %spec.url);
-        let handle = self.ctx.start_task(id, spec, false, self.ctx.opts.piece_size.unwrap_or(0));
+        let (id, request, output) = parse(&req)?;
+        let span = tracing::info_span!("download", task = ?id, url = %request.redacted_url());
         let (tx, rx) = mpsc::channel(16);
-        let timeout = (req.timeout_millis > 0).then(|| Duration::from_millis(req.timeout_millis));
+        let timeout = Duration::from_millis(req.timeout_millis);
+        let download = Download {
+            ctx: self.ctx.clone(),
+            id,
+            request,
+            output,
+            link: req.link,
+            deadline: (req.timeout_millis > 0).then(|| tokio::time::Instant::now() + timeout),
+            timeout,
+            tx: tx.clone(),
+            authorized: None,
+        };
         tokio::spawn(
             async move {
-                let mut watch = handle.progress.subscribe();
-                let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-                let to_msg = |p: &Progress, done: bool| DownloadProgress {
-                    task_id: id.to_string(),
-                    content_length: p.content_length,
-                    completed_bytes: p.completed_bytes,
-                    done,
-                    bytes_from_peers: Counters::get(&handle.counters.from_peers),
-                    bytes_from_origin: Counters::get(&handle.counters.from_origin),
-                    bytes_from_cache: Counters::get(&handle.counters.from_cache),
-                };
-                let outcome = loop {
-                    let p = watch.borrow_and_update().clone();
-                    if let Some(o) = p.outcome.clone() {
-                        break o.map(|_| p);
-                    }
-                    if tx.send(Ok(to_msg(&p, false))).await.is_err() {
-                        return;
-                    }
-                    let wait = async {
-                        match deadline {
-                            Some(d) => tokio::time::timeout_at(d, watch.changed()).await.ok(),
-                            None => Some(watch.changed().await),
-                        }
-                    };
-                    match wait.await {
-                        Some(Ok(())) => {}
-                        Some(Err(_)) => break Err(Arc::new(DaemonError::ShuttingDown)),
-                        None => break Err(Arc::new(DaemonError::Timeout(timeout.unwrap_or_default()))),
-                    }
-                };
-                let result = match outcome {
-                    Ok(p) => {
-                        let content = handle.content.get().map(|c| c.file.path().to_owned());
-                        let digest = handle.spec.digest.clone();
-                        let landed = tokio::task::spawn_blocking(move || {
-                            let content = content.expect("a finished task has content");
-                            if let Some(d) = &digest {
-                                output::verify_digest(&content, d)?;
-                            }
-                            output::land(&content, &output)
-                        })
-                        .await
-                        .expect("landing does not panic");
-                        landed.map(|_| to_msg(&p, true)).map_err(|e| e.to_status())
-                    }
-                    Err(e) => Err(e.to_status()),
-                };
+                let result = download.run().await.map_err(|e| e.to_status());
                 if let Err(s) = &result {
                     tracing::warn!(status = %s.message(), "download failed");
                 }

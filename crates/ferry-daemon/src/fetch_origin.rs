@@ -3,28 +3,36 @@
 //! The origin is read once, front to back, from the first piece not yet held. A retryable
 //! failure (5xx, reset, timeout) reopens the object with a range request at the start of the
 //! piece being read, after an exponential pause; progress resets the retry budget. The piece
-//! digests computed here become the task's reference list for every other peer.
+//! digests computed here become the task's reference list for every other peer, so nothing
+//! unchecked may become one:
+//!
+//! - every reopened response must carry the validators (length, ETag, Last-Modified) the
+//!   task started with, else the task fails with "origin changed" rather than mixing two
+//!   versions of the object;
+//! - when the task is named by a whole-file digest, the bytes are hashed as they stream and
+//!   the last piece is stored only if the digest matches: a wrong URL under a digest fails
+//!   its own request, and no peer ever completes, or keeps, bytes that are not the digest's.
 
 use std::time::Duration;
 
-use ferry_backend::{Backend, SourceRequest};
-use ferry_types::PieceLayout;
+use ferry_backend::{Backend, SourceBody};
+use ferry_types::{FileDigest, FileHasher, PieceLayout};
 
-use crate::task::{Event, Shared, Source};
+use crate::task::{ContentMeta, Event, Shared, Source, Stored};
 use crate::DaemonError;
 
 pub async fn fetch(shared: &Shared, piece_size: u32) -> Result<(), DaemonError> {
     let ctx = &shared.ctx;
-    let spec = &shared.handle.spec;
-    let backend = Backend::for_url(&spec.url, &ctx.backend)?;
-    let req = SourceRequest { url: spec.url.clone(), headers: spec.headers.clone() };
+    let request = &shared.handle.request;
+    let backend = Backend::for_url(request.url(), &ctx.backend)?;
+    let mut check = request.digest().map(WholeFile::new);
     let mut attempt = 0u32;
     loop {
         let offset = first_missing_offset(shared);
         if offset.is_some_and(|o| shared.layout().is_some_and(|l| o >= l.content_length())) {
             return Ok(());
         }
-        let result = read_from(shared, &backend, &req, offset.unwrap_or(0), piece_size).await;
+        let result = read_from(shared, &backend, offset.unwrap_or(0), piece_size, &mut check).await;
         match result {
             Ok(()) if shared.complete() => return Ok(()),
             Ok(()) => {}
@@ -52,37 +60,91 @@ fn first_missing_offset(shared: &Shared) -> Option<u64> {
     Some(first.map_or(layout.content_length(), |i| layout.offset(i)))
 }
 
+/// The whole-file digest, computed over the object in order as it streams by. Bytes before
+/// the point a read starts at (held from an earlier read) are hashed from the content file.
+struct WholeFile {
+    expected: FileDigest,
+    hasher: Option<FileHasher>,
+    /// Bytes hashed so far.
+    at: u64,
+}
+
+impl WholeFile {
+    fn new(expected: &FileDigest) -> Self {
+        Self { expected: expected.clone(), hasher: Some(expected.hasher()), at: 0 }
+    }
+
+    /// Brings the hash up to `offset` from what is on disk.
+    fn catch_up(&mut self, shared: &Shared, offset: u64) -> Result<(), DaemonError> {
+        let (Some(h), Some(c)) = (self.hasher.as_mut(), shared.handle.content.get()) else { return Ok(()) };
+        let layout = *c.file.layout();
+        while self.at < offset {
+            let idx = layout.index((self.at / layout.piece_size() as u64) as u32).expect("offset inside the layout");
+            let piece = c.file.read_piece(idx)?;
+            let skip = (self.at - layout.offset(idx)) as usize;
+            h.update(&piece[skip..]);
+            self.at = layout.offset(idx) + piece.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(bytes);
+            self.at += bytes.len() as u64;
+        }
+    }
+
+    fn verify(&mut self) -> Result<(), DaemonError> {
+        let Some(h) = self.hasher.take() else { return Ok(()) };
+        let actual = h.finish();
+        if actual != self.expected {
+            return Err(DaemonError::DigestMismatch {
+                expected: self.expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The layout of a task read for the first time, or a check that a reopened response still
+/// describes the content the task started with.
+fn settle_content(shared: &Shared, body: &SourceBody, piece_size: u32) -> Result<PieceLayout, DaemonError> {
+    if let Some(c) = shared.handle.content.get() {
+        if !body.validators.same_content(&c.validators) {
+            return Err(DaemonError::OriginChanged(format!(
+                "the task started with {:?} and the origin now answers {:?}",
+                c.validators, body.validators
+            )));
+        }
+        return Ok(*c.file.layout());
+    }
+    let length = body.validators.length;
+    let layout = match piece_size {
+        0 => PieceLayout::for_length(length),
+        ps => PieceLayout::new(length, ps).map_err(|e| DaemonError::BadRequest(e.to_string()))?,
+    };
+    let meta =
+        ContentMeta { layout, validators: body.validators.clone(), private: shared.handle.request.credentialed() };
+    shared.init_content(meta.clone())?;
+    let _ = shared.events.send(Event::Layout(meta));
+    Ok(layout)
+}
+
 /// One pass over the origin's body; the flag says whether any piece was stored.
 async fn read_from(
     shared: &Shared,
     backend: &Backend,
-    req: &SourceRequest,
     offset: u64,
     piece_size: u32,
+    check: &mut Option<WholeFile>,
 ) -> Result<(), (DaemonError, bool)> {
-    let mut body = backend.open(req, offset).await.map_err(|e| (e.into(), false))?;
-    let layout = match shared.layout() {
-        Some(l) => l,
-        None => {
-            let l = match piece_size {
-                0 => PieceLayout::for_length(body.content_length),
-                ps => PieceLayout::new(body.content_length, ps)
-                    .map_err(|e| (DaemonError::BadRequest(e.to_string()), false))?,
-            };
-            shared.init_content(l).map_err(|e| (e, false))?;
-            let _ = shared.events.send(Event::Layout(l));
-            l
-        }
-    };
-    if body.content_length != layout.content_length() {
-        return Err((
-            DaemonError::BadRequest(format!(
-                "origin size changed: {} bytes now, {} when the task started",
-                body.content_length,
-                layout.content_length()
-            )),
-            false,
-        ));
+    let request = &shared.handle.request;
+    let mut body = backend.open(request, offset).await.map_err(|e| (e.into(), false))?;
+    let layout = settle_content(shared, &body, piece_size).map_err(|e| (e, false))?;
+    if let Some(c) = check.as_mut() {
+        c.catch_up(shared, offset).map_err(|e| (e, false))?;
     }
     let mut index = (offset / layout.piece_size() as u64) as u32;
     let mut progressed = false;
@@ -94,7 +156,7 @@ async fn read_from(
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
                 Ok(None) => {
                     let e = ferry_backend::BackendError::Read {
-                        url: req.url.to_string(),
+                        url: request.redacted_url(),
                         reason: "body ended early".into(),
                     };
                     return Err((e.into(), progressed));
@@ -104,14 +166,29 @@ async fn read_from(
         }
         let rest = buf.split_off(want);
         let piece = std::mem::replace(&mut buf, rest);
+        if let Some(c) = check.as_mut() {
+            c.update(&piece);
+            if index + 1 == layout.piece_count() {
+                c.verify().map_err(|e| (e, progressed))?;
+            }
+        }
         if !shared.is_done(index) {
             let stored = shared.store_piece(index, piece, Source::Origin).await.map_err(|e| (e, progressed))?;
-            if stored == crate::task::Stored::Mismatch {
-                return Err((DaemonError::OriginChanged { index }, progressed));
+            if stored == Stored::Mismatch {
+                let e = DaemonError::OriginChanged(format!("piece {index} no longer matches its digest"));
+                return Err((e, progressed));
             }
             progressed = true;
         }
         index += 1;
+    }
+    if let Some(c) = check.as_mut() {
+        // An empty object has no last piece to verify before.
+        c.verify().map_err(|e| (e, progressed))?;
+    }
+    if !buf.is_empty() || body.chunk().await.is_ok_and(|c| c.is_some_and(|c| !c.is_empty())) {
+        let e = DaemonError::OriginChanged("the origin sent more bytes than its length".into());
+        return Err((e, progressed));
     }
     Ok(())
 }

@@ -40,6 +40,11 @@ pub struct DaemonOptions {
     pub seed_grace: Duration,
     /// Test hook: serve corrupted bytes.
     pub corrupt_uploads: bool,
+    /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the system's.
+    pub ca_certs: Vec<PathBuf>,
+    /// Make every request prove its access to the origin before it gets bytes, even for
+    /// tasks first read without credentials.
+    pub always_authorize: bool,
 }
 
 impl DaemonOptions {
@@ -65,6 +70,8 @@ impl DaemonOptions {
             parent_refresh: Duration::from_secs(1),
             seed_grace: Duration::from_secs(1),
             corrupt_uploads: false,
+            ca_certs: vec![],
+            always_authorize: false,
         }
     }
 }

@@ -1,9 +1,12 @@
 //! Landing a finished task at the caller's path.
 //!
-//! The file appears at the output path whole or not at all: it is first linked (same
-//! filesystem) or copied to a hidden temporary name beside the output, and renamed over the
-//! output only after that succeeded. The whole-file digest, when the caller gave one, is
-//! checked before anything is written.
+//! The cache is never the output: the file is cloned (reflink, where the filesystem shares
+//! extents) or copied, so a user editing the output cannot change what this daemon serves.
+//! A hard link is made only on request (`--link`), and then the shared inode is made
+//! read-only. The file appears at the output path whole or not at all: it is first written
+//! to a hidden temporary name beside the output and renamed over the output only after that
+//! succeeded. The whole-file digest, when the caller gave one, is checked before anything
+//! is written.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -52,12 +55,12 @@ pub fn verify_digest(content: &Path, expected: &FileDigest) -> Result<(), Daemon
     Ok(())
 }
 
-/// Links or copies `content` to `output` through a temporary name.
-pub fn land(content: &Path, output: &Path) -> Result<(), DaemonError> {
+/// Clones, copies or (with `link`) hard-links `content` to `output` through a temporary name.
+pub fn land(content: &Path, output: &Path, link: bool) -> Result<(), DaemonError> {
     check_output(output)?;
     let err = |source| DaemonError::WriteOutput { path: output.display().to_string(), source };
     let tmp = temp_path(output);
-    let placed = std::fs::hard_link(content, &tmp).or_else(|_| std::fs::copy(content, &tmp).map(|_| ()));
+    let placed = if link { hard_link_read_only(content, &tmp) } else { clone_or_copy(content, &tmp) };
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
         return Err(err(e));
@@ -66,6 +69,26 @@ pub fn land(content: &Path, output: &Path) -> Result<(), DaemonError> {
         let _ = std::fs::remove_file(&tmp);
         err(e)
     })
+}
+
+fn hard_link_read_only(content: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(content, std::fs::Permissions::from_mode(0o444))?;
+    std::fs::hard_link(content, to)
+}
+
+/// A reflink where the filesystem supports it (no bytes copied, no space used until either
+/// side changes), else a copy in the kernel (`copy_file_range` under `io::copy`).
+fn clone_or_copy(content: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut src = std::fs::File::open(content)?;
+    let mut dst = std::fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+    // SAFETY: both descriptors are open for the duration of the call.
+    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+    if !cloned {
+        std::io::copy(&mut src, &mut dst)?;
+    }
+    Ok(())
 }
 
 fn temp_path(output: &Path) -> PathBuf {
@@ -83,9 +106,25 @@ mod tests {
         let content = dir.path().join("c");
         std::fs::write(&content, b"hello").unwrap();
         let out = dir.path().join("out");
-        land(&content, &out).unwrap();
+        land(&content, &out, false).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"hello");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // The output is not the cache: overwriting it leaves the content alone.
+        std::fs::write(&out, b"HELLO").unwrap();
+        assert_eq!(std::fs::read(&content).unwrap(), b"hello");
+    }
+
+    #[test]
+    fn link_on_request_shares_a_read_only_inode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("c");
+        std::fs::write(&content, b"hello").unwrap();
+        let out = dir.path().join("out");
+        land(&content, &out, true).unwrap();
+        let (a, b) = (std::fs::metadata(&content).unwrap(), std::fs::metadata(&out).unwrap());
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(b.permissions().mode() & 0o222, 0, "a linked output is read-only");
     }
 
     #[test]

@@ -7,19 +7,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ferry_storage::TaskFile;
 use ferry_transport::{Availability, TaskLookup};
-use ferry_types::{FileDigest, TaskId};
+use ferry_types::{OriginRequest, TaskId, Validators};
 use tokio::sync::watch;
 
 use crate::counters::TaskCounters;
 use crate::DaemonError;
-
-/// What to download.
-#[derive(Clone, Debug)]
-pub struct TaskSpec {
-    pub url: url::Url,
-    pub headers: Vec<(String, String)>,
-    pub digest: Option<FileDigest>,
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct Progress {
@@ -32,27 +24,37 @@ pub struct Progress {
 pub struct Content {
     pub file: Arc<TaskFile>,
     pub avail: Arc<Availability>,
+    /// What the origin said of the content when the task was first read: requests that
+    /// check their access must see the same.
+    pub validators: Validators,
+    /// First read with credentials: a request is handed bytes only after proving access.
+    pub private: bool,
 }
 
 pub struct TaskHandle {
     pub id: TaskId,
-    pub spec: TaskSpec,
+    /// The request this daemon reads the origin with, if it comes to that: the first local
+    /// request's, or a scheduler's order.
+    pub request: OriginRequest,
     pub content: OnceLock<Content>,
     pub progress: watch::Sender<Progress>,
     pub counters: TaskCounters,
     /// A scheduler asked this (seed) daemon to read the origin for a task it already runs.
     pub fetch_origin: tokio::sync::Notify,
+    /// Fired when nobody waits for the task any more (a scheduler's `CancelFetch`).
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 impl TaskHandle {
-    pub fn new(id: TaskId, spec: TaskSpec) -> Self {
+    pub fn new(id: TaskId, request: OriginRequest) -> Self {
         Self {
             id,
-            spec,
+            request,
             content: OnceLock::new(),
             progress: watch::Sender::new(Progress::default()),
             counters: TaskCounters::default(),
             fetch_origin: tokio::sync::Notify::new(),
+            cancel: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -69,26 +71,42 @@ pub struct Registry {
 impl Registry {
     /// The live entry for the task, or a new one (returned with `true`) when there is none or
     /// the last attempt failed.
-    pub fn get_or_insert(&self, id: TaskId, spec: TaskSpec) -> (Arc<TaskHandle>, bool) {
-        let mut tasks = self.tasks.lock().expect("not poisoned");
+    pub fn get_or_insert(&self, id: TaskId, request: OriginRequest) -> (Arc<TaskHandle>, bool) {
+        let mut tasks = self.lock();
         if let Some(h) = tasks.get(&id) {
             if !h.failed() {
                 return (h.clone(), false);
             }
         }
-        let h = Arc::new(TaskHandle::new(id, spec));
+        let h = Arc::new(TaskHandle::new(id, request));
         tasks.insert(id, h.clone());
         (h, true)
     }
 
+    /// Forgets `handle` (a failed task), unless a newer attempt already took its place.
+    pub fn remove(&self, handle: &Arc<TaskHandle>) {
+        let mut tasks = self.lock();
+        if tasks.get(&handle.id).is_some_and(|h| Arc::ptr_eq(h, handle)) {
+            tasks.remove(&handle.id);
+        }
+    }
+
     pub fn all(&self) -> Vec<Arc<TaskHandle>> {
-        self.tasks.lock().expect("not poisoned").values().cloned().collect()
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Arc<TaskHandle>>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl TaskLookup for Registry {
+    /// A failed task is never served: what it holds may be the bytes it failed on.
     fn lookup(&self, task: &TaskId) -> Option<(Arc<TaskFile>, Arc<Availability>)> {
-        let h = self.tasks.lock().expect("not poisoned").get(task)?.clone();
+        let h = self.lock().get(task)?.clone();
+        if h.failed() {
+            return None;
+        }
         let c = h.content.get()?;
         Some((c.file.clone(), c.avail.clone()))
     }

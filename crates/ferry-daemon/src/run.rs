@@ -5,18 +5,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_backend::HttpBackend;
+use ferry_backend::{Backend, HttpBackend, HttpOptions};
 use ferry_proto::daemon::daemon_server::DaemonServer;
 use ferry_proto::scheduler::Host;
+use ferry_proto::scheduler::{host_command, FetchFromOrigin};
 use ferry_storage::Store;
 use ferry_transport::{serve, ServerOptions, ServerStats};
-use ferry_types::TaskId;
+use ferry_types::{FileDigest, OriginRequest, RequestKey, TaskId, TaskIdInput, Validators};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
-use crate::registry::{Registry, TaskHandle, TaskSpec};
+use crate::registry::{Registry, TaskHandle};
 use crate::schedulers::Schedulers;
 use crate::{DaemonError, DaemonOptions};
 
@@ -31,18 +32,25 @@ pub struct Ctx {
     pub backend: HttpBackend,
     pub host_info: Arc<dyn Fn() -> Host + Send + Sync>,
     pub cancel: CancellationToken,
+    /// Requests that proved their access to the origin lately, with what the origin said.
+    authorized: std::sync::Mutex<std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>>,
 }
+
+/// How long a request's proven access is trusted before the origin is asked again.
+const AUTHORIZED_TTL: Duration = Duration::from_secs(30);
+/// Entries kept at most in the authorization cache.
+const AUTHORIZED_MAX: usize = 4096;
 
 impl Ctx {
     /// The task's shared download, started if it is not running.
     pub fn start_task(
         self: &Arc<Self>,
         id: TaskId,
-        spec: TaskSpec,
+        request: OriginRequest,
         from_origin: bool,
         piece_size: u32,
     ) -> Arc<TaskHandle> {
-        let (handle, new) = self.registry.get_or_insert(id, spec);
+        let (handle, new) = self.registry.get_or_insert(id, request);
         if new {
             tokio::spawn(crate::task::drive(self.clone(), handle.clone(), from_origin, piece_size));
         } else if matches!(handle.progress.borrow().outcome, Some(Ok(()))) {
@@ -51,6 +59,36 @@ impl Ctx {
             Counters::add(&handle.counters.from_cache, len);
         }
         handle
+    }
+
+    /// Asks the origin whether `request` may read its object (one small request, cached
+    /// per request for [`AUTHORIZED_TTL`]) and returns the object's validators. The error
+    /// is the origin's answer to this request alone.
+    pub async fn authorize(&self, request: &OriginRequest) -> Result<Validators, DaemonError> {
+        let key = request.key();
+        let now = std::time::Instant::now();
+        if let Some((at, v)) = self.authorized_cache().get(&key) {
+            if now.duration_since(*at) < AUTHORIZED_TTL {
+                return Ok(v.clone());
+            }
+        }
+        let backend = Backend::for_url(request.url(), &self.backend)?;
+        let v = backend.check(request).await?;
+        tracing::debug!(url = %request.redacted_url(), "request proved its access to the origin");
+        let mut cache = self.authorized_cache();
+        if cache.len() >= AUTHORIZED_MAX {
+            cache.retain(|_, (at, _)| now.duration_since(*at) < AUTHORIZED_TTL);
+        }
+        if cache.len() < AUTHORIZED_MAX {
+            cache.insert(key, (now, v.clone()));
+        }
+        Ok(v)
+    }
+
+    fn authorized_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>> {
+        self.authorized.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -98,9 +136,10 @@ pub async fn run(
         server_stats: server_stats.clone(),
         registry: registry.clone(),
         schedulers: schedulers.clone(),
-        backend: HttpBackend::new(Duration::from_secs(10)),
+        backend: HttpBackend::new(&HttpOptions { ca_certs: opts.ca_certs.clone(), ..Default::default() })?,
         host_info: host_info.clone(),
         cancel: cancel.clone(),
+        authorized: Default::default(),
     });
 
     tokio::spawn(serve(
@@ -110,24 +149,23 @@ pub async fn run(
         server_stats,
         cancel.clone(),
     ));
-    let (fetch_tx, mut fetch_rx) = tokio::sync::mpsc::unbounded_channel();
-    schedulers.spawn_sessions(host_info, fetch_tx, cancel.clone());
+    let (orders_tx, mut orders_rx) = tokio::sync::mpsc::unbounded_channel();
+    schedulers.spawn_sessions(host_info, orders_tx, cancel.clone());
     schedulers.settle(Duration::from_secs(5)).await;
     {
-        // A seed's orders from schedulers: fetch this task from origin.
+        // A seed's orders from schedulers: fetch this task from origin, or stop fetching it.
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            while let Some(f) = fetch_rx.recv().await {
-                let (Some(id), Ok(url)) = (TaskId::from_slice(&f.task_id), url::Url::parse(&f.url)) else {
-                    continue;
-                };
-                let headers = f.headers.into_iter().map(|h| (h.name, h.value)).collect();
-                let piece_size = ctx.opts.piece_size.unwrap_or(f.piece_size);
-                tracing::info!(task = ?id, %url, "fetching from origin for the scheduler");
-                let handle = ctx.start_task(id, TaskSpec { url, headers, digest: None }, true, piece_size);
-                // Already running as an ordinary download here (a local `get` on the seed host
-                // came first): that download must now read the origin itself.
-                handle.fetch_origin.notify_one();
+            while let Some(order) = orders_rx.recv().await {
+                match order {
+                    host_command::Command::Fetch(f) => fetch_order(&ctx, f),
+                    host_command::Command::Cancel(c) => {
+                        let Some(id) = TaskId::from_slice(&c.task_id) else { continue };
+                        if let Some(h) = ctx.registry.all().into_iter().find(|h| h.id == id) {
+                            h.cancel.cancel();
+                        }
+                    }
+                }
             }
         });
     }
@@ -165,4 +203,36 @@ async fn bind_socket(path: &std::path::Path) -> Result<UnixListener, DaemonError
         addr: path.display().to_string(),
         source,
     })
+}
+
+/// A scheduler asks this seed to read a task from origin with one peer's request. The order
+/// is checked like any wire input: a request the local API would refuse, or a digest that
+/// does not name the task, is dropped.
+fn fetch_order(ctx: &Arc<Ctx>, f: FetchFromOrigin) {
+    let Some(id) = TaskId::from_slice(&f.task_id) else { return };
+    let parsed = (|| {
+        let url = url::Url::parse(&f.url).ok()?;
+        let digest = match f.digest.as_str() {
+            "" => None,
+            d => Some(d.parse::<FileDigest>().ok()?),
+        };
+        let headers = f.headers.into_iter().map(|h| (h.name, h.value)).collect();
+        OriginRequest::new(url, headers, digest, vec![]).ok()
+    })();
+    let Some(request) = parsed else {
+        tracing::warn!(task = ?id, "dropping a malformed fetch order");
+        return;
+    };
+    if let Some(d) = request.digest() {
+        if TaskId::derive(&TaskIdInput { digest: Some(d), ..Default::default() }) != id {
+            tracing::warn!(task = ?id, "dropping a fetch order whose digest does not name its task");
+            return;
+        }
+    }
+    let piece_size = ctx.opts.piece_size.unwrap_or(f.piece_size);
+    tracing::info!(task = ?id, url = %request.redacted_url(), "fetching from origin for the scheduler");
+    let handle = ctx.start_task(id, request, true, piece_size);
+    // Already running as an ordinary download here (a local `get` on the seed host came
+    // first): that download must now read the origin itself.
+    handle.fetch_origin.notify_one();
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::scheduler::scheduler_client::SchedulerClient;
-use ferry_proto::scheduler::{host_command, FetchFromOrigin, Host, HostMessage};
+use ferry_proto::scheduler::{host_command, Host, HostMessage};
 use ferry_types::TaskId;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -78,11 +78,12 @@ impl Schedulers {
         }
     }
 
-    /// Starts one session worker per scheduler; fetch requests go to `fetches`.
+    /// Starts one session worker per scheduler; a scheduler's orders (fetch, cancel) go to
+    /// `orders`.
     pub fn spawn_sessions(
         self: &Arc<Self>,
         host: Arc<dyn Fn() -> Host + Send + Sync>,
-        fetches: mpsc::UnboundedSender<FetchFromOrigin>,
+        fetches: mpsc::UnboundedSender<host_command::Command>,
         cancel: CancellationToken,
     ) {
         for i in 0..self.entries.len() {
@@ -100,7 +101,7 @@ impl Schedulers {
         &self,
         i: usize,
         host: Arc<dyn Fn() -> Host + Send + Sync>,
-        fetches: mpsc::UnboundedSender<FetchFromOrigin>,
+        fetches: mpsc::UnboundedSender<host_command::Command>,
     ) {
         let e = &self.entries[i];
         let mut backoff = Duration::from_millis(100);
@@ -129,8 +130,8 @@ impl Schedulers {
                     backoff = Duration::from_millis(100);
                     let mut cmds = resp.into_inner();
                     while let Ok(Some(cmd)) = cmds.message().await {
-                        if let Some(host_command::Command::Fetch(f)) = cmd.command {
-                            let _ = fetches.send(f);
+                        if let Some(c) = cmd.command {
+                            let _ = fetches.send(c);
                         }
                     }
                     e.live.store(false, Ordering::Relaxed);

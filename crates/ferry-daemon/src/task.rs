@@ -20,7 +20,7 @@ use ferry_proto::scheduler::{
 };
 use ferry_storage::{PieceStore, TaskRecord};
 use ferry_transport::Availability;
-use ferry_types::{HostId, PieceDigest, PieceLayout};
+use ferry_types::{HostId, PieceDigest, PieceLayout, Validators};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -57,11 +57,51 @@ pub enum Event {
         parent: HostId,
         reason: FailReason,
     },
-    /// The origin told us the content length: the scheduler must hear the layout.
-    Layout(PieceLayout),
+    /// The origin told us the content length and validators: the scheduler must hear them.
+    Layout(ContentMeta),
     OriginDone(Result<(), DaemonError>),
     /// Local storage failed (e.g. disk full): no parent can fix that, the task fails.
     Fatal(DaemonError),
+}
+
+/// What a task's content is, before any byte of it: its layout, the origin's validators, and
+/// whether it was read with credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContentMeta {
+    pub layout: PieceLayout,
+    pub validators: Validators,
+    pub private: bool,
+}
+
+impl ContentMeta {
+    pub fn from_info(info: &TaskInfo) -> Result<Self, DaemonError> {
+        let layout = PieceLayout::new(info.content_length, info.piece_size)
+            .map_err(|e| DaemonError::BadRequest(format!("scheduler sent a bad layout: {e}")))?;
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let validators = Validators {
+            length: info.content_length,
+            etag: text(&info.etag),
+            last_modified: text(&info.last_modified),
+        };
+        Ok(Self { layout, validators, private: info.private })
+    }
+
+    fn from_record(r: &TaskRecord) -> Option<Self> {
+        let layout = PieceLayout::new(r.content_length, r.piece_size).ok()?;
+        let validators =
+            Validators { length: r.content_length, etag: r.etag.clone(), last_modified: r.last_modified.clone() };
+        Some(Self { layout, validators, private: r.private })
+    }
+
+    pub fn info(&self) -> TaskInfo {
+        TaskInfo {
+            content_length: self.layout.content_length(),
+            piece_size: self.layout.piece_size(),
+            etag: self.validators.etag.clone().unwrap_or_default(),
+            last_modified: self.validators.last_modified.clone().unwrap_or_default(),
+            private: self.private,
+        }
+    }
 }
 
 pub struct Shared {
@@ -86,25 +126,34 @@ impl Shared {
         self.handle.content.get().map(|c| *c.file.layout())
     }
 
-    /// Opens storage for the layout (once) and seeds the picker with pieces already held.
-    pub fn init_content(&self, layout: PieceLayout) -> Result<(), DaemonError> {
+    /// Opens storage for the content (once) and seeds the picker with pieces already held.
+    pub fn init_content(&self, meta: ContentMeta) -> Result<(), DaemonError> {
         if let Some(existing) = self.layout() {
-            if existing != layout {
-                tracing::warn!(?existing, ?layout, "peers disagree on the task layout; keeping ours");
+            if existing != meta.layout {
+                tracing::warn!(?existing, layout = ?meta.layout, "peers disagree on the task layout; keeping ours");
             }
             return Ok(());
         }
+        let layout = meta.layout;
         let record = TaskRecord {
-            url: self.handle.spec.url.to_string(),
+            url: self.handle.request.redacted_url(),
             content_length: layout.content_length(),
             piece_size: layout.piece_size(),
+            etag: meta.validators.etag.clone(),
+            last_modified: meta.validators.last_modified.clone(),
+            private: meta.private,
         };
         let (file, held) = self.ctx.store.open_task(self.handle.id, &record)?;
-        self.install(file, held);
+        self.install(file, held, meta);
         Ok(())
     }
 
-    fn install(&self, file: Arc<ferry_storage::TaskFile>, held: Vec<(ferry_types::PieceIndex, PieceDigest)>) {
+    fn install(
+        &self,
+        file: Arc<ferry_storage::TaskFile>,
+        held: Vec<(ferry_types::PieceIndex, PieceDigest)>,
+        meta: ContentMeta,
+    ) {
         let layout = *file.layout();
         // A seed dispenses: it shows children a piece only once it handed it to one of them.
         let avail = Arc::new(Availability::new(layout.piece_count(), self.ctx.opts.seed));
@@ -129,7 +178,7 @@ impl Shared {
         }
         *self.picker.lock().expect("not poisoned") = Some(picker);
         *self.peer_holders.lock().expect("not poisoned") = vec![0; layout.piece_count() as usize];
-        let _ = self.handle.content.set(Content { file, avail });
+        let _ = self.handle.content.set(Content { file, avail, validators: meta.validators, private: meta.private });
         self.handle.progress.send_modify(|p| {
             p.content_length = layout.content_length();
             p.completed_bytes = resumed_bytes;
@@ -256,7 +305,7 @@ impl Shared {
         match (&source, known) {
             (_, Some(k)) if k != digest => {
                 return match source {
-                    Source::Origin => Err(DaemonError::OriginChanged { index }),
+                    Source::Origin => Err(DaemonError::OriginChanged(format!("piece {index} differs from its digest"))),
                     Source::Parent { .. } => {
                         Counters::add(&self.ctx.counters.pieces_rejected, 1);
                         Ok(Stored::Mismatch)
@@ -317,7 +366,7 @@ pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, pi
         events: events_tx,
     });
     let mut run = TaskRun {
-        shared,
+        shared: shared.clone(),
         events: events_rx,
         workers: JoinSet::new(),
         parents: HashSet::new(),
@@ -332,12 +381,34 @@ pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, pi
     let span = tracing::info_span!("task", task = ?handle.id);
     let result = tracing::Instrument::instrument(run.run(), span).await;
     if let Err(e) = result {
-        tracing::warn!(task = ?handle.id, error = %e, "task failed");
-        handle.progress.send_modify(|p| {
-            if p.outcome.is_none() {
-                p.outcome = Some(Err(Arc::new(e)));
-            }
-        });
+        fail_locally(&shared, e);
+    }
+}
+
+/// Settles a failed task on this host before anyone else hears of it: the outcome is
+/// published, the task leaves the registry (it is served no more) and its pieces leave the
+/// disk, so a later request starts afresh and a failure never keeps storage full. Only a
+/// daemon shutting down keeps what it holds, to resume after a restart.
+fn fail_locally(shared: &Shared, e: Arc<DaemonError>) {
+    let handle = &shared.handle;
+    let mut first = false;
+    handle.progress.send_modify(|p| {
+        if p.outcome.is_none() {
+            p.outcome = Some(Err(e.clone()));
+            first = true;
+        }
+    });
+    if !first || matches!(*e, DaemonError::ShuttingDown) {
+        return;
+    }
+    if matches!(*e, DaemonError::Restart) {
+        tracing::info!("the task was reset by another request's failure; dropping what is held");
+    } else {
+        tracing::warn!(error = %e, "task failed");
+    }
+    shared.ctx.registry.remove(handle);
+    if let Err(err) = shared.ctx.store.remove_task(handle.id) {
+        tracing::warn!(error = %err, "could not remove the failed task's content");
     }
 }
 
@@ -362,13 +433,13 @@ enum SessionEnd {
 }
 
 impl TaskRun {
-    async fn run(&mut self) -> Result<(), DaemonError> {
+    async fn run(&mut self) -> Result<(), Arc<DaemonError>> {
         let ctx = self.shared.ctx.clone();
         let id = self.shared.handle.id;
-        if let Some(rec) = ctx.store.task_record(id)? {
-            if let Ok(layout) = PieceLayout::new(rec.content_length, rec.piece_size) {
-                self.shared.init_content(layout)?;
-            }
+        if let Some(meta) =
+            ctx.store.task_record(id).map_err(|e| Arc::new(e.into()))?.as_ref().and_then(ContentMeta::from_record)
+        {
+            self.shared.init_content(meta).map_err(Arc::new)?;
         }
         self.check_complete();
         if self.from_origin && !self.shared.complete() {
@@ -380,7 +451,7 @@ impl TaskRun {
             let (out, out_rx) = mpsc::unbounded_channel();
             let _ = out.send(self.register_message());
             let inbound = tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
+                _ = ctx.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
                 r = client.announce_peer(UnboundedReceiverStream::new(out_rx)) => r,
             };
             match inbound {
@@ -388,30 +459,50 @@ impl TaskRun {
                     failures = 0;
                     tracing::debug!(scheduler = %addr, "registered");
                     let mut inbound = resp.into_inner();
-                    let end = self.session(&out, &mut inbound).await;
-                    if end.is_err() {
-                        // Let the last reports (e.g. `Failed`) reach the scheduler before the
-                        // stream is torn down: close our side and wait for it to close its own.
-                        drop(out);
-                        let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
-                        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+                    match self.session(&out, &mut inbound).await {
+                        Ok(SessionEnd::Reconnect) => {
+                            tracing::warn!(scheduler = %addr, "scheduler stream lost; registering again")
+                        }
+                        Err(e) => return Err(self.report_failure(e, out, inbound).await),
                     }
-                    let SessionEnd::Reconnect = end?;
-                    tracing::warn!(scheduler = %addr, "scheduler stream lost; registering again");
                 }
                 Err(status) => {
                     failures += 1;
                     tracing::debug!(scheduler = %addr, %status, "register failed");
                     if failures >= 20 && !self.shared.complete() {
-                        return Err(DaemonError::NoScheduler(format!("{addr}: {}", status.message())));
+                        return Err(Arc::new(DaemonError::NoScheduler(format!("{addr}: {}", status.message()))));
                     }
                 }
             }
             tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
+                _ = ctx.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
                 _ = tokio::time::sleep(Duration::from_millis(100 * failures.min(10) as u64 + 50)) => {}
             }
         }
+    }
+
+    /// Settles the failure here first (see [`fail_locally`]), then tells the scheduler, and
+    /// lets that last report reach it before the stream is torn down: close our side and
+    /// wait (bounded) for it to close its own.
+    async fn report_failure(
+        &mut self,
+        e: DaemonError,
+        out: mpsc::UnboundedSender<PeerMessage>,
+        mut inbound: tonic::Streaming<ferry_proto::scheduler::PeerCommand>,
+    ) -> Arc<DaemonError> {
+        let e = Arc::new(e);
+        fail_locally(&self.shared, e.clone());
+        if !matches!(*e, DaemonError::ShuttingDown | DaemonError::Restart) {
+            self.flush(&|m| {
+                let _ = out.send(PeerMessage { message: Some(m) });
+            });
+            let failed = peer_message::Message::Failed(Failed { failure: Some(e.failure()) });
+            let _ = out.send(PeerMessage { message: Some(failed) });
+        }
+        drop(out);
+        let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        e
     }
 
     fn register_message(&self) -> PeerMessage {
@@ -422,16 +513,17 @@ impl TaskRun {
         let digests = self.shared.digests.lock().expect("not poisoned");
         let held_digests = held.iter().map(|i| digests.get(i).map(|d| d.0.to_vec()).unwrap_or_default()).collect();
         drop(digests);
-        let spec = &self.shared.handle.spec;
+        let request = &self.shared.handle.request;
         PeerMessage {
             message: Some(peer_message::Message::Register(Register {
                 task_id: self.shared.handle.id.0.to_vec(),
                 host: Some((self.shared.ctx.host_info)()),
-                url: spec.url.to_string(),
-                headers: spec.headers.iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
+                url: request.url().to_string(),
+                headers: request.headers().iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
+                digest: request.digest().map(|d| d.to_string()).unwrap_or_default(),
                 held,
                 held_digests,
-                info: self.shared.layout().map(|l| task_info_message(&l)),
+                info: self.shared.handle.content.get().map(content_info),
                 from_origin: self.from_origin,
                 piece_size: self.piece_size,
             })),
@@ -488,11 +580,8 @@ impl TaskRun {
         let send = |m: peer_message::Message| {
             let _ = out.send(PeerMessage { message: Some(m) });
         };
-        if let Some(layout) = self.shared.layout() {
-            send(peer_message::Message::TaskInfo(TaskInfo {
-                content_length: layout.content_length(),
-                piece_size: layout.piece_size(),
-            }));
+        if let Some(c) = self.shared.handle.content.get() {
+            send(peer_message::Message::TaskInfo(content_info(c)));
         }
         if self.shared.complete() {
             send(peer_message::Message::Finished(Finished {}));
@@ -506,6 +595,7 @@ impl TaskRun {
         loop {
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
+                _ = handle.cancel.cancelled(), if !self.shared.complete() => return Err(DaemonError::Cancelled),
                 cmd = inbound.message() => match cmd {
                     Ok(Some(c)) => {
                         if let Some(c) = c.command {
@@ -549,9 +639,7 @@ impl TaskRun {
     ) -> Result<(), DaemonError> {
         match c {
             peer_command::Command::TaskInfo(info) => {
-                let layout = PieceLayout::new(info.content_length, info.piece_size)
-                    .map_err(|e| DaemonError::BadRequest(format!("scheduler sent a bad layout: {e}")))?;
-                self.shared.init_content(layout)?;
+                self.shared.init_content(ContentMeta::from_info(&info)?)?;
                 self.check_complete();
                 if self.shared.complete() && !self.finished_sent {
                     self.flush(send);
@@ -577,7 +665,12 @@ impl TaskRun {
             }
             peer_command::Command::TaskFailed(f) => {
                 if !self.shared.complete() && !self.origin_running {
-                    return Err(DaemonError::OriginRemote { reason: f.reason, http_status: f.http_status });
+                    return Err(match f.yours {
+                        true => DaemonError::OriginRemote(f.failure.unwrap_or_default()),
+                        // Another request's read failed: what this peer holds may come from
+                        // it, and its own request deserves its own read.
+                        false => DaemonError::Restart,
+                    });
                 }
             }
         }
@@ -625,21 +718,14 @@ impl TaskRun {
                     }));
                 }
             }
-            Event::Layout(layout) => {
-                send(peer_message::Message::TaskInfo(task_info_message(&layout)));
+            Event::Layout(meta) => {
+                send(peer_message::Message::TaskInfo(meta.info()));
                 self.check_complete();
             }
-            Event::Fatal(e) => {
-                send(peer_message::Message::Failed(Failed { reason: e.to_string() }));
-                return Err(e);
-            }
+            Event::Fatal(e) => return Err(e),
             Event::OriginDone(r) => {
                 self.origin_running = false;
-                if let Err(e) = r {
-                    self.flush(send);
-                    send(peer_message::Message::Failed(Failed { reason: e.to_string() }));
-                    return Err(e);
-                }
+                r?;
             }
         }
         Ok(())
@@ -653,7 +739,7 @@ impl TaskRun {
     }
 }
 
-/// Used by `fetch_origin` to tell the scheduler the layout as soon as it is known.
-pub fn task_info_message(layout: &PieceLayout) -> TaskInfo {
-    TaskInfo { content_length: layout.content_length(), piece_size: layout.piece_size() }
+/// What the scheduler hears of content this daemon holds.
+fn content_info(c: &Content) -> TaskInfo {
+    ContentMeta { layout: *c.file.layout(), validators: c.validators.clone(), private: c.private }.info()
 }

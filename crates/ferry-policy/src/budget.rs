@@ -1,7 +1,8 @@
-//! How many ordinary peers of one task may read the origin themselves.
+//! How many ordinary peers of one task may read the origin themselves at once.
 //!
-//! Invariant: `granted() <= limit()` always; a grant is never returned, so a peer that failed
-//! after reading the origin still counts (the origin saw its bytes).
+//! Invariant: `granted() <= limit()` always. A grant is held while its peer reads and given
+//! back when the peer finishes, fails or leaves: a peer that left must not keep the task's
+//! only permission (a later peer would wait forever for a seed that does not exist).
 
 #[derive(Clone, Debug)]
 pub struct BackToSourceBudget {
@@ -21,6 +22,11 @@ impl BackToSourceBudget {
         } else {
             false
         }
+    }
+
+    /// Gives one grant back.
+    pub fn release(&mut self) {
+        self.granted = self.granted.saturating_sub(1);
     }
 
     pub fn granted(&self) -> u32 {
@@ -43,6 +49,18 @@ mod tests {
         assert!(b.try_grant());
         assert!(!b.try_grant());
         assert_eq!(b.granted(), 2);
+    }
+
+    #[test]
+    fn a_released_grant_can_be_given_again() {
+        let mut b = BackToSourceBudget::new(1);
+        assert!(b.try_grant());
+        assert!(!b.try_grant());
+        b.release();
+        assert!(b.try_grant());
+        b.release();
+        b.release();
+        assert_eq!(b.granted(), 0, "releasing more than was granted never underflows");
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub struct GcWorker {
 impl GcWorker {
     /// One pass; returns (hosts, tasks) collected.
     pub fn work(&self, now: Instant) -> (usize, usize) {
-        let mut st = self.state.lock().expect("not poisoned");
+        let mut st = crate::state::lock(&self.state);
         let hosts_before = st.hosts.len();
         st.hosts.retain(|_, h| now.duration_since(h.last_seen) < self.host_ttl);
         let tasks_before = st.tasks.len();

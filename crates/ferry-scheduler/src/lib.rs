@@ -11,6 +11,7 @@
 pub mod gc;
 pub mod service;
 pub mod state;
+pub mod validate;
 
 pub use ferry_policy::RankOptions;
 pub use service::{SchedulerOptions, SchedulerService};

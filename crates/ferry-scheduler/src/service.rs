@@ -8,9 +8,9 @@ use std::time::Instant;
 use ferry_policy::{decide, rank_parents, ChildView, Decision, DecisionInput, PeerState, RankOptions, SeedCandidate};
 use ferry_proto::scheduler::scheduler_server::Scheduler;
 use ferry_proto::scheduler::{
-    host_command, peer_command, peer_message, BackToSource, FailReason, FetchFromOrigin, HostCommand, HostMessage,
-    Parent, Parents, PeerCommand, PeerMessage, PieceDigests, Register, StatsRequest, StatsResponse, TaskFailed,
-    TaskInfo, WaitForSeed,
+    host_command, peer_command, peer_message, BackToSource, CancelFetch, FailReason, Failure, FailureCode,
+    FetchFromOrigin, Header, HostCommand, HostMessage, Parent, Parents, PeerCommand, PeerMessage, PieceDigests,
+    Register, StatsRequest, StatsResponse, TaskFailed, WaitForSeed,
 };
 use ferry_types::{HostId, TaskId};
 use futures::Stream;
@@ -20,7 +20,8 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::state::{locality, HostEntry, PeerEntry, State, TaskEntry};
+use crate::state::{locality, HostEntry, PeerEntry, SeedFetch, State, TaskEntry};
+use crate::validate;
 
 #[derive(Clone, Debug)]
 pub struct SchedulerOptions {
@@ -53,12 +54,8 @@ impl SchedulerService {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("not poisoned")
+        crate::state::lock(&self.state)
     }
-}
-
-fn host_id(s: &str) -> Result<HostId, Status> {
-    HostId::new(s).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn send(tx: &crate::state::PeerTx, c: peer_command::Command) {
@@ -107,7 +104,7 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
     let input = DecisionInput {
         has_parents: !ranked.is_empty(),
         want_origin,
-        seed_requested: task.seed_requested.is_some(),
+        seed_requested: task.fetch.is_some(),
         seeds: &seeds,
         task: task_id,
     };
@@ -131,6 +128,9 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
         }
         Decision::BackToSource => {
             *back_to_source_grants += 1;
+            if let Some(p) = task.peers.get_mut(peer) {
+                p.granted = true;
+            }
             send(&tx, peer_command::Command::BackToSource(BackToSource {}));
             false
         }
@@ -139,13 +139,17 @@ fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, 
             true
         }
         Decision::AskSeed(seed) => {
-            task.seed_requested = Some(seed.clone());
+            // The seed reads with this peer's own request: it registered with it (and proved
+            // it against the origin first if it carries credentials).
+            let request = &task.peers[peer].request;
+            task.fetch = Some(SeedFetch { seed: seed.clone(), request: request.key() });
             *seed_fetches += 1;
             let fetch = FetchFromOrigin {
                 task_id: task_id.0.to_vec(),
-                url: task.url.clone(),
-                headers: task.headers.clone(),
+                url: request.url().to_string(),
+                headers: request.headers().iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
                 piece_size: task.piece_size_hint,
+                digest: request.digest().map(|d| d.to_string()).unwrap_or_default(),
             };
             if let Some(h) = hosts.get(&seed) {
                 tracing::info!(task = ?task_id, %seed, "asking seed to fetch from origin");
@@ -196,21 +200,21 @@ fn offer_back(
 
 /// What a re-registering peer knows that this scheduler may not (it took the task over from
 /// a scheduler that died): the layout and the digests of the pieces the peer holds.
-fn learn_from_register(task: &mut TaskEntry, reg: &Register, peer: &HostId) {
-    if let (None, Some(info)) = (task.info, &reg.info) {
-        task.info = Some((info.content_length, info.piece_size));
-        task.broadcast(peer_command::Command::TaskInfo(*info), Some(peer));
+fn learn_from_register(task: &mut TaskEntry, reg: &validate::ValidRegister) {
+    if let (None, Some(meta)) = (&task.meta, &reg.meta) {
+        task.meta = Some(meta.clone());
+        task.broadcast(peer_command::Command::TaskInfo(meta.info.clone()), Some(&reg.peer));
     }
     let mut learned = PieceDigests::default();
-    for (i, d) in reg.held.iter().zip(&reg.held_digests) {
-        if d.len() == 32 && !task.digests.contains_key(i) {
-            task.digests.insert(*i, d.clone());
-            learned.index.push(*i);
-            learned.digest.push(d.clone());
+    for (i, d) in &reg.held {
+        if let (Some(d), false) = (d, task.digests.contains_key(&i.get())) {
+            task.digests.insert(i.get(), *d);
+            learned.index.push(i.get());
+            learned.digest.push(d.0.to_vec());
         }
     }
     if !learned.index.is_empty() {
-        task.broadcast(peer_command::Command::Digests(learned), Some(peer));
+        task.broadcast(peer_command::Command::Digests(learned), Some(&reg.peer));
     }
 }
 
@@ -230,113 +234,80 @@ fn schedule_waiting(st: &mut State, task_id: &TaskId, opts: &SchedulerOptions) {
 }
 
 impl SchedulerService {
-    fn register(&self, reg: Register, tx: crate::state::PeerTx) -> Result<(TaskId, HostId, u64), Status> {
-        let task_id =
-            TaskId::from_slice(&reg.task_id).ok_or_else(|| Status::invalid_argument("task_id must be 32 bytes"))?;
-        let host = reg.host.clone().ok_or_else(|| Status::invalid_argument("register without host"))?;
-        let peer = host_id(&host.id)?;
+    fn register(&self, reg: &Register, tx: crate::state::PeerTx) -> Result<(TaskId, HostId, u64), Status> {
         let now = Instant::now();
         let mut st = self.lock();
+        let v = validate::register(reg, |t| st.tasks.get(t).and_then(|t| t.layout()))?;
+        let (task_id, peer) = (v.task, v.peer.clone());
         let session = st.session();
-        let task = st
-            .tasks
-            .entry(task_id)
-            .or_insert_with(|| TaskEntry::new(reg.url.clone(), self.opts.back_to_source_limit, now));
+        let task = st.tasks.entry(task_id).or_insert_with(|| TaskEntry::new(self.opts.back_to_source_limit, now));
         task.last_active = now;
-        if task.headers.is_empty() {
-            task.headers = reg.headers.clone();
-        }
         if task.piece_size_hint == 0 {
-            task.piece_size_hint = reg.piece_size;
+            task.piece_size_hint = v.piece_size_hint;
         }
+        // A peer registering again (new session) gives back what its old entry held.
+        task.release_grant(&peer);
         task.dag.remove_node(&peer);
-        learn_from_register(task, &reg, &peer);
-        if let Some((len, ps)) = task.info {
-            send(&tx, peer_command::Command::TaskInfo(TaskInfo { content_length: len, piece_size: ps }));
-            let (index, digest) = task.digests.iter().map(|(i, d)| (*i, d.clone())).unzip();
+        learn_from_register(task, &v);
+        if let Some(meta) = &task.meta {
+            send(&tx, peer_command::Command::TaskInfo(meta.info.clone()));
+            let (index, digest) = task.digests.iter().map(|(i, d)| (*i, d.0.to_vec())).unzip();
             send(&tx, peer_command::Command::Digests(PieceDigests { index, digest }));
         }
-        let held = reg.held.len() as u32;
+        let held = v.held.len() as u32;
         let complete = task.piece_count().is_some_and(|n| n > 0 && held >= n);
         task.peers.insert(
             peer.clone(),
             PeerEntry {
-                host,
+                host: v.host,
                 tx,
+                request: v.request,
                 state: if complete { PeerState::Succeeded } else { PeerState::Running },
                 pieces_held: held,
-                from_origin: reg.from_origin,
+                from_origin: v.from_origin,
+                granted: false,
                 blocklist: vec![],
                 throughput: None,
                 waiting: false,
                 session,
             },
         );
-        if !reg.from_origin && !complete {
+        if !v.from_origin && !complete {
             schedule(&mut st, &task_id, &peer, false, &self.opts);
         }
         schedule_waiting(&mut st, &task_id, &self.opts);
         Ok((task_id, peer, session))
     }
 
-    fn on_message(&self, task_id: &TaskId, peer: &HostId, msg: peer_message::Message) {
+    /// Applies one message of a peer's stream; an error ends that stream (and only it).
+    fn on_message(&self, task_id: &TaskId, peer: &HostId, msg: peer_message::Message) -> Result<(), Status> {
         let mut st = self.lock();
         let Some(task) = st.tasks.get_mut(task_id) else {
-            return;
+            return Ok(());
         };
         task.last_active = Instant::now();
         match msg {
-            peer_message::Message::Register(_) => {}
+            peer_message::Message::Register(_) => return Err(Status::invalid_argument("Register sent twice")),
             peer_message::Message::TaskInfo(info) => {
-                if task.info.is_none() {
-                    task.info = Some((info.content_length, info.piece_size));
+                let meta = validate::task_info(&info)?;
+                if task.meta.is_none() {
+                    task.meta = Some(meta);
                     task.broadcast(peer_command::Command::TaskInfo(info), Some(peer));
                 }
             }
             peer_message::Message::Pieces(batch) => {
-                let mut new_digests = PieceDigests::default();
-                let mut parent_rates: Vec<(HostId, u64)> = vec![];
-                for p in &batch.pieces {
-                    if p.digest.len() == 32 && !task.digests.contains_key(&p.index) {
-                        task.digests.insert(p.index, p.digest.clone());
-                        new_digests.index.push(p.index);
-                        new_digests.digest.push(p.digest.clone());
-                    }
-                    if let (Ok(parent), true) = (HostId::new(p.parent.clone()), p.cost_micros > 0) {
-                        parent_rates.push((parent, p.length as u64 * 1_000_000 / p.cost_micros as u64));
-                    }
-                }
-                let count = task.piece_count();
-                let mut first_pieces = false;
-                if let Some(me) = task.peers.get_mut(peer) {
-                    first_pieces = me.pieces_held == 0;
-                    me.pieces_held += batch.pieces.len() as u32;
-                    if count.is_some_and(|n| me.pieces_held >= n) {
-                        me.state = PeerState::Succeeded;
-                    }
-                }
-                for (parent, rate) in parent_rates {
-                    if let Some(pe) = task.peers.get_mut(&parent) {
-                        // EWMA, so one slow piece does not sink a parent.
-                        pe.throughput = Some(pe.throughput.map_or(rate, |t| (t * 3 + rate) / 4));
-                    }
-                }
-                if !new_digests.index.is_empty() {
-                    task.broadcast(peer_command::Command::Digests(new_digests), Some(peer));
-                }
-                if first_pieces {
-                    schedule_waiting(&mut st, task_id, &self.opts);
-                }
+                let pieces = validate::pieces(task.layout(), &batch.pieces)?;
+                on_pieces(&mut st, task_id, peer, &pieces, &self.opts);
             }
             peer_message::Message::ParentFailed(f) => {
-                let Ok(parent) = HostId::new(f.parent) else {
-                    return;
-                };
+                let parent = HostId::new(f.parent).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 let reason = FailReason::try_from(f.reason).unwrap_or(FailReason::Unspecified);
                 tracing::info!(task = ?task_id, %peer, %parent, ?reason, "parent failed");
                 task.dag.remove_edge(peer, &parent);
                 if let Some(me) = task.peers.get_mut(peer) {
-                    me.blocklist.push(parent.clone());
+                    if !me.blocklist.contains(&parent) {
+                        me.blocklist.push(parent.clone());
+                    }
                 }
                 if reason == FailReason::BadPiece {
                     if let Some(bad) = task.peers.get_mut(&parent) {
@@ -348,6 +319,7 @@ impl SchedulerService {
             peer_message::Message::NeedParents(n) => schedule(&mut st, task_id, peer, n.want_origin, &self.opts),
             peer_message::Message::Finished(_) => {
                 task.dag.clear_parents(peer);
+                task.release_grant(peer);
                 let count = task.piece_count().unwrap_or(0);
                 if let Some(me) = task.peers.get_mut(peer) {
                     me.state = PeerState::Succeeded;
@@ -355,45 +327,121 @@ impl SchedulerService {
                 }
             }
             peer_message::Message::Failed(f) => {
-                let from_origin = task.peers.get(peer).is_some_and(|p| p.from_origin);
-                if let Some(me) = task.peers.get_mut(peer) {
-                    me.state = PeerState::Failed;
-                }
-                if from_origin {
-                    // The origin itself refused: everyone waiting on this fetch fails with the
-                    // same reason; the next request for the task starts afresh.
-                    tracing::warn!(task = ?task_id, %peer, reason = %f.reason, "origin fetch failed");
-                    task.seed_requested = None;
-                    task.info = None;
-                    task.digests.clear();
-                    let status = f
-                        .reason
-                        .split_whitespace()
-                        .find_map(|w| w.parse::<u32>().ok().filter(|s| (400..600).contains(s)));
-                    task.broadcast(
-                        peer_command::Command::TaskFailed(TaskFailed {
-                            reason: f.reason,
-                            http_status: status.unwrap_or(0),
-                        }),
-                        Some(peer),
-                    );
-                }
+                on_failed(&mut st, task_id, peer, f.failure.unwrap_or_default(), &self.opts)
             }
         }
+        Ok(())
     }
 
     fn unregister(&self, task_id: &TaskId, peer: &HostId, session: u64) {
         let mut st = self.lock();
-        let Some(task) = st.tasks.get_mut(task_id) else {
+        let State { tasks, hosts, .. } = &mut *st;
+        let Some(task) = tasks.get_mut(task_id) else {
             return;
         };
         if task.peers.get(peer).is_some_and(|p| p.session == session) {
+            task.release_grant(peer);
             task.peers.remove(peer);
             task.dag.remove_node(peer);
-            if task.seed_requested.as_ref() == Some(peer) {
-                task.seed_requested = None;
+            if task.fetch.as_ref().is_some_and(|f| &f.seed == peer) {
+                task.fetch = None;
             }
             task.last_active = Instant::now();
+            cancel_fetch_if_unwanted(task, hosts, task_id);
+        }
+        schedule_waiting(&mut st, task_id, &self.opts);
+    }
+}
+
+/// Records reported pieces: origin digests (relayed to everyone), holdings, parents' speed.
+fn on_pieces(
+    st: &mut State,
+    task_id: &TaskId,
+    peer: &HostId,
+    pieces: &[validate::ValidPiece],
+    opts: &SchedulerOptions,
+) {
+    let Some(task) = st.tasks.get_mut(task_id) else { return };
+    let mut new_digests = PieceDigests::default();
+    for p in pieces {
+        if let Some(d) = p.digest {
+            if !task.digests.contains_key(&p.index.get()) {
+                task.digests.insert(p.index.get(), d);
+                new_digests.index.push(p.index.get());
+                new_digests.digest.push(d.0.to_vec());
+            }
+        }
+    }
+    let count = task.piece_count().unwrap_or(0);
+    let mut first_pieces = false;
+    if let Some(me) = task.peers.get_mut(peer) {
+        first_pieces = me.pieces_held == 0;
+        me.pieces_held = (me.pieces_held + pieces.len() as u32).min(count);
+        if me.pieces_held >= count {
+            me.state = PeerState::Succeeded;
+        }
+    }
+    for p in pieces {
+        let (Some(parent), true) = (&p.parent, p.cost_micros > 0) else { continue };
+        let rate = p.length as u64 * 1_000_000 / p.cost_micros as u64;
+        if let Some(pe) = task.peers.get_mut(parent) {
+            // EWMA, so one slow piece does not sink a parent.
+            pe.throughput = Some(pe.throughput.map_or(rate, |t| (t * 3 + rate) / 4));
+        }
+    }
+    if !new_digests.index.is_empty() {
+        task.broadcast(peer_command::Command::Digests(new_digests), Some(peer));
+    }
+    if first_pieces {
+        schedule_waiting(st, task_id, opts);
+    }
+}
+
+/// A peer's download failed. When that peer was reading the origin (a seed on the task's
+/// behalf, or a peer sent back to source), what it established is forgotten and every other
+/// peer hears the failure: those whose own request is the one that failed fail with it; the
+/// others start over with their own request, so one caller's bad token, wrong URL or expired
+/// signature never fails anyone else. A seed's full disk is nobody's request: all fail.
+fn on_failed(st: &mut State, task_id: &TaskId, peer: &HostId, failure: Failure, opts: &SchedulerOptions) {
+    let Some(task) = st.tasks.get_mut(task_id) else { return };
+    let Some(me) = task.peers.get_mut(peer) else { return };
+    me.state = PeerState::Failed;
+    let read_origin = me.from_origin || me.granted;
+    let failed_key = me.request.key();
+    task.release_grant(peer);
+    if !read_origin {
+        return;
+    }
+    let code = FailureCode::try_from(failure.code).unwrap_or(FailureCode::Unspecified);
+    tracing::warn!(task = ?task_id, %peer, ?code, status = failure.http_status, message = %failure.message, "origin read failed");
+    task.reset_content();
+    let everyone = code == FailureCode::StorageFull;
+    for (id, p) in &task.peers {
+        if id == peer {
+            continue;
+        }
+        let yours = everyone || p.request.key() == failed_key;
+        send(&p.tx, peer_command::Command::TaskFailed(TaskFailed { failure: Some(failure.clone()), yours }));
+    }
+    schedule_waiting(st, task_id, opts);
+}
+
+/// Nobody but seeds is left on a task whose origin read is under way: the seed is told to
+/// stop reading for nobody.
+fn cancel_fetch_if_unwanted(task: &mut TaskEntry, hosts: &HashMap<HostId, HostEntry>, task_id: &TaskId) {
+    let wanted = task.peers.values().any(|p| !p.from_origin && p.state == PeerState::Running);
+    if wanted {
+        return;
+    }
+    for (id, p) in &task.peers {
+        if p.from_origin && p.state == PeerState::Running {
+            if let Some(h) = hosts.get(id) {
+                tracing::info!(task = ?task_id, seed = %id, "nobody waits any more; cancelling the seed's origin read");
+                let cancel = HostCommand {
+                    command: Some(host_command::Command::Cancel(CancelFetch { task_id: task_id.0.to_vec() })),
+                };
+                let _ = h.tx.send(Ok(cancel));
+            }
         }
     }
 }
@@ -408,12 +456,8 @@ impl Scheduler for SchedulerService {
         req: Request<Streaming<HostMessage>>,
     ) -> Result<Response<Self::HostSessionStream>, Status> {
         let mut inbound = req.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .and_then(|m| m.host)
-            .ok_or_else(|| Status::invalid_argument("empty host session"))?;
-        let id = host_id(&first.id)?;
+        let first = inbound.message().await?.and_then(|m| m.host);
+        let (id, first) = validate::host(first.as_ref())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let session = {
             let mut st = self.lock();
@@ -427,9 +471,16 @@ impl Scheduler for SchedulerService {
         tokio::spawn(
             async move {
                 while let Ok(Some(msg)) = inbound.message().await {
+                    let host = match validate::host(msg.host.as_ref()) {
+                        Ok((sent, h)) if sent == id => h,
+                        _ => {
+                            tracing::info!("host sent a malformed keepalive; closing its session");
+                            break;
+                        }
+                    };
                     let mut st = this.lock();
-                    if let (Some(h), Some(entry)) = (msg.host, st.hosts.get_mut(&id)) {
-                        entry.host = h;
+                    if let Some(entry) = st.hosts.get_mut(&id) {
+                        entry.host = host;
                         entry.last_seen = Instant::now();
                     }
                 }
@@ -454,14 +505,20 @@ impl Scheduler for SchedulerService {
             _ => return Err(Status::invalid_argument("the first peer message must be Register")),
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let (task_id, peer, session) = self.register(reg, tx)?;
+        let (task_id, peer, session) = self.register(&reg, tx.clone())?;
         let this = self.clone();
         let span = tracing::info_span!("announce_peer", task = ?task_id, %peer);
         tokio::spawn(
             async move {
                 loop {
                     match inbound.next().await {
-                        Some(Ok(PeerMessage { message: Some(m) })) => this.on_message(&task_id, &peer, m),
+                        Some(Ok(PeerMessage { message: Some(m) })) => {
+                            if let Err(status) = this.on_message(&task_id, &peer, m) {
+                                tracing::info!(error = %status.message(), "peer sent a malformed message; closing its stream");
+                                let _ = tx.send(Err(status));
+                                break;
+                            }
+                        }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
                             tracing::debug!(error = %e, "peer stream broke");
@@ -492,23 +549,104 @@ impl Scheduler for SchedulerService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_proto::scheduler::Host;
+    use ferry_proto::scheduler::{Failed, FinishedPiece, Host, PiecesFinished, TaskInfo};
     use tokio::sync::mpsc::UnboundedReceiver;
 
     type Rx = UnboundedReceiver<Result<PeerCommand, Status>>;
 
     fn join(svc: &SchedulerService, id: &str, from_origin: bool) -> Rx {
+        join_with(svc, id, from_origin, "http://origin/f").1
+    }
+
+    fn join_with(svc: &SchedulerService, id: &str, from_origin: bool, url: &str) -> (u64, Rx) {
         let host = Host { id: id.into(), ip: "127.0.0.1".into(), piece_port: 1, upload_slots: 8, ..Default::default() };
-        let reg = Register {
-            task_id: vec![7; 32],
-            host: Some(host),
-            url: "http://origin/f".into(),
-            from_origin,
-            ..Default::default()
-        };
+        let reg =
+            Register { task_id: vec![7; 32], host: Some(host), url: url.into(), from_origin, ..Default::default() };
         let (tx, rx) = mpsc::unbounded_channel();
-        svc.register(reg, tx).unwrap();
-        rx
+        let (_, _, session) = svc.register(&reg, tx).unwrap();
+        (session, rx)
+    }
+
+    fn commands(rx: &mut Rx) -> Vec<peer_command::Command> {
+        let mut out = vec![];
+        while let Ok(Ok(c)) = rx.try_recv() {
+            out.extend(c.command);
+        }
+        out
+    }
+
+    fn got_back_to_source(rx: &mut Rx) -> bool {
+        commands(rx).iter().any(|c| matches!(c, peer_command::Command::BackToSource(_)))
+    }
+
+    #[test]
+    fn a_departed_peer_gives_its_back_to_source_grant_back() {
+        // No seed: the first peer reads the origin, finishes and leaves. The next peer must
+        // get the grant, not wait for a seed that does not exist.
+        let svc = SchedulerService::new(SchedulerOptions::default());
+        let (session, mut a) = join_with(&svc, "a", false, "http://origin/f");
+        assert!(got_back_to_source(&mut a));
+        svc.unregister(&TaskId([7; 32]), &HostId::new("a").unwrap(), session);
+        let mut b = join(&svc, "b", false);
+        assert!(got_back_to_source(&mut b), "b waits for a grant the departed a still holds");
+    }
+
+    #[test]
+    fn an_origin_failure_fails_only_peers_with_the_same_request() {
+        let svc = SchedulerService::new(SchedulerOptions::default());
+        let task = TaskId([7; 32]);
+        let (_, mut wrong) = join_with(&svc, "wrong", false, "http://origin/f?v=wrong");
+        assert!(got_back_to_source(&mut wrong));
+        let (_, mut same) = join_with(&svc, "same", false, "http://origin/f?v=wrong");
+        let (_, mut right) = join_with(&svc, "right", false, "http://origin/f?v=right");
+        commands(&mut same);
+        commands(&mut right);
+        let failure = Failure { code: FailureCode::OriginStatus as i32, http_status: 404, message: "404".into() };
+        svc.on_message(
+            &task,
+            &HostId::new("wrong").unwrap(),
+            peer_message::Message::Failed(Failed { failure: Some(failure) }),
+        )
+        .unwrap();
+        let yours = |rx: &mut Rx| {
+            commands(rx).into_iter().find_map(|c| match c {
+                peer_command::Command::TaskFailed(f) => Some(f.yours),
+                _ => None,
+            })
+        };
+        assert_eq!(yours(&mut same), Some(true), "same request: fails with it");
+        assert_eq!(yours(&mut right), Some(false), "another request: starts over with its own");
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_and_scheduling_goes_on() {
+        let svc = SchedulerService::new(SchedulerOptions::default());
+        let task = TaskId([7; 32]);
+        let _seed = join(&svc, "seed", true);
+        let a = HostId::new("a").unwrap();
+        let _a = join(&svc, "a", false);
+        let bad = [
+            peer_message::Message::TaskInfo(TaskInfo { content_length: 100, piece_size: 0, ..Default::default() }),
+            peer_message::Message::TaskInfo(TaskInfo {
+                content_length: u64::MAX,
+                piece_size: 16384,
+                ..Default::default()
+            }),
+            peer_message::Message::Pieces(PiecesFinished {
+                pieces: vec![FinishedPiece { index: 0, ..Default::default() }],
+            }),
+        ];
+        for m in bad {
+            assert!(svc.on_message(&task, &a, m).is_err());
+        }
+        let ok = TaskInfo { content_length: 20_000, piece_size: 16384, ..Default::default() };
+        svc.on_message(&task, &a, peer_message::Message::TaskInfo(ok)).unwrap();
+        let beyond = FinishedPiece { index: 2, length: 1, ..Default::default() };
+        assert!(svc
+            .on_message(&task, &a, peer_message::Message::Pieces(PiecesFinished { pieces: vec![beyond] }))
+            .is_err());
+        let mut b = join(&svc, "b", false);
+        assert!(parents(&mut b).is_some(), "a normal peer is still scheduled");
     }
 
     /// Parent ids in every `Parents` command received so far; `None` if the peer was only

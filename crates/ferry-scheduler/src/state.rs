@@ -1,11 +1,25 @@
 //! The scheduler's books.
+//!
+//! Everything here was validated on the way in (see [`crate::validate`]): layouts are
+//! `PieceLayout`s, digests are 32 bytes, each peer's request is a checked `OriginRequest`.
+//! The books sit behind one mutex whose guard is taken with [`lock`], which recovers a
+//! poisoned lock rather than panicking on every later call.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use ferry_policy::{BackToSourceBudget, Candidate, Dag, Locality, PeerState};
 use ferry_proto::scheduler::{peer_command, Host, HostCommand, PeerCommand};
-use ferry_types::{HostId, TaskId};
+use ferry_types::{HostId, OriginRequest, PieceDigest, RequestKey, TaskId};
+
+use crate::validate::TaskMeta;
+
+/// Takes the state's lock. A panic while it was held (a bug) must not turn every later
+/// request into a panic too: the books are plain data and stay usable.
+pub fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::Status;
 
@@ -23,9 +37,13 @@ pub struct HostEntry {
 pub struct PeerEntry {
     pub host: Host,
     pub tx: PeerTx,
+    /// This peer's own way to the origin; a seed fetch on its behalf uses exactly this.
+    pub request: OriginRequest,
     pub state: PeerState,
     pub pieces_held: u32,
     pub from_origin: bool,
+    /// Holds one of the task's back-to-source grants, returned when it finishes, fails or leaves.
+    pub granted: bool,
     pub blocklist: Vec<HostId>,
     pub throughput: Option<u64>,
     /// Told to wait; scheduled again when something changes.
@@ -33,37 +51,61 @@ pub struct PeerEntry {
     pub session: u64,
 }
 
+/// A seed asked to read the origin for a task, and whose request it reads with.
+#[derive(Clone, Debug)]
+pub struct SeedFetch {
+    pub seed: HostId,
+    pub request: RequestKey,
+}
+
 pub struct TaskEntry {
-    pub url: String,
-    pub headers: Vec<ferry_proto::scheduler::Header>,
     pub piece_size_hint: u32,
-    pub info: Option<(u64, u32)>,
-    pub digests: HashMap<u32, Vec<u8>>,
+    pub meta: Option<TaskMeta>,
+    pub digests: HashMap<u32, PieceDigest>,
     pub peers: HashMap<HostId, PeerEntry>,
     pub dag: Dag,
     pub budget: BackToSourceBudget,
-    pub seed_requested: Option<HostId>,
+    pub fetch: Option<SeedFetch>,
     pub last_active: Instant,
 }
 
 impl TaskEntry {
-    pub fn new(url: String, back_to_source_limit: u32, now: Instant) -> Self {
+    pub fn new(back_to_source_limit: u32, now: Instant) -> Self {
         Self {
-            url,
-            headers: vec![],
             piece_size_hint: 0,
-            info: None,
+            meta: None,
             digests: HashMap::new(),
             peers: HashMap::new(),
             dag: Dag::default(),
             budget: BackToSourceBudget::new(back_to_source_limit),
-            seed_requested: None,
+            fetch: None,
             last_active: now,
         }
     }
 
+    pub fn layout(&self) -> Option<ferry_types::PieceLayout> {
+        self.meta.as_ref().map(|m| m.layout)
+    }
+
     pub fn piece_count(&self) -> Option<u32> {
-        self.info.map(|(len, ps)| len.div_ceil(ps as u64) as u32)
+        self.layout().map(|l| l.piece_count())
+    }
+
+    /// Forgets what the last origin read established: it failed, so its layout, validators
+    /// and digests describe nothing anyone may build on.
+    pub fn reset_content(&mut self) {
+        self.meta = None;
+        self.digests.clear();
+        self.fetch = None;
+    }
+
+    /// Gives a peer's back-to-source grant back, if it holds one.
+    pub fn release_grant(&mut self, peer: &HostId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            if std::mem::take(&mut p.granted) {
+                self.budget.release();
+            }
+        }
     }
 
     /// Every peer of the task as the policy sees it.

@@ -24,6 +24,8 @@ pub enum StorageError {
     OpenContent { task: TaskId, source: std::io::Error },
     #[error("write piece {index} of {task:?}: {source}")]
     WritePiece { task: TaskId, index: u32, source: std::io::Error },
+    #[error("remove content file of {task:?}: {source}")]
+    RemoveContent { task: TaskId, source: std::io::Error },
     #[error("read piece {index} of {task:?}: {source}")]
     ReadPiece { task: TaskId, index: u32, source: std::io::Error },
     #[error("decode metadata of {task:?}: {reason}")]

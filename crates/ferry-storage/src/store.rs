@@ -16,11 +16,20 @@ const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
 /// task id ++ piece index (BE) -> BLAKE3 digest of the verified piece.
 const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces");
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TaskRecord {
+    /// Redacted: for an operator reading the database, never a way to the origin.
     pub url: String,
     pub content_length: u64,
     pub piece_size: u32,
+    /// The origin's validators when the task was first read: they pin its content.
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub last_modified: Option<String>,
+    /// First read with credentials: each request must prove its own access.
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// Pieces already verified on disk, with their digests.
@@ -32,6 +41,10 @@ pub trait PieceStore: Send + Sync + 'static {
     fn open_task(&self, task: TaskId, record: &TaskRecord) -> Result<(Arc<TaskFile>, HeldPieces), StorageError>;
     fn record_piece(&self, task: TaskId, index: PieceIndex, digest: PieceDigest) -> Result<(), StorageError>;
     fn task_record(&self, task: TaskId) -> Result<Option<TaskRecord>, StorageError>;
+    /// The pieces recorded as verified, with their digests.
+    fn held(&self, task: TaskId, layout: &PieceLayout) -> Result<HeldPieces, StorageError>;
+    /// Forgets the task: its record, its pieces and its content file.
+    fn remove_task(&self, task: TaskId) -> Result<(), StorageError>;
 }
 
 pub struct Store {
@@ -143,6 +156,18 @@ impl PieceStore for Store {
         Ok(())
     }
 
+    fn held(&self, task: TaskId, layout: &PieceLayout) -> Result<HeldPieces, StorageError> {
+        self.held_pieces(task, layout)
+    }
+
+    fn remove_task(&self, task: TaskId) -> Result<(), StorageError> {
+        self.remove_records(task)?;
+        match std::fs::remove_file(self.content_path(task)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::RemoveContent { task, source: e }),
+            _ => Ok(()),
+        }
+    }
+
     fn task_record(&self, task: TaskId) -> Result<Option<TaskRecord>, StorageError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(TASKS)?;
@@ -152,6 +177,23 @@ impl PieceStore for Store {
         serde_json::from_slice(v.value())
             .map(Some)
             .map_err(|e| StorageError::DecodeRecord { task, reason: e.to_string() })
+    }
+}
+
+impl Store {
+    fn remove_records(&self, task: TaskId) -> Result<(), StorageError> {
+        let tx = self.db.begin_write()?;
+        {
+            tx.open_table(TASKS)?.remove(&task.0[..])?;
+            let mut pieces = tx.open_table(PIECES)?;
+            let mut lo = [0u8; 36];
+            lo[..32].copy_from_slice(&task.0);
+            let mut hi = lo;
+            hi[32..].copy_from_slice(&[0xff; 4]);
+            pieces.retain_in(&lo[..]..=&hi[..], |_, _| false)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -193,7 +235,25 @@ mod tests {
     use super::*;
 
     fn record(len: u64) -> TaskRecord {
-        TaskRecord { url: "http://o/f".into(), content_length: len, piece_size: 16 * 1024 }
+        TaskRecord { url: "http://o/f".into(), content_length: len, piece_size: 16 * 1024, ..Default::default() }
+    }
+
+    #[test]
+    fn a_removed_task_is_gone_and_can_start_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (TaskId([1; 32]), TaskId([2; 32]));
+        let (fa, _) = store.open_task(a, &record(40_000)).unwrap();
+        let (fb, _) = store.open_task(b, &record(40_000)).unwrap();
+        for (t, f) in [(a, &fa), (b, &fb)] {
+            store.record_piece(t, f.layout().index(1).unwrap(), PieceDigest::of(b"x")).unwrap();
+        }
+        let path = fa.path().to_owned();
+        store.remove_task(a).unwrap();
+        assert!(!path.exists());
+        assert_eq!(store.task_record(a).unwrap(), None);
+        assert_eq!(store.open_task(a, &record(30_000)).unwrap().1.len(), 0, "a new layout, no old pieces");
+        assert_eq!(store.open_task(b, &record(40_000)).unwrap().1.len(), 1, "the other task is untouched");
     }
 
     #[test]

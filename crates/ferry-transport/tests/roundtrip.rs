@@ -28,8 +28,9 @@ async fn serves_pipelined_pieces_haves_and_rejects() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let len = 3 * PIECE as u64 + 100;
-    let (file, _) =
-        store.open_task(TASK, &TaskRecord { url: "x".into(), content_length: len, piece_size: PIECE }).unwrap();
+    let (file, _) = store
+        .open_task(TASK, &TaskRecord { url: "x".into(), content_length: len, piece_size: PIECE, ..Default::default() })
+        .unwrap();
     let avail = Arc::new(Availability::new(file.layout().piece_count(), false));
     let piece = |i: u32| -> Vec<u8> {
         let idx = file.layout().index(i).unwrap();
@@ -83,8 +84,9 @@ async fn garbage_from_a_client_closes_only_its_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (file, _) =
-        store.open_task(TASK, &TaskRecord { url: "x".into(), content_length: 10, piece_size: PIECE }).unwrap();
+    let (file, _) = store
+        .open_task(TASK, &TaskRecord { url: "x".into(), content_length: 10, piece_size: PIECE, ..Default::default() })
+        .unwrap();
     let avail = Arc::new(Availability::new(1, false));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -109,7 +111,10 @@ async fn dispensing_parent_hands_each_piece_to_one_child() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let (file, _) = store
-        .open_task(TASK, &TaskRecord { url: "x".into(), content_length: 2 * PIECE as u64, piece_size: PIECE })
+        .open_task(
+            TASK,
+            &TaskRecord { url: "x".into(), content_length: 2 * PIECE as u64, piece_size: PIECE, ..Default::default() },
+        )
         .unwrap();
     let avail = Arc::new(Availability::new(2, true));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -186,8 +191,9 @@ async fn closed_by_server(s: &mut tokio::net::TcpStream) -> bool {
 fn server_with(opts: ServerOptions) -> (std::net::SocketAddr, CancellationToken, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (file, _) =
-        store.open_task(TASK, &TaskRecord { url: "x".into(), content_length: 10, piece_size: PIECE }).unwrap();
+    let (file, _) = store
+        .open_task(TASK, &TaskRecord { url: "x".into(), content_length: 10, piece_size: PIECE, ..Default::default() })
+        .unwrap();
     let avail = Arc::new(Availability::new(1, false));
     let std_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     std_l.set_nonblocking(true).unwrap();

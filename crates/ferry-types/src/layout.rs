@@ -17,6 +17,8 @@ pub const MAX_PIECE_SIZE: u32 = 64 * 1024 * 1024;
 /// Smallest size accepted for an explicit override (tests, benchmarks).
 const MIN_OVERRIDE: u32 = 16 * 1024;
 const TARGET_PIECES: u64 = 512;
+/// Most pieces a task may have: a bitfield of them fits one control frame (1 MiB).
+pub const MAX_PIECES: u32 = 8 * 1024 * 1024;
 
 /// A piece number known to be inside its task's layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,8 +53,8 @@ impl PieceLayout {
         if !piece_size.is_power_of_two() || !(MIN_OVERRIDE..=MAX_PIECE_SIZE).contains(&piece_size) {
             return Err(ParseError::PieceSize(piece_size as u64));
         }
-        if content_length.div_ceil(piece_size as u64) > u32::MAX as u64 {
-            return Err(ParseError::PieceSize(piece_size as u64));
+        if content_length.div_ceil(piece_size as u64) > MAX_PIECES as u64 {
+            return Err(ParseError::TooManyPieces { length: content_length, piece_size });
         }
         Ok(Self { content_length, piece_size })
     }
@@ -130,6 +132,8 @@ mod tests {
         assert!(PieceLayout::new(10, 1024).is_err());
         assert!(PieceLayout::new(10, 128 * 1024 * 1024).is_err());
         assert!(PieceLayout::new(10, 1024 * 1024).is_ok());
+        assert!(PieceLayout::new(10, 0).is_err());
+        assert!(PieceLayout::new(u64::MAX, 16 * 1024).is_err(), "more pieces than a bitfield frame holds");
     }
 
     proptest! {

@@ -7,11 +7,13 @@
 mod digest;
 mod id;
 mod layout;
+mod request;
 mod size;
 
 pub use digest::{DigestAlgo, FileDigest, FileHasher, PieceDigest};
 pub use id::{HostId, TaskId, TaskIdInput};
-pub use layout::{PieceIndex, PieceLayout, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
+pub use layout::{PieceIndex, PieceLayout, MAX_PIECES, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
+pub use request::{is_secret_header, redact_url, OriginRequest, RequestKey, Validators};
 pub use size::ByteSize;
 
 /// Why a value given by a user or a peer was refused.
@@ -29,4 +31,8 @@ pub enum ParseError {
     PieceIndex { index: u32, count: u32 },
     #[error("piece size {0} must be a power of two between 16 KiB and 64 MiB")]
     PieceSize(u64),
+    #[error("{length} bytes in pieces of {piece_size} is more than {max} pieces", max = MAX_PIECES)]
+    TooManyPieces { length: u64, piece_size: u32 },
+    #[error("{0}")]
+    Header(String),
 }

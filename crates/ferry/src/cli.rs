@@ -99,6 +99,14 @@ pub struct DaemonArgs {
     /// Test hook: corrupt every piece this daemon uploads.
     #[arg(long, hide = true)]
     pub corrupt_uploads: bool,
+    /// A PEM file of CA certificates to trust for HTTPS origins, besides the system's
+    /// (`SSL_CERT_FILE` is honoured too); repeatable.
+    #[arg(long = "ca-cert", env = "FERRY_CA_CERT", value_delimiter = ',')]
+    pub ca_certs: Vec<PathBuf>,
+    /// Make every request prove its access to the origin (one small request) before it is
+    /// handed bytes, also for tasks first read without credentials.
+    #[arg(long, env = "FERRY_ALWAYS_AUTHORIZE")]
+    pub always_authorize: bool,
 }
 
 #[derive(Args, Debug)]
@@ -127,9 +135,13 @@ pub struct GetArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Print one JSON object with the result.
+    /// Print one JSON object with the result (or with the error).
     #[arg(long)]
     pub json: bool,
+    /// Hard-link the output to the daemon's cache instead of copying it (same filesystem;
+    /// the shared file is made read-only).
+    #[arg(long)]
+    pub link: bool,
 }
 
 #[derive(Args, Debug)]

@@ -33,6 +33,8 @@ pub mod exit {
     pub const INTEGRITY: u8 = 5;
     pub const DISK_FULL: u8 = 6;
     pub const TIMEOUT: u8 = 7;
+    pub const NO_SCHEDULER: u8 = 8;
+    pub const ORIGIN_CHANGED: u8 = 9;
 }
 
 pub fn init_tracing(cli: &Cli) {

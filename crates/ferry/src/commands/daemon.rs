@@ -27,6 +27,8 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     o.piece_timeout = a.piece_timeout;
     o.corrupt_uploads = a.corrupt_uploads;
     o.origin_retries = a.origin_retries;
+    o.ca_certs = a.ca_certs;
+    o.always_authorize = a.always_authorize;
     if let Some(ps) = a.piece_size {
         let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
         PieceLayout::new(0, ps32).map_err(|e| usage(format!("--piece-size: {e}")))?;

@@ -8,11 +8,36 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use tonic::Code;
 
+use ferry_proto::scheduler::FailureCode;
+
 use crate::cli::GetArgs;
 use crate::{exit, Exit};
 
 /// Maps a status from the daemon to an exit code; the daemon's message is already one line.
+/// The failure code the daemon attaches decides; the gRPC code is the fallback.
 pub fn exit_for(status: &tonic::Status) -> Exit {
+    let failure = status
+        .metadata()
+        .get(ferry_daemon::error::FAILURE_METADATA)
+        .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+        .and_then(|c| FailureCode::try_from(c).ok());
+    let by_failure = failure.and_then(|f| {
+        Some(match f {
+            FailureCode::OriginStatus
+            | FailureCode::OriginUnreachable
+            | FailureCode::Unauthorized
+            | FailureCode::OriginBadResponse => exit::ORIGIN,
+            FailureCode::DigestMismatch => exit::INTEGRITY,
+            FailureCode::StorageFull => exit::DISK_FULL,
+            FailureCode::Timeout => exit::TIMEOUT,
+            FailureCode::NoScheduler => exit::NO_SCHEDULER,
+            FailureCode::OriginChanged => exit::ORIGIN_CHANGED,
+            _ => return None,
+        })
+    });
+    if let Some(code) = by_failure.filter(|_| status.code() != Code::InvalidArgument) {
+        return Exit::new(code, status.message().to_owned());
+    }
     let code = match status.code() {
         Code::InvalidArgument => exit::USAGE,
         Code::NotFound | Code::PermissionDenied => exit::ORIGIN,
@@ -55,9 +80,12 @@ fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
         .iter()
         .map(|h| {
             let (n, v) = h.split_once(':').ok_or_else(|| usage(format!("header `{h}` is not `Name: value`")))?;
-            Ok(Header { name: n.trim().to_owned(), value: v.trim().to_owned() })
+            Ok((n.trim().to_owned(), v.trim().to_owned()))
         })
         .collect::<Result<Vec<_>, Exit>>()?;
+    // The daemon checks again; checking here gives the same line without a daemon.
+    ferry_types::OriginRequest::new(url, headers.clone(), None, vec![]).map_err(|e| usage(e.to_string()))?;
+    let headers = headers.into_iter().map(|(name, value)| Header { name, value }).collect();
     Ok(DownloadRequest {
         url: a.url.clone(),
         output: output.display().to_string(),
@@ -67,6 +95,7 @@ fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
         application: a.application.clone(),
         filtered_query_params: a.filter_query_params.clone(),
         timeout_millis: a.timeout.map_or(0, |t| t.as_millis() as u64),
+        link: a.link,
     })
 }
 
@@ -112,6 +141,9 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    if let (Err(e), true) = (&result, a.json) {
+        println!("{}", serde_json::json!({ "error": e.message, "exit_code": e.code, "url": redacted(&a.url) }));
+    }
     result?;
     let p = last.expect("done implies a progress message");
     if a.json {
@@ -127,4 +159,8 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         println!("{j}");
     }
     Ok(())
+}
+
+fn redacted(url: &str) -> String {
+    url::Url::parse(url).map(|u| ferry_types::redact_url(&u, &[])).unwrap_or_default()
 }
