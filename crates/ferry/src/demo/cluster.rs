@@ -132,6 +132,11 @@ impl Cluster {
         self.spawn(name, args).await.map(|_| ())
     }
 
+    /// The OS process id of a running process.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.get(name)?.child.id()
+    }
+
     pub fn args_of(&self, name: &str) -> Option<Vec<String>> {
         self.procs.get(name).map(|p| p.args.clone())
     }

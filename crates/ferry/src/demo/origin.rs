@@ -1,6 +1,9 @@
 //! A small HTTP origin for the demo and the tests: serves in-memory files with range
-//! support, counts every body byte it sends, and can misbehave on purpose (fixed error
-//! statuses, a first few 500s, a bandwidth cap).
+//! support and validators (ETag, Last-Modified), counts every body byte it sends, and can
+//! misbehave on purpose: fixed error statuses, a first few 500s, a bandwidth cap, and, by
+//! path prefix, a token-protected file (`/private/`), a gzip-encoded body (`/gzip/`), a
+//! first response cut half-way followed by shifted ranges (`/shifted/`) or by other
+//! content under another ETag (`/changing/`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +32,18 @@ pub struct OriginOptions {
     pub throttle: Option<u64>,
     /// Answer this many file requests with 500 before serving normally.
     pub fail_first: u32,
+    /// `/private/<name>` requires `Authorization: Bearer <token>` (401 without, 403 wrong).
+    pub token: Option<String>,
+}
+
+/// How a route serves a file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Private,
+    Gzip,
+    Shifted,
+    Changing,
 }
 
 struct Inner {
@@ -36,6 +51,8 @@ struct Inner {
     stats: Arc<OriginStats>,
     opts: OriginOptions,
     failures_left: AtomicU32,
+    /// Files of `/shifted/` and `/changing/` whose first response was already cut.
+    cut: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 pub struct Origin {
@@ -58,10 +75,24 @@ impl Origin {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stats = Arc::new(OriginStats::default());
-        let inner =
-            Arc::new(Inner { files, stats: stats.clone(), failures_left: AtomicU32::new(opts.fail_first), opts });
+        let inner = Arc::new(Inner {
+            files,
+            stats: stats.clone(),
+            failures_left: AtomicU32::new(opts.fail_first),
+            opts,
+            cut: Default::default(),
+        });
+        let route = |mode: Mode| {
+            move |state: State<Arc<Inner>>, name: Path<String>, headers: HeaderMap| {
+                serve_file(state, name, headers, mode)
+            }
+        };
         let app = Router::new()
-            .route("/files/*name", get(serve_file))
+            .route("/files/*name", get(route(Mode::Plain)))
+            .route("/private/*name", get(route(Mode::Private)))
+            .route("/gzip/*name", get(route(Mode::Gzip)))
+            .route("/shifted/*name", get(route(Mode::Shifted)))
+            .route("/changing/*name", get(route(Mode::Changing)))
             .route("/status/:code", get(serve_status))
             .with_state(inner);
         let cancel = CancellationToken::new();
@@ -74,6 +105,11 @@ impl Origin {
 
     pub fn url(&self, name: &str) -> String {
         format!("http://{}/files/{name}", self.addr)
+    }
+
+    /// The file under another route: `private`, `gzip`, `shifted` or `changing`.
+    pub fn url_as(&self, route: &str, name: &str) -> String {
+        format!("http://{}/{route}/{name}", self.addr)
     }
 
     pub fn status_url(&self, code: u16) -> String {
@@ -104,16 +140,42 @@ fn range(headers: &HeaderMap, len: u64) -> Option<(u64, u64)> {
     (start <= end).then_some((start, end))
 }
 
-async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, headers: HeaderMap) -> Response {
+fn authorized(o: &Inner, headers: &HeaderMap) -> Result<(), StatusCode> {
+    let Some(token) = &o.opts.token else { return Ok(()) };
+    match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        None => Err(StatusCode::UNAUTHORIZED),
+        Some(v) if v == format!("Bearer {token}") => Ok(()),
+        Some(_) => Err(StatusCode::FORBIDDEN),
+    }
+}
+
+async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, headers: HeaderMap, mode: Mode) -> Response {
     o.stats.requests.fetch_add(1, Ordering::Relaxed);
     if o.failures_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let Some(file) = o.files.get(&name).cloned() else {
+    if mode == Mode::Private {
+        if let Err(s) = authorized(&o, &headers) {
+            return s.into_response();
+        }
+    }
+    let Some(mut file) = o.files.get(&name).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    // The first response of a cutting route stops half-way; what comes after differs.
+    let cut_now = matches!(mode, Mode::Shifted | Mode::Changing)
+        && o.cut.lock().expect("not poisoned").insert(format!("{}:{name}", mode as u8));
+    if mode == Mode::Changing && !cut_now {
+        file = file.iter().map(|b| b ^ 0xff).collect::<Vec<u8>>().into();
+    }
     let len = file.len() as u64;
+    let etag = format!("\"{}\"", &blake3::hash(&file).to_hex()[..16]);
     let (status, body, content_range) = match range(&headers, len) {
+        Some((s, e)) if mode == Mode::Shifted && s + 1 <= e => (
+            StatusCode::PARTIAL_CONTENT,
+            file.slice(s as usize + 1..=e as usize),
+            Some(format!("bytes {}-{e}/{len}", s + 1)),
+        ),
         Some((s, e)) => {
             (StatusCode::PARTIAL_CONTENT, file.slice(s as usize..=e as usize), Some(format!("bytes {s}-{e}/{len}")))
         }
@@ -126,12 +188,16 @@ async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, heade
     let body_len = body.len();
     let stats = o.stats.clone();
     let throttle = o.opts.throttle;
-    const CHUNK: usize = 256 * 1024;
+    let cut_at = if cut_now { body_len / 2 } else { usize::MAX };
+    const CHUNK: usize = 64 * 1024;
     let stream = futures::stream::unfold(0usize, move |at| {
         let (body, stats) = (body.clone(), stats.clone());
         async move {
             if at >= body.len() {
                 return None;
+            }
+            if at >= cut_at {
+                return Some((Err(std::io::Error::other("cut on purpose")), usize::MAX));
             }
             let end = (at + CHUNK).min(body.len());
             if let Some(rate) = throttle {
@@ -146,6 +212,11 @@ async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, heade
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, body_len.into());
     h.insert(header::ACCEPT_RANGES, "bytes".parse().expect("valid header"));
+    h.insert(header::ETAG, etag.parse().expect("valid header"));
+    h.insert(header::LAST_MODIFIED, "Mon, 30 Nov 2026 00:00:00 GMT".parse().expect("valid header"));
+    if mode == Mode::Gzip {
+        h.insert(header::CONTENT_ENCODING, "gzip".parse().expect("valid header"));
+    }
     if let Some(cr) = content_range {
         h.insert(header::CONTENT_RANGE, cr.parse().expect("valid header"));
     }

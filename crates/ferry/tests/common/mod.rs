@@ -36,11 +36,20 @@ pub struct Spec<'a> {
     pub origin: OriginOptions,
     pub schedulers: usize,
     pub peer_args: &'a [&'a str],
+    /// Start a seed peer (`Setup::seed` is then the seed; without one it is unused).
+    pub seed: bool,
 }
 
 impl Default for Spec<'_> {
     fn default() -> Self {
-        Self { peers: 8, files: &[("f.bin", 4 << 20)], origin: OriginOptions::default(), schedulers: 1, peer_args: &[] }
+        Self {
+            peers: 8,
+            files: &[("f.bin", 4 << 20)],
+            origin: OriginOptions::default(),
+            schedulers: 1,
+            peer_args: &[],
+            seed: true,
+        }
     }
 }
 
@@ -57,13 +66,18 @@ impl Setup {
         for i in 0..spec.schedulers {
             cluster.start_scheduler(&format!("scheduler-{i}")).await.unwrap();
         }
-        let seed = cluster.start_daemon("seed", true, &["--piece-size", PIECE]).await.unwrap();
+        let seed = match spec.seed {
+            true => cluster.start_daemon("seed", true, &["--piece-size", PIECE]).await.unwrap(),
+            false => cluster.daemon_info("seed"),
+        };
         let mut peers = vec![];
         for i in 0..spec.peers {
-            peers.push(cluster.start_daemon(&format!("peer-{i}"), false, spec.peer_args).await.unwrap());
+            let mut args = vec!["--piece-size", PIECE];
+            args.extend(spec.peer_args);
+            peers.push(cluster.start_daemon(&format!("peer-{i}"), false, &args).await.unwrap());
         }
         let s = Self { cluster, origin, files, seed, peers };
-        s.wait_hosts(spec.peers + 1).await;
+        s.wait_hosts(spec.peers + spec.seed as usize).await;
         s
     }
 

@@ -1,0 +1,171 @@
+//! No request decides a task for anyone else: content-changing headers are refused, a wrong
+//! token or URL fails only its own request, private files go only to requests that prove
+//! their access, outputs are not the cache, and origin responses that cannot be trusted fail
+//! clearly. Real `ferry` processes, the test origin on loopback.
+
+mod common;
+
+use std::process::Output;
+
+use common::{bin, Setup, Spec};
+use ferry::demo::origin::OriginOptions;
+use ferry::exit;
+
+const TOKEN: &str = "right-t0ken-5ecret";
+const WRONG: &str = "wrong-t0ken-5ecret";
+
+async fn get(s: &Setup, peer: usize, url: &str, out: &std::path::Path, extra: &[&str]) -> Output {
+    tokio::process::Command::new(bin())
+        .arg("get")
+        .arg(url)
+        .arg("-O")
+        .arg(out)
+        .args(extra)
+        .arg("--quiet")
+        .arg("--socket")
+        .arg(&s.peers[peer].socket)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
+
+fn all_logs(s: &Setup) -> String {
+    let mut names: Vec<String> = s.peers.iter().map(|p| p.name.clone()).collect();
+    names.push("seed".into());
+    names.push("scheduler-0".into());
+    names.iter().map(|n| s.cluster.log_of(n)).collect::<Vec<_>>().join("\n")
+}
+
+fn spec() -> Spec<'static> {
+    let origin = OriginOptions { token: Some(TOKEN.into()), ..Default::default() };
+    Spec { peers: 4, files: &[("f.bin", 2 << 20), ("g.bin", 1 << 20)], origin, ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_header_is_refused_and_the_task_stays_whole() {
+    let s = Setup::start(spec()).await;
+    let url = s.origin.url("f.bin");
+    let out = s.out("ranged");
+    let o = get(&s, 0, &url, &out, &["-H", "Range: bytes=0-99"]).await;
+    assert_eq!(o.status.code(), Some(exit::USAGE as i32), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Range"), "{}", stderr(&o));
+    assert!(!out.exists());
+    let o = get(&s, 1, &url, &out, &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.verify("f.bin", &out), "a later full request gets the full file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_fails_alone_and_leaks_nowhere() {
+    let s = Setup::start(spec()).await;
+    let url = s.origin.url_as("private", "f.bin");
+    let bad = format!("Authorization: Bearer {WRONG}");
+    let good = format!("Authorization: Bearer {TOKEN}");
+    let signed = format!("{url}?X-Amz-Signature=s1gnature5ecret&v=1");
+    let o = get(&s, 0, &signed, &s.out("wrong"), &["-H", &bad]).await;
+    assert_eq!(o.status.code(), Some(exit::ORIGIN as i32), "{}", stderr(&o));
+    assert!(stderr(&o).contains("403"), "the origin's own answer: {}", stderr(&o));
+    assert!(!s.out("wrong").exists());
+    let o = get(&s, 1, &url, &s.out("right"), &["-H", &good]).await;
+    assert!(o.status.success(), "the right token after a wrong one: {}", stderr(&o));
+    assert!(s.verify("f.bin", &s.out("right")));
+    for text in [stderr(&o), all_logs(&s)] {
+        for secret in [WRONG, TOKEN, "s1gnature5ecret"] {
+            assert!(!text.contains(secret), "`{secret}` appears in:\n{text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_file_goes_only_to_requests_that_prove_access() {
+    let s = Setup::start(spec()).await;
+    let url = s.origin.url_as("private", "f.bin");
+    let good = format!("Authorization: Bearer {TOKEN}");
+    let o = get(&s, 0, &url, &s.out("p0"), &["-H", &good]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let size = s.files["f.bin"].len() as u64;
+    // Peers hold it now; asking without a token, or with a wrong one, gets the origin's no.
+    for (peer, extra, code) in
+        [(1, vec![], "401"), (2, vec!["-H".to_owned(), format!("Authorization: Bearer {WRONG}")], "403")]
+    {
+        let out = s.out(&format!("denied-{peer}"));
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let o = get(&s, peer, &url, &out, &extra).await;
+        assert_eq!(o.status.code(), Some(exit::ORIGIN as i32), "peer {peer}: {}", stderr(&o));
+        assert!(stderr(&o).contains(code), "peer {peer}: {}", stderr(&o));
+        assert!(!out.exists(), "peer {peer} got a file");
+    }
+    // And a peer that already holds it (peer 0) refuses a tokenless request too.
+    let o = get(&s, 0, &url, &s.out("p0-again"), &[]).await;
+    assert_eq!(o.status.code(), Some(exit::ORIGIN as i32), "{}", stderr(&o));
+    let o = get(&s, 3, &url, &s.out("p3"), &["-H", &good, "--json"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.verify("f.bin", &s.out("p3")));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["bytes_from_origin"], 0, "a valid token gets the file from peers: {j}");
+    // Access checks cost one byte each; the body went out once.
+    let served = s.origin.bytes_served();
+    assert!(served >= size && served <= size + 16, "origin served {served} bytes for a {size}-byte file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_url_cannot_poison_a_digest() {
+    use sha2::Digest;
+    let s = Setup::start(spec()).await;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&s.files["f.bin"])));
+    let wrong = s.origin.url("g.bin");
+    let o = get(&s, 0, &wrong, &s.out("w"), &["--digest", &digest]).await;
+    assert_eq!(o.status.code(), Some(exit::INTEGRITY as i32), "{}", stderr(&o));
+    assert!(!s.out("w").exists());
+    for peer in [0, 1] {
+        let out = s.out(&format!("right-{peer}"));
+        let o = get(&s, peer, &s.origin.url("f.bin"), &out, &["--digest", &digest]).await;
+        assert!(o.status.success(), "peer {peer}, right URL after a wrong one: {}", stderr(&o));
+        assert!(s.verify("f.bin", &out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_overwritten_in_place_does_not_change_the_cache() {
+    use std::io::{Seek, Write};
+    let s = Setup::start(spec()).await;
+    let url = s.origin.url("f.bin");
+    let out = s.out("edited");
+    assert!(get(&s, 0, &url, &out, &[]).await.status.success());
+    let mut f = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.write_all(&vec![0u8; 1 << 20]).unwrap();
+    drop(f);
+    let again = s.out("again");
+    let o = get(&s, 0, &url, &again, &[]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.verify("f.bin", &again), "the next get returned the edited bytes");
+    // With --link the output shares the cache file, read-only.
+    let linked = s.out("linked");
+    assert!(get(&s, 0, &url, &linked, &["--link"]).await.status.success());
+    assert!(s.verify("f.bin", &linked));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&linked).unwrap().permissions().mode() & 0o222, 0, "a linked output is read-only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrustworthy_origin_responses_fail_clearly() {
+    let s = Setup::start(Spec { peer_args: &["--origin-retries", "2"], ..spec() }).await;
+    let cases = [
+        ("gzip", exit::ORIGIN, "encoded"),
+        ("shifted", exit::ORIGIN, "asked for bytes"),
+        ("changing", exit::ORIGIN_CHANGED, "changed"),
+    ];
+    for (i, (route, code, needle)) in cases.into_iter().enumerate() {
+        let out = s.out(route);
+        let o = get(&s, i, &s.origin.url_as(route, "f.bin"), &out, &[]).await;
+        assert_eq!(o.status.code(), Some(code as i32), "{route}: {}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{route}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{route}: {}", stderr(&o));
+        assert!(!out.exists(), "{route} left a file");
+    }
+}
