@@ -169,3 +169,108 @@ async fn untrustworthy_origin_responses_fail_clearly() {
         assert!(!out.exists(), "{route} left a file");
     }
 }
+
+/// An HTTPS origin with a self-signed certificate for 127.0.0.1 (openssl + Python's
+/// http.server), killed when dropped.
+struct TlsOrigin {
+    child: tokio::process::Child,
+    url: String,
+    /// The CA that signed the origin's certificate.
+    ca: std::path::PathBuf,
+}
+
+const TLS_SERVER: &str = r#"
+import http.server, ssl, sys, functools
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[3])
+srv = http.server.HTTPServer(("127.0.0.1", 0), handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+impl TlsOrigin {
+    async fn start(dir: &std::path::Path, body: &[u8]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        // A private CA, and a leaf certificate for 127.0.0.1 that it signs.
+        let (ca, ca_key, cert, key) =
+            (dir.join("ca.pem"), dir.join("ca.key"), dir.join("cert.pem"), dir.join("key.pem"));
+        let (csr, ext) = (dir.join("leaf.csr"), dir.join("leaf.ext"));
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+        let p = |s: &std::path::Path| s.to_str().unwrap().to_owned();
+        let steps: Vec<Vec<String>> = vec![
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=Ferry test CA", "-keyout"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([p(&ca_key), "-out".into(), p(&ca)])
+                .collect(),
+            ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([p(&key), "-out".into(), p(&csr)])
+                .collect(),
+            ["x509", "-req", "-days", "1", "-CAcreateserial", "-in"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([
+                    p(&csr),
+                    "-CA".into(),
+                    p(&ca),
+                    "-CAkey".into(),
+                    p(&ca_key),
+                    "-out".into(),
+                    p(&cert),
+                    "-extfile".into(),
+                    p(&ext),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let st =
+                std::process::Command::new("openssl").args(&args).stderr(std::process::Stdio::null()).status().unwrap();
+            assert!(st.success(), "openssl {args:?} failed");
+        }
+        let www = dir.join("www");
+        std::fs::create_dir_all(&www).unwrap();
+        std::fs::write(www.join("f.bin"), body).unwrap();
+        let mut child = tokio::process::Command::new("python3")
+            .args(["-c", TLS_SERVER])
+            .arg(&cert)
+            .arg(&key)
+            .arg(&www)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        Self { child, url: format!("https://127.0.0.1:{}/f.bin", port.trim()), ca }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_ca_is_refused_plainly_and_trusted_with_ca_cert() {
+    let mut s = Setup::start(Spec { peers: 1, seed: false, ..spec() }).await;
+    let tls = TlsOrigin::start(s.cluster.dir(), &s.files["g.bin"]).await;
+    let out = s.out("tls");
+    let started = std::time::Instant::now();
+    let o = get(&s, 0, &tls.url, &out, &[]).await;
+    assert_eq!(o.status.code(), Some(exit::ORIGIN as i32), "{}", stderr(&o));
+    let msg = stderr(&o);
+    assert_eq!(msg.lines().count(), 1, "{msg}");
+    assert!(msg.contains("127.0.0.1") && msg.contains("certificate") && msg.contains("--ca-cert"), "{msg}");
+    // Not retried: the retry pauses alone would take over 6 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "a certificate error was retried");
+    assert!(!out.exists());
+    let trusting = s.cluster.start_daemon("trusting", false, &["--ca-cert", tls.ca.to_str().unwrap()]).await.unwrap();
+    s.wait_hosts(2).await;
+    common::download(&trusting, &tls.url, &out).await.unwrap();
+    assert!(s.verify("g.bin", &out));
+    drop(tls.child);
+}
