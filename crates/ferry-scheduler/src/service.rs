@@ -365,8 +365,8 @@ fn on_pieces(
     let mut new_digests = PieceDigests::default();
     for p in pieces {
         if let Some(d) = p.digest {
-            if !task.digests.contains_key(&p.index.get()) {
-                task.digests.insert(p.index.get(), d);
+            if let std::collections::hash_map::Entry::Vacant(e) = task.digests.entry(p.index.get()) {
+                e.insert(d);
                 new_digests.index.push(p.index.get());
                 new_digests.digest.push(d.0.to_vec());
             }

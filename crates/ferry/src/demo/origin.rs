@@ -171,7 +171,7 @@ async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, heade
     let len = file.len() as u64;
     let etag = format!("\"{}\"", &blake3::hash(&file).to_hex()[..16]);
     let (status, body, content_range) = match range(&headers, len) {
-        Some((s, e)) if mode == Mode::Shifted && s + 1 <= e => (
+        Some((s, e)) if mode == Mode::Shifted && s < e => (
             StatusCode::PARTIAL_CONTENT,
             file.slice(s as usize + 1..=e as usize),
             Some(format!("bytes {}-{e}/{len}", s + 1)),
