@@ -469,14 +469,38 @@ impl TaskRun {
                 Err(status) => {
                     failures += 1;
                     tracing::debug!(scheduler = %addr, %status, "register failed");
-                    if failures >= 20 && !self.shared.complete() {
+                    // Parents already known keep feeding this peer without a scheduler;
+                    // only a peer with no source at all gives up.
+                    let stranded = self.parents.is_empty() && !self.origin_running;
+                    if failures >= 20 && stranded && !self.shared.complete() {
                         return Err(Arc::new(DaemonError::NoScheduler(format!("{addr}: {}", status.message()))));
                     }
                 }
             }
+            self.between_sessions(Duration::from_millis(100 * failures.min(10) as u64 + 50)).await?;
+        }
+    }
+
+    /// Waits `pause` before registering again, storing what known parents and the origin
+    /// read deliver meanwhile. Reports to the scheduler are dropped: registering again
+    /// tells it every held piece and digest anyway.
+    async fn between_sessions(&mut self, pause: Duration) -> Result<(), Arc<DaemonError>> {
+        let ctx = self.shared.ctx.clone();
+        let handle = self.shared.handle.clone();
+        let pause = tokio::time::sleep(pause);
+        tokio::pin!(pause);
+        loop {
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
-                _ = tokio::time::sleep(Duration::from_millis(100 * failures.min(10) as u64 + 50)) => {}
+                _ = handle.cancel.cancelled(), if !self.shared.complete() => return Err(Arc::new(DaemonError::Cancelled)),
+                _ = &mut pause => return Ok(()),
+                Some(ev) = self.events.recv() => {
+                    self.on_event(ev, &|_| {}).map_err(Arc::new)?;
+                    if self.shared.complete() {
+                        // Reported as finished when a session is up again.
+                        self.finished_sent = false;
+                    }
+                }
             }
         }
     }
