@@ -619,6 +619,25 @@ mod tests {
     }
 
     #[test]
+    fn a_seed_reading_for_nobody_is_told_to_stop() {
+        let svc = SchedulerService::new(SchedulerOptions::default());
+        let (htx, mut hrx) = mpsc::unbounded_channel();
+        let seed_host =
+            Host { id: "seed".into(), ip: "127.0.0.1".into(), piece_port: 1, seed: true, ..Default::default() };
+        svc.lock().hosts.insert(
+            HostId::new("seed").unwrap(),
+            HostEntry { host: seed_host, tx: htx, last_seen: Instant::now(), session: 0 },
+        );
+        let (session, _a) = join_with(&svc, "a", false, "http://origin/f");
+        let fetch = hrx.try_recv().unwrap().unwrap();
+        assert!(matches!(fetch.command, Some(host_command::Command::Fetch(_))));
+        let _seed = join(&svc, "seed", true);
+        svc.unregister(&TaskId([7; 32]), &HostId::new("a").unwrap(), session);
+        let cancel = hrx.try_recv().expect("a cancel order").unwrap();
+        assert!(matches!(cancel.command, Some(host_command::Command::Cancel(_))));
+    }
+
+    #[test]
     fn malformed_messages_are_refused_and_scheduling_goes_on() {
         let svc = SchedulerService::new(SchedulerOptions::default());
         let task = TaskId([7; 32]);
