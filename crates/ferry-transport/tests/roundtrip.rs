@@ -82,16 +82,7 @@ async fn serves_pipelined_pieces_haves_and_rejects() {
 #[tokio::test]
 async fn garbage_from_a_client_closes_only_its_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let (file, _) = store
-        .open_task(TASK, &TaskRecord { url: "x".into(), content_length: 10, piece_size: PIECE, ..Default::default() })
-        .unwrap();
-    let avail = Arc::new(Availability::new(1, false));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let cancel = CancellationToken::new();
-    tokio::spawn(serve(l, Arc::new(One(file, avail)), ServerOptions::default(), Arc::default(), cancel.clone()));
+    let (addr, cancel, _dir) = server_with(ServerOptions::default());
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     // An oversize length with a bad version.
     s.write_all(&[0xff, 0xff, 0xff, 0xff, 7, 1]).await.unwrap();

@@ -105,31 +105,11 @@ async fn no_daemon_says_how_to_start_one() {
     assert!(one_line(&o).contains("ferry daemon"));
 }
 
-/// Unmounts a test tmpfs even when the test fails.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_is_reported_and_leaves_no_file() {
     let mut s = Setup::start(Spec { files: &[("f.bin", 4 << 20)], ..setup_spec() }).await;
     let data = s.cluster.dir().join("small");
-    std::fs::create_dir_all(&data).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&data)
-        .status()
-        .map(|st| st.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("skipping: cannot mount a tmpfs here (needs root)");
-        return;
-    }
-    let _unmount = Mount(data.clone());
+    let Some(_unmount) = common::small_tmpfs(&data) else { return };
     let small = s.cluster.start_daemon("small", false, &[]).await.unwrap();
     s.wait_hosts(10).await;
     let out = s.out("full");

@@ -118,31 +118,11 @@ async fn half_sent_frames_cost_a_piece_port_little_memory() {
     drop(held);
 }
 
-/// Unmounts a test tmpfs even when the test fails.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_whose_disk_fills_reports_storage_full_to_waiting_peers() {
     let mut s = Setup::start(Spec { peers: 0, seed: false, files: &[("f.bin", 4 << 20)], ..Default::default() }).await;
     let data = s.cluster.daemon_info("seed").data_dir;
-    std::fs::create_dir_all(&data).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&data)
-        .status()
-        .is_ok_and(|st| st.success());
-    if !mounted {
-        assert!(std::env::var("CI").is_err(), "CI runs as root: mounting a tmpfs must work");
-        eprintln!("skipping: cannot mount a tmpfs here (needs root)");
-        return;
-    }
-    let _unmount = Mount(data.clone());
+    let Some(_unmount) = common::small_tmpfs(&data) else { return };
     s.cluster.start_daemon("seed", true, &["--piece-size", common::PIECE]).await.unwrap();
     let peer = s.cluster.start_daemon("peer", false, &[]).await.unwrap();
     s.wait_hosts(2).await;

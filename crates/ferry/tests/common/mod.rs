@@ -142,3 +142,29 @@ pub async fn scheduler_stats(addr: &str) -> ferry_proto::scheduler::StatsRespons
     let mut c = SchedulerClient::connect(format!("http://{addr}")).await.unwrap();
     c.stats(ferry_proto::scheduler::StatsRequest {}).await.unwrap().into_inner()
 }
+
+/// A 1 MiB tmpfs mounted at a directory, unmounted when dropped (even when the test fails).
+pub struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a 1 MiB tmpfs at `dir` (created if needed). `None` when this is not root, which
+/// only a run outside CI may skip: CI runs as root, so there it fails the test.
+pub fn small_tmpfs(dir: &Path) -> Option<Mount> {
+    std::fs::create_dir_all(dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|st| st.success());
+    if !mounted {
+        assert!(std::env::var("CI").is_err(), "CI runs as root: mounting a tmpfs must work");
+        eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+        return None;
+    }
+    Some(Mount(dir.to_owned()))
+}
