@@ -494,13 +494,9 @@ impl TaskRun {
                 _ = ctx.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
                 _ = handle.cancel.cancelled(), if !self.shared.complete() => return Err(Arc::new(DaemonError::Cancelled)),
                 _ = &mut pause => return Ok(()),
-                Some(ev) = self.events.recv() => {
-                    self.on_event(ev, &|_| {}).map_err(Arc::new)?;
-                    if self.shared.complete() {
-                        // Reported as finished when a session is up again.
-                        self.finished_sent = false;
-                    }
-                }
+                // A completion seen here is reported when a session is up again: `session`
+                // sends `Finished` first thing for a complete task.
+                Some(ev) = self.events.recv() => self.on_event(ev, &|_| {}).map_err(Arc::new)?,
             }
         }
     }
