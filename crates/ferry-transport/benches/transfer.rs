@@ -28,7 +28,7 @@ fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let record = TaskRecord { url: "bench".into(), content_length: SIZE, piece_size: PIECE };
+    let record = TaskRecord { url: "bench".into(), content_length: SIZE, piece_size: PIECE, ..Default::default() };
     let (file, _) = store.open_task(TASK, &record).unwrap();
     let avail = Arc::new(Availability::new(file.layout().piece_count(), false));
     for idx in file.layout().indices() {
