@@ -1,7 +1,7 @@
 //! The daemon: one per host. It downloads pieces from parents and origin, stores them,
 //! serves them to other peers, and answers the local CLIs over a Unix socket.
 //!
-//! - [`options`]: what an operator can set.
+//! - [`options`]: what an operator can set; [`advertise`]: the address peers reach us on.
 //! - [`schedulers`]: host sessions to every scheduler and the rendezvous pick of a task's one.
 //! - [`task`]: one task's download, shared by every local request for it.
 //! - [`fetch_origin`], [`fetch_peers`]: the two ways pieces arrive.
@@ -10,6 +10,7 @@
 // `tonic::Status` is the error type at this crate's gRPC edge; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod advertise;
 pub mod api;
 pub mod counters;
 pub mod error;

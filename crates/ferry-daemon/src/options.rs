@@ -11,8 +11,9 @@ pub struct DaemonOptions {
     pub host_id: HostId,
     pub data_dir: PathBuf,
     pub socket: PathBuf,
-    /// Address other peers reach this daemon's piece server on.
-    pub advertise_ip: IpAddr,
+    /// Address other peers reach this daemon's piece server on; `None` takes the address
+    /// of the interface that routes to the scheduler (see [`crate::advertise`]).
+    pub advertise_ip: Option<IpAddr>,
     pub listen_ip: IpAddr,
     /// 0 picks a free port.
     pub piece_port: u16,
@@ -53,7 +54,7 @@ impl DaemonOptions {
             host_id: HostId::random(),
             socket: data_dir.join("ferry.sock"),
             data_dir,
-            advertise_ip: IpAddr::from([127, 0, 0, 1]),
+            advertise_ip: None,
             listen_ip: IpAddr::from([0, 0, 0, 0]),
             piece_port: 4005,
             schedulers,

@@ -116,11 +116,12 @@ pub async fn run(
     let server_stats = Arc::new(ServerStats::default());
     let registry = Arc::new(Registry::default());
 
+    let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
     let host_info: Arc<dyn Fn() -> Host + Send + Sync> = {
         let (opts, stats) = (opts.clone(), server_stats.clone());
         Arc::new(move || Host {
             id: opts.host_id.to_string(),
-            ip: opts.advertise_ip.to_string(),
+            ip: advertise.to_string(),
             piece_port: bound.port() as u32,
             zone: opts.zone.clone(),
             rack: opts.rack.clone(),
@@ -169,7 +170,7 @@ pub async fn run(
             }
         });
     }
-    tracing::info!(host = %opts.host_id, piece = %bound, socket = %opts.socket.display(), seed = opts.seed, "daemon ready");
+    tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, "daemon ready");
     if let Some(r) = ready {
         let _ = r.send(bound);
     }

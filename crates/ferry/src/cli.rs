@@ -69,9 +69,10 @@ pub struct DaemonArgs {
     pub host_id: Option<String>,
     #[arg(long, default_value = "0.0.0.0")]
     pub listen_ip: IpAddr,
-    /// Address other peers use to reach this host.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub advertise_ip: IpAddr,
+    /// Address other peers use to reach this host [default: the address of the interface
+    /// that routes to the scheduler].
+    #[arg(long, env = "FERRY_ADVERTISE_IP")]
+    pub advertise_ip: Option<IpAddr>,
     /// Piece server port (0 picks one).
     #[arg(long, default_value_t = 4005)]
     pub piece_port: u16,

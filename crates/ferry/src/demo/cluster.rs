@@ -17,6 +17,9 @@ pub struct Cluster {
     bin: PathBuf,
     dir: tempfile::TempDir,
     procs: HashMap<String, Proc>,
+    /// The network namespace a process runs in (`ip netns exec`), if not the caller's;
+    /// kept across a kill so a restart lands in the same one.
+    netns: HashMap<String, String>,
     pub schedulers: Vec<String>,
 }
 
@@ -39,7 +42,7 @@ pub struct DaemonInfo {
 impl Cluster {
     pub fn new(bin: PathBuf) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-cluster-").tempdir()?;
-        Ok(Self { bin, dir, procs: HashMap::new(), schedulers: vec![] })
+        Ok(Self { bin, dir, procs: HashMap::new(), netns: HashMap::new(), schedulers: vec![] })
     }
 
     pub fn dir(&self) -> &Path {
@@ -49,7 +52,15 @@ impl Cluster {
     async fn spawn(&mut self, name: &str, args: Vec<String>) -> std::io::Result<&Proc> {
         let log = self.dir.path().join(format!("{name}.log"));
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match self.netns.get(name) {
+            // `ip netns exec` execs the program, so the child's pid is the daemon's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str()]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(log_file)).kill_on_drop(true);
         if std::env::var_os("FERRY_LOG").is_none() {
             cmd.env("FERRY_LOG", "info");
@@ -75,7 +86,12 @@ impl Cluster {
     }
 
     pub async fn start_scheduler(&mut self, name: &str) -> std::io::Result<String> {
-        let args = vec!["scheduler".into(), "--listen".into(), "127.0.0.1:0".into()];
+        self.start_scheduler_on(name, "127.0.0.1:0").await
+    }
+
+    /// Starts a scheduler listening on `listen` (`IP:PORT`, port 0 picks one).
+    pub async fn start_scheduler_on(&mut self, name: &str, listen: &str) -> std::io::Result<String> {
+        let args = vec!["scheduler".into(), "--listen".into(), listen.into()];
         let addr = self.spawn(name, args).await?.addr.clone();
         self.schedulers.push(addr.clone());
         Ok(addr)
@@ -93,6 +109,32 @@ impl Cluster {
 
     /// Starts a daemon named `name` (its host id too) against all schedulers started so far.
     pub async fn start_daemon(&mut self, name: &str, seed: bool, extra: &[&str]) -> std::io::Result<DaemonInfo> {
+        let mut args = self.daemon_args(name, seed);
+        args.extend(["--listen-ip", "127.0.0.1", "--advertise-ip", "127.0.0.1"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.spawn(name, args).await?;
+        Ok(self.daemon_info(name))
+    }
+
+    /// Starts a daemon with the default listen and advertise addresses (it finds its own
+    /// from the route to the scheduler), inside network namespace `netns` if given.
+    pub async fn start_daemon_in(
+        &mut self,
+        netns: Option<&str>,
+        name: &str,
+        seed: bool,
+        extra: &[&str],
+    ) -> std::io::Result<DaemonInfo> {
+        let mut args = self.daemon_args(name, seed);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if let Some(ns) = netns {
+            self.netns.insert(name.to_owned(), ns.to_owned());
+        }
+        self.spawn(name, args).await?;
+        Ok(self.daemon_info(name))
+    }
+
+    fn daemon_args(&self, name: &str, seed: bool) -> Vec<String> {
         let info = self.daemon_info(name);
         let mut args: Vec<String> = vec![
             "daemon".into(),
@@ -104,19 +146,13 @@ impl Cluster {
             info.socket.display().to_string(),
             "--scheduler".into(),
             self.schedulers.join(","),
-            "--listen-ip".into(),
-            "127.0.0.1".into(),
-            "--advertise-ip".into(),
-            "127.0.0.1".into(),
             "--piece-port".into(),
             "0".into(),
         ];
         if seed {
             args.push("--seed".into());
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        self.spawn(name, args).await?;
-        Ok(self.daemon_info(name))
+        args
     }
 
     /// Kills a process with SIGKILL and reaps it.
