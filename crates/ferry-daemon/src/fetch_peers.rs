@@ -22,7 +22,7 @@ use std::time::Instant;
 use ferry_proto::frame::RejectCode;
 use ferry_proto::scheduler::FailReason;
 use ferry_transport::{connect, ParentEvent, TransportError};
-use ferry_types::HostId;
+use ferry_types::{HostId, PieceDigest};
 use rand::SeedableRng;
 use tokio::sync::mpsc;
 
@@ -193,7 +193,7 @@ async fn run(
                         *h = false;
                     }
                 }
-                Some(Ok(ParentEvent::Piece { index, bytes })) => {
+                Some(Ok(ParentEvent::Piece { index, bytes, claimed })) => {
                     let now = Instant::now();
                     // Asked by index, or handed out in answer to a `RequestAny`.
                     let (asked, by_index) = match inflight.iter().position(|(i, _)| *i == index) {
@@ -206,7 +206,9 @@ async fn run(
                     };
                     let cost = now - asked.max(last_arrival);
                     last_arrival = now;
-                    let stored = shared.store_piece(index, bytes, Source::Parent { host: parent.clone(), cost }).await;
+                    let claimed = claimed.map(PieceDigest);
+                    let source = Source::Parent { host: parent.clone(), cost, claimed };
+                    let stored = shared.store_piece(index, bytes, source).await;
                     let release = |i| if by_index { shared.release(i) };
                     match stored {
                         Ok(Stored::New) => {}

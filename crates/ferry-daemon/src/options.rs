@@ -32,6 +32,9 @@ pub struct DaemonOptions {
     /// Without progress for this long, a peer asks the scheduler for leave to read the origin.
     pub back_to_source_after: Duration,
     pub origin_retries: u32,
+    /// A seed's origin read stops after this long with no child connected and no local
+    /// request while no scheduler answers (with one, the scheduler says when to stop).
+    pub unwanted_read_timeout: Duration,
     /// Below this many parents, ask the scheduler for more every `parent_refresh`.
     pub want_parents: usize,
     pub parent_refresh: Duration,
@@ -67,6 +70,7 @@ impl DaemonOptions {
             piece_timeout: Duration::from_secs(15),
             back_to_source_after: Duration::from_secs(20),
             origin_retries: 5,
+            unwanted_read_timeout: Duration::from_secs(30),
             want_parents: 4,
             parent_refresh: Duration::from_secs(1),
             seed_grace: Duration::from_secs(1),

@@ -34,7 +34,12 @@ use crate::DaemonError;
 #[derive(Clone, Debug)]
 pub enum Source {
     Origin,
-    Parent { host: HostId, cost: Duration },
+    /// `claimed`: the digest the parent recorded for the piece (see [`Shared::store_piece`]).
+    Parent {
+        host: HostId,
+        cost: Duration,
+        claimed: Option<PieceDigest>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -109,6 +114,9 @@ pub struct Shared {
     pub handle: Arc<TaskHandle>,
     pub picker: Mutex<Option<PiecePicker>>,
     pub digests: Mutex<HashMap<u32, PieceDigest>>,
+    /// A scheduler session for this task is up: digests come from it. While none is, a
+    /// piece from a parent is checked against the digest that parent recorded.
+    scheduler_up: std::sync::atomic::AtomicBool,
     /// Per piece, how many connected non-seed parents hold it. A seed is asked only for
     /// pieces no other parent can give, so its upload goes to pieces the swarm lacks.
     pub peer_holders: Mutex<Vec<u16>>,
@@ -163,12 +171,13 @@ impl Shared {
         for (idx, d) in &held {
             digests.insert(idx.get(), *d);
             picker.mark_done(idx.get());
-            avail.insert(idx.get());
+            avail.insert(idx.get(), d.0);
             resumed_bytes += layout.len(*idx) as u64;
         }
         for i in digests.keys() {
             picker.set_verifiable(*i);
         }
+        picker.set_unverified_ok(!self.scheduler_up.load(std::sync::atomic::Ordering::Relaxed));
         drop(digests);
         if !held.is_empty() {
             Counters::add(&self.ctx.counters.pieces_resumed, held.len() as u64);
@@ -186,16 +195,39 @@ impl Shared {
         self.bump();
     }
 
-    pub fn add_digests(&self, pairs: impl Iterator<Item = (u32, PieceDigest)>) {
+    /// Records the scheduler's digests. Errs when one contradicts the digest a piece held
+    /// here was checked against (taken from a parent while no scheduler answered): what this
+    /// host holds cannot be trusted, and the task must start afresh.
+    pub fn add_digests(&self, pairs: impl Iterator<Item = (u32, PieceDigest)>) -> Result<(), DaemonError> {
         let mut digests = self.digests.lock().expect("not poisoned");
         let mut picker = self.picker.lock().expect("not poisoned");
+        let mut conflict = None;
         for (i, d) in pairs {
-            digests.entry(i).or_insert(d);
+            let known = *digests.entry(i).or_insert(d);
+            if known != d {
+                conflict = Some((i, known, d));
+            }
             if let Some(p) = picker.as_mut() {
                 p.set_verifiable(i);
             }
         }
         drop((digests, picker));
+        self.bump();
+        match conflict {
+            Some((i, held, sched)) => Err(DaemonError::DigestMismatch {
+                expected: format!("piece {i}: {sched}"),
+                actual: format!("{held}, taken from a parent while no scheduler answered"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A scheduler session came up or went away; see [`Shared::store_piece`].
+    pub fn set_scheduler_up(&self, up: bool) {
+        self.scheduler_up.store(up, std::sync::atomic::Ordering::Relaxed);
+        if let Some(p) = self.picker.lock().expect("not poisoned").as_mut() {
+            p.set_unverified_ok(!up);
+        }
         self.bump();
     }
 
@@ -252,14 +284,21 @@ impl Shared {
         (x % 1024) as f64 / 512.0
     }
 
-    /// The digest of a piece, waiting up to `timeout` for the scheduler to send it: a piece a
-    /// seed hands out can arrive before its digest does.
-    async fn digest_of(&self, index: u32, timeout: Duration) -> Option<PieceDigest> {
+    /// The digest a piece from a parent must match: the scheduler's, waiting up to `timeout`
+    /// for it (a piece a seed hands out can arrive before its digest does). While no
+    /// scheduler answers, the digest the parent recorded when it verified the piece: that
+    /// catches bytes corrupted on the way or on the parent's disk, and takes the parent's
+    /// word as a restarted scheduler does when peers register with what they hold. A
+    /// whole-file digest, when the request has one, still checks the end result.
+    async fn digest_of(&self, index: u32, claimed: Option<PieceDigest>, timeout: Duration) -> Option<PieceDigest> {
         let mut changed = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(d) = self.digests.lock().expect("not poisoned").get(&index) {
                 return Some(*d);
+            }
+            if !self.scheduler_up.load(std::sync::atomic::Ordering::Relaxed) && claimed.is_some() {
+                return claimed;
             }
             match tokio::time::timeout_at(deadline, changed.changed()).await {
                 Ok(Ok(())) => {}
@@ -300,7 +339,7 @@ impl Shared {
             .expect("hashing does not panic");
         let known = match source {
             Source::Origin => self.digests.lock().expect("not poisoned").get(&index).copied(),
-            Source::Parent { .. } => self.digest_of(index, self.ctx.opts.piece_timeout).await,
+            Source::Parent { claimed, .. } => self.digest_of(index, claimed, self.ctx.opts.piece_timeout).await,
         };
         match (&source, known) {
             (_, Some(k)) if k != digest => {
@@ -326,8 +365,8 @@ impl Shared {
         if !newly {
             return Ok(Stored::Skipped);
         }
-        self.digests.lock().expect("not poisoned").insert(index, digest);
-        content.avail.insert(index);
+        self.digests.lock().expect("not poisoned").entry(index).or_insert(digest);
+        content.avail.insert(index, digest.0);
         let len = layout.len(idx);
         let c = &self.ctx.counters;
         match &source {
@@ -361,6 +400,7 @@ pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, pi
         handle: handle.clone(),
         picker: Mutex::new(None),
         digests: Mutex::new(HashMap::new()),
+        scheduler_up: Default::default(),
         peer_holders: Mutex::new(vec![]),
         changed: watch::Sender::new(0),
         events: events_tx,
@@ -377,6 +417,7 @@ pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, pi
         finished_sent: false,
         pending: vec![],
         last_progress: Instant::now(),
+        unwanted_since: None,
     };
     let span = tracing::info_span!("task", task = ?handle.id);
     let result = tracing::Instrument::instrument(run.run(), span).await;
@@ -424,6 +465,9 @@ struct TaskRun {
     finished_sent: bool,
     pending: Vec<FinishedPiece>,
     last_progress: Instant,
+    /// Since when an origin read for others has had no one to serve while no scheduler
+    /// answered (see [`TaskRun::unwanted`]).
+    unwanted_since: Option<Instant>,
 }
 
 /// How a scheduler session ended when it did not fail. After completion the registration
@@ -459,7 +503,11 @@ impl TaskRun {
                     failures = 0;
                     tracing::debug!(scheduler = %addr, "registered");
                     let mut inbound = resp.into_inner();
-                    match self.session(&out, &mut inbound).await {
+                    self.shared.set_scheduler_up(true);
+                    self.unwanted_since = None;
+                    let end = self.session(&out, &mut inbound).await;
+                    self.shared.set_scheduler_up(false);
+                    match end {
                         Ok(SessionEnd::Reconnect) => {
                             tracing::warn!(scheduler = %addr, "scheduler stream lost; registering again")
                         }
@@ -493,12 +541,31 @@ impl TaskRun {
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
                 _ = handle.cancel.cancelled(), if !self.shared.complete() => return Err(Arc::new(DaemonError::Cancelled)),
-                _ = &mut pause => return Ok(()),
+                _ = &mut pause => {
+                    if self.unwanted() {
+                        tracing::info!("no scheduler, and nobody waits for this origin read: stopping it");
+                        return Err(Arc::new(DaemonError::Cancelled));
+                    }
+                    return Ok(());
+                }
                 // A completion seen here is reported when a session is up again: `session`
                 // sends `Finished` first thing for a complete task.
                 Some(ev) = self.events.recv() => self.on_event(ev, &|_| {}).map_err(Arc::new)?,
             }
         }
+    }
+
+    /// Whether an origin read this seed runs for others has had nobody to serve for
+    /// `--unwanted-read-timeout`: no child connected and no local request. With a scheduler
+    /// up, its `CancelFetch` says so; without one, this is how the read ends.
+    fn unwanted(&mut self) -> bool {
+        let handle = &self.shared.handle;
+        let children = handle.content.get().map_or(0, |c| c.avail.children());
+        if !self.origin_running || self.shared.complete() || children > 0 || handle.progress.receiver_count() > 0 {
+            self.unwanted_since = None;
+            return false;
+        }
+        self.unwanted_since.get_or_insert_with(Instant::now).elapsed() >= self.shared.ctx.opts.unwanted_read_timeout
     }
 
     /// Settles the failure here first (see [`fail_locally`]), then tells the scheduler, and
@@ -669,7 +736,7 @@ impl TaskRun {
             }
             peer_command::Command::Digests(d) => {
                 let pairs = d.index.iter().zip(&d.digest).filter_map(|(i, b)| Some((*i, PieceDigest::from_slice(b)?)));
-                self.shared.add_digests(pairs);
+                self.shared.add_digests(pairs)?;
             }
             peer_command::Command::Parents(ps) => {
                 for p in ps.parents {
@@ -703,7 +770,9 @@ impl TaskRun {
                 self.last_progress = Instant::now();
                 let (parent, cost) = match source {
                     Source::Origin => (String::new(), 0),
-                    Source::Parent { host, cost } => (host.to_string(), cost.as_micros().min(u32::MAX as u128) as u32),
+                    Source::Parent { host, cost, .. } => {
+                        (host.to_string(), cost.as_micros().min(u32::MAX as u128) as u32)
+                    }
                 };
                 self.pending.push(FinishedPiece {
                     index,

@@ -25,6 +25,8 @@ enum Slot {
 pub struct PiecePicker {
     slots: Vec<Slot>,
     verifiable: Vec<bool>,
+    /// Pick pieces whose digest is not known yet: the caller checks them some other way.
+    unverified_ok: bool,
     done: u32,
 }
 
@@ -33,6 +35,7 @@ impl PiecePicker {
         Self {
             slots: vec![Slot::Missing; piece_count as usize],
             verifiable: vec![false; piece_count as usize],
+            unverified_ok: false,
             done: 0,
         }
     }
@@ -46,6 +49,12 @@ impl PiecePicker {
         if let Some(v) = self.verifiable.get_mut(index as usize) {
             *v = true;
         }
+    }
+
+    /// Whether pieces without a known digest may be picked (a daemon that lost its
+    /// scheduler checks them against the digest their parent recorded).
+    pub fn set_unverified_ok(&mut self, ok: bool) {
+        self.unverified_ok = ok;
     }
 
     pub fn is_done(&self, index: u32) -> bool {
@@ -85,7 +94,8 @@ impl PiecePicker {
 
     /// Picks a piece for a parent holding `has`, and marks it in flight.
     pub fn pick<R: Rng>(&mut self, has: &[bool], rng: &mut R) -> Option<u32> {
-        let ok = |i: usize, s: &Slot, want: Slot| *s == want && self.verifiable[i] && has.get(i) == Some(&true);
+        let verifiable = |i: usize| self.verifiable[i] || self.unverified_ok;
+        let ok = |i: usize, s: &Slot, want: Slot| *s == want && verifiable(i) && has.get(i) == Some(&true);
         let fresh: Vec<usize> =
             self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::Missing)).map(|(i, _)| i).collect();
         let chosen = if !fresh.is_empty() {
@@ -132,6 +142,15 @@ mod tests {
         assert_eq!(p.pick(&[true, true], &mut rng()), None);
         p.set_verifiable(1);
         assert_eq!(p.pick(&[true, true], &mut rng()), Some(1));
+    }
+
+    #[test]
+    fn picks_unverified_pieces_only_when_told_they_can_be_checked() {
+        let mut p = PiecePicker::new(2);
+        p.set_unverified_ok(true);
+        assert_eq!(p.pick(&[true, false], &mut rng()), Some(0));
+        p.set_unverified_ok(false);
+        assert_eq!(p.pick(&[false, true], &mut rng()), None);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Every frame is `len: u32 BE | version: u8 | kind: u8 | body`, where `len` counts the
 //! version, kind and body bytes. Control frames are small and bounded by
-//! [`MAX_CONTROL_BODY`]; a `Piece` frame's body is an 8-byte piece header followed by the
-//! piece bytes, bounded by [`MAX_PIECE_BODY`], so the sender can `sendfile` the bytes
+//! [`MAX_CONTROL_BODY`]; a `Piece` frame's body is a 40-byte piece header (index, length,
+//! and the BLAKE3 digest the sender recorded when it verified the piece, zeros when it has
+//! none) followed by the piece bytes, bounded by [`MAX_PIECE_BODY`], so the sender can `sendfile` the bytes
 //! straight from its content file after writing the header.
 //!
 //! One connection carries one task. The child opens with `Hello(task)`; the parent answers
@@ -24,13 +25,15 @@
 
 use bytes::{BufMut, BytesMut};
 
-pub const VERSION: u8 = 1;
+/// 2: the piece header carries the sender's recorded digest.
+pub const VERSION: u8 = 2;
 /// `len | version | kind`.
 pub const HEAD_LEN: usize = 6;
 pub const MAX_CONTROL_BODY: u32 = 1024 * 1024;
-/// Largest piece plus its 8-byte header.
+/// Largest piece plus its header.
 pub const MAX_PIECE_BODY: u32 = 64 * 1024 * 1024 + PIECE_HEAD_LEN as u32;
-pub const PIECE_HEAD_LEN: usize = 8;
+/// `index: u32 | len: u32 | digest: [u8; 32]`.
+pub const PIECE_HEAD_LEN: usize = 40;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -99,6 +102,16 @@ pub enum Frame {
 pub struct PieceHead {
     pub index: u32,
     pub len: u32,
+    /// The digest the sender recorded for this piece, all zeros when it knows none. A
+    /// receiver checks bytes against the scheduler's digest; this one stands in only while
+    /// no scheduler answers (see the daemon's `Shared::store_piece`).
+    pub digest: [u8; 32],
+}
+
+impl PieceHead {
+    pub fn claimed_digest(&self) -> Option<[u8; 32]> {
+        (self.digest != [0; 32]).then_some(self.digest)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -176,14 +189,15 @@ pub fn decode_control(kind: Kind, body: &[u8]) -> Result<Frame, FrameError> {
     }
 }
 
-/// Decodes the 8-byte header that opens a `Piece` body and checks it against the frame.
+/// Decodes the header that opens a `Piece` body and checks it against the frame.
 pub fn decode_piece_head(body_len: u32, head: &[u8; PIECE_HEAD_LEN]) -> Result<PieceHead, FrameError> {
     let index = u32::from_be_bytes(head[0..4].try_into().expect("4 bytes"));
     let len = u32::from_be_bytes(head[4..8].try_into().expect("4 bytes"));
     if body_len as u64 != PIECE_HEAD_LEN as u64 + len as u64 {
         return Err(FrameError::Malformed { kind: Kind::Piece, len: body_len });
     }
-    Ok(PieceHead { index, len })
+    let digest = head[8..40].try_into().expect("32 bytes");
+    Ok(PieceHead { index, len, digest })
 }
 
 fn put_head(buf: &mut BytesMut, kind: Kind, body_len: usize) {
@@ -226,6 +240,7 @@ pub fn encode_piece_head(head: PieceHead, buf: &mut BytesMut) {
     put_head(buf, Kind::Piece, PIECE_HEAD_LEN + head.len as usize);
     buf.put_u32(head.index);
     buf.put_u32(head.len);
+    buf.put_slice(&head.digest);
 }
 
 /// Decodes one frame from the front of an in-memory buffer: `Ok(None)` when more bytes are
@@ -285,11 +300,14 @@ mod tests {
     #[test]
     fn piece_frame_round_trips() {
         let mut buf = BytesMut::new();
-        encode_piece_head(PieceHead { index: 4, len: 3 }, &mut buf);
+        let head = PieceHead { index: 4, len: 3, digest: [9; 32] };
+        encode_piece_head(head, &mut buf);
         buf.put_slice(b"abc");
         let (d, used) = decode_buf(&buf).unwrap().unwrap();
         assert_eq!(used, buf.len());
-        assert_eq!(d, Decoded::Piece(PieceHead { index: 4, len: 3 }, b"abc"));
+        assert_eq!(d, Decoded::Piece(head, b"abc"));
+        assert_eq!(head.claimed_digest(), Some([9; 32]));
+        assert_eq!(PieceHead { digest: [0; 32], ..head }.claimed_digest(), None);
     }
 
     #[test]
@@ -327,14 +345,14 @@ mod tests {
 
     #[test]
     fn rejects_wrong_version_and_kind() {
-        assert_eq!(decode_head(&[0, 0, 0, 6, 2, 3]), Err(FrameError::Version(2)));
-        assert_eq!(decode_head(&[0, 0, 0, 6, 1, 99]), Err(FrameError::Kind(99)));
+        assert_eq!(decode_head(&[0, 0, 0, 6, 1, 3]), Err(FrameError::Version(1)));
+        assert_eq!(decode_head(&[0, 0, 0, 6, VERSION, 99]), Err(FrameError::Kind(99)));
     }
 
     #[test]
     fn rejects_piece_whose_inner_length_disagrees() {
         let mut buf = BytesMut::new();
-        encode_piece_head(PieceHead { index: 0, len: 10 }, &mut buf);
+        encode_piece_head(PieceHead { index: 0, len: 10, digest: [0; 32] }, &mut buf);
         buf.put_slice(&[0; 4]);
         // Shrink the outer length to match what is there; inner still says 10.
         let outer = (2 + PIECE_HEAD_LEN + 4) as u32;

@@ -155,7 +155,7 @@ mod tests {
         assert!((t - s / 50e6).abs() < 1e-9);
         assert!((t - 21.47).abs() < 0.01);
         // Slow hosts: the swarm term dominates.
-        let t = bound(128 << 20, 50e6, 16, &vec![10e6; 16], 50e6);
+        let t = bound(128 << 20, 50e6, 16, &[10e6; 16], 50e6);
         assert!((t - 16.0 * s / (50e6 + 160e6)).abs() < 1e-9);
         // One host: the origin's upload is the limit.
         assert!((bound(1 << 20, 10e6, 1, &[100e6], 100e6) - (1u64 << 20) as f64 * 8.0 / 10e6).abs() < 1e-9);

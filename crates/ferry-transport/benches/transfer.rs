@@ -34,7 +34,7 @@ fn bench(c: &mut Criterion) {
     for idx in file.layout().indices() {
         let bytes: Vec<u8> = (0..file.layout().len(idx)).map(|i| (i % 251) as u8).collect();
         file.write_piece(idx, &bytes).unwrap();
-        avail.insert(idx.get());
+        avail.insert(idx.get(), [1; 32]);
     }
     let cancel = CancellationToken::new();
     let (ferry_addr, plain_addr) = rt.block_on(async {

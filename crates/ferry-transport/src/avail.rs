@@ -23,10 +23,14 @@ pub struct Availability {
     inner: Mutex<Inner>,
     haves: broadcast::Sender<u32>,
     next_child: AtomicU64,
+    /// Children connected now.
+    children: std::sync::atomic::AtomicU32,
 }
 
 struct Inner {
     held: Vec<bool>,
+    /// The verified digest of each held piece, sent with it (zeros: not held).
+    digests: Vec<[u8; 32]>,
     held_count: u32,
     dispense: Option<Dispense>,
 }
@@ -93,8 +97,8 @@ impl Availability {
         let (haves, _) = broadcast::channel(4096);
         let n = piece_count as usize;
         let dispense = dispensing.then(|| Dispense { holder: vec![None; n], ..Default::default() });
-        let inner = Mutex::new(Inner { held: vec![false; n], held_count: 0, dispense });
-        Self { inner, haves, next_child: AtomicU64::new(1) }
+        let inner = Mutex::new(Inner { held: vec![false; n], digests: vec![[0; 32]; n], held_count: 0, dispense });
+        Self { inner, haves, next_child: AtomicU64::new(1), children: Default::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -118,9 +122,16 @@ impl Availability {
         self.lock().complete()
     }
 
-    /// Marks a piece held; returns false if it already was. An ordinary peer tells its
-    /// subscribers now; a dispensing one queues the piece for the next `RequestAny`.
-    pub fn insert(&self, index: u32) -> bool {
+    /// The digest a held piece was verified against.
+    pub fn digest(&self, index: u32) -> Option<[u8; 32]> {
+        let inner = self.lock();
+        inner.held.get(index as usize).copied().unwrap_or(false).then(|| inner.digests[index as usize])
+    }
+
+    /// Marks a piece held, verified against `digest`; returns false if it already was. An
+    /// ordinary peer tells its subscribers now; a dispensing one queues the piece for the
+    /// next `RequestAny`.
+    pub fn insert(&self, index: u32, digest: [u8; 32]) -> bool {
         let mut inner = self.lock();
         let Some(slot) = inner.held.get_mut(index as usize) else {
             return false;
@@ -128,6 +139,7 @@ impl Availability {
         if std::mem::replace(slot, true) {
             return false;
         }
+        inner.digests[index as usize] = digest;
         inner.held_count += 1;
         match inner.dispense.as_mut() {
             Some(d) => d.queue.push_back(index),
@@ -139,9 +151,15 @@ impl Availability {
         true
     }
 
+    /// How many children are connected.
+    pub fn children(&self) -> u32 {
+        self.children.load(Ordering::Relaxed)
+    }
+
     /// A child connected: its id for the calls below.
     pub fn open_child(&self) -> ChildId {
         let id = self.next_child.fetch_add(1, Ordering::Relaxed);
+        self.children.fetch_add(1, Ordering::Relaxed);
         if let Some(d) = self.lock().dispense.as_mut() {
             d.live.insert(id);
         }
@@ -151,6 +169,7 @@ impl Availability {
     /// A child's connection ended; pieces handed to it but never sent go to the next child
     /// that asks, first.
     pub fn close_child(&self, child: ChildId, unsent: impl IntoIterator<Item = u32>) {
+        self.children.fetch_sub(1, Ordering::Relaxed);
         let mut inner = self.lock();
         if let Some(d) = inner.dispense.as_mut() {
             d.live.remove(&child);
@@ -260,9 +279,9 @@ mod tests {
     fn insert_notifies_once() {
         let a = Availability::new(3, false);
         let (_, _, mut rx) = a.subscribe();
-        assert!(a.insert(1));
-        assert!(!a.insert(1));
-        assert!(!a.insert(7));
+        assert!(a.insert(1, [1; 32]));
+        assert!(!a.insert(1, [1; 32]));
+        assert!(!a.insert(7, [1; 32]));
         assert_eq!(rx.try_recv().unwrap(), 1);
         assert!(rx.try_recv().is_err());
         assert_eq!(a.held_count(), 1);
@@ -277,13 +296,13 @@ mod tests {
         let (w2, mut r2) = mpsc::unbounded_channel();
         assert_eq!(a.request_any(1, &w1), AnyOutcome::Queued);
         assert_eq!(a.request_any(2, &w2), AnyOutcome::Queued);
-        a.insert(2);
-        a.insert(0);
+        a.insert(2, [1; 32]);
+        a.insert(0, [1; 32]);
         assert_eq!(r1.try_recv().unwrap(), 2);
         assert_eq!(r2.try_recv().unwrap(), 0);
         assert_eq!((haves.try_recv().unwrap(), haves.try_recv().unwrap()), (2, 0));
         // Held but not handed out: invisible, and the next ask gets it at once.
-        a.insert(1);
+        a.insert(1, [1; 32]);
         assert!(a.has(1) && !a.shown(1));
         assert!(haves.try_recv().is_err());
         assert_eq!(a.request_any(1, &w1), AnyOutcome::Given(1));
@@ -300,8 +319,8 @@ mod tests {
         for w in [&w1, &w2, &w3] {
             assert_eq!(a.request_any(9, w), AnyOutcome::Queued);
         }
-        a.insert(0);
-        a.insert(1);
+        a.insert(0, [1; 32]);
+        a.insert(1, [1; 32]);
         assert_eq!((r1.try_recv().unwrap(), r2.try_recv().unwrap()), (0, 1));
         assert_eq!(r3.try_recv().unwrap(), EXHAUSTED, "a waiter left over when all is handed out");
         assert_eq!(a.request_any(1, &w1), AnyOutcome::Exhausted);
@@ -319,7 +338,7 @@ mod tests {
         a.request_any(1, &w1);
         a.request_any(2, &w2);
         drop(r1);
-        a.insert(0);
+        a.insert(0, [1; 32]);
         assert_eq!(r2.try_recv().unwrap(), 0);
     }
 
@@ -327,7 +346,7 @@ mod tests {
     fn ordinary_peer_shows_everything_and_never_dispenses() {
         let a = Availability::new(2, false);
         let (w, _r) = mpsc::unbounded_channel();
-        a.insert(0);
+        a.insert(0, [1; 32]);
         assert!(a.shown(0));
         assert_eq!(a.request_any(1, &w), AnyOutcome::Exhausted);
     }
@@ -337,13 +356,13 @@ mod tests {
         let a = Availability::new(2, true);
         let (w, _r) = mpsc::unbounded_channel();
         let (c1, c2, c3) = (a.open_child(), a.open_child(), a.open_child());
-        a.insert(0);
+        a.insert(0, [1; 32]);
         assert_eq!(a.request_any(c1, &w), AnyOutcome::Given(0));
         assert!(!a.claim_by_index(c2, 0), "c1 holds it and will pass it on");
         a.close_child(c1, []);
         assert!(a.claim_by_index(c2, 0), "c1 is gone: repair");
         assert!(!a.claim_by_index(c3, 0), "c2 holds it now");
-        a.insert(1);
+        a.insert(1, [1; 32]);
         assert!(a.claim_by_index(c3, 1), "asked by index before it was handed out: its first copy");
         assert!(a.claim_by_index(c3, 0), "all held: the upload is free for anything");
         assert_eq!(a.request_any(c3, &w), AnyOutcome::Exhausted);

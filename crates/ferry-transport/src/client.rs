@@ -15,8 +15,16 @@ use crate::TransportError;
 
 pub enum ParentEvent {
     Have(u32),
-    Piece { index: u32, bytes: Vec<u8> },
-    Reject { index: u32, code: RejectCode },
+    /// `claimed`: the digest the parent recorded for it, if it sent one.
+    Piece {
+        index: u32,
+        bytes: Vec<u8>,
+        claimed: Option<[u8; 32]>,
+    },
+    Reject {
+        index: u32,
+        code: RejectCode,
+    },
 }
 
 pub struct ParentReader {
@@ -94,7 +102,7 @@ impl ParentReader {
                         return Err(TransportError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                     }
                 }
-                Ok(Some(ParentEvent::Piece { index: h.index, bytes }))
+                Ok(Some(ParentEvent::Piece { index: h.index, bytes, claimed: h.claimed_digest() }))
             }
             Some(Incoming::Control(f)) => {
                 Err(TransportError::Unexpected { expected: "Have, Piece or Reject", got: format!("{f:?}") })

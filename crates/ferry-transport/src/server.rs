@@ -319,7 +319,8 @@ impl Writer<'_> {
         };
         let len = layout.len(idx);
         let mut head = BytesMut::with_capacity(frame::HEAD_LEN + frame::PIECE_HEAD_LEN);
-        frame::encode_piece_head(PieceHead { index, len }, &mut head);
+        let digest = self.avail.digest(index).unwrap_or([0; 32]);
+        frame::encode_piece_head(PieceHead { index, len, digest }, &mut head);
         wr.write_all(&head).await?;
         if self.opts.corrupt_uploads {
             let mut bytes = file.read_piece(idx).map_err(|e| std::io::Error::other(e.to_string()))?;

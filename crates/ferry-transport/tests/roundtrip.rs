@@ -38,7 +38,7 @@ async fn serves_pipelined_pieces_haves_and_rejects() {
     };
     for i in [0, 3] {
         file.write_piece(file.layout().index(i).unwrap(), &piece(i)).unwrap();
-        avail.insert(i);
+        avail.insert(i, PieceDigest::of(&piece(i)).0);
     }
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -56,8 +56,13 @@ async fn serves_pipelined_pieces_haves_and_rejects() {
     let mut got = vec![];
     while got.len() < 3 {
         match rd.next().await.unwrap().unwrap() {
-            ParentEvent::Piece { index, bytes } => {
+            ParentEvent::Piece { index, bytes, claimed } => {
                 assert_eq!(PieceDigest::of(&bytes), PieceDigest::of(&piece(index)));
+                assert_eq!(
+                    claimed,
+                    Some(PieceDigest::of(&bytes).0),
+                    "the parent's recorded digest travels with the piece"
+                );
                 got.push(index);
             }
             ParentEvent::Reject { index, .. } => got.push(100 + index),
@@ -69,7 +74,7 @@ async fn serves_pipelined_pieces_haves_and_rejects() {
 
     // A piece finished later is announced, then served.
     file.write_piece(file.layout().index(1).unwrap(), &piece(1)).unwrap();
-    avail.insert(1);
+    avail.insert(1, [1; 32]);
     assert!(matches!(rd.next().await.unwrap().unwrap(), ParentEvent::Have(1)));
     wr.request(1).await.unwrap();
     assert!(matches!(rd.next().await.unwrap().unwrap(), ParentEvent::Piece { index: 1, .. }));
@@ -130,7 +135,7 @@ async fn dispensing_parent_hands_each_piece_to_one_child() {
     ferry_testkit::wait_until("B's ask queued", Duration::from_secs(5), waiting(2)).await;
     for i in 0..2u32 {
         file.write_piece(file.layout().index(i).unwrap(), &vec![i as u8; PIECE as usize]).unwrap();
-        avail.insert(i);
+        avail.insert(i, [1; 32]);
     }
     let first_piece = |events: Vec<ParentEvent>| {
         events.into_iter().find_map(|e| match e {

@@ -97,6 +97,10 @@ pub struct DaemonArgs {
     /// Retries of a failing origin read (5xx, reset) before the download fails.
     #[arg(long, default_value_t = 5)]
     pub origin_retries: u32,
+    /// While no scheduler answers, a seed stops reading the origin for a task after this long
+    /// with nobody to serve (no child connected, no local request).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub unwanted_read_timeout: Duration,
     /// Test hook: corrupt every piece this daemon uploads.
     #[arg(long, hide = true)]
     pub corrupt_uploads: bool,

@@ -60,3 +60,80 @@ async fn the_task_survives_its_scheduler() {
         assert_eq!(common::stats(p).await.unwrap().bytes_from_origin, 0, "{} went to origin", p.name);
     }
 }
+
+/// The only scheduler dies while three peers are mid-way and the seed is still reading the
+/// origin: the peers finish from the parents they know (pieces checked against the digests
+/// their parents recorded), the origin is still read once, and once the scheduler is back a
+/// new peer joins and gets the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_finish_from_known_parents_while_the_only_scheduler_is_down() {
+    let size = 16 << 20;
+    // 4 MiB/s: the seed needs about 4 s, so the scheduler dies mid-read.
+    let origin = ferry::demo::origin::OriginOptions { throttle: Some(4 << 20), ..Default::default() };
+    let mut s = Setup::start(Spec { files: &[("f.bin", size)], peers: 4, origin, ..Default::default() }).await;
+    let (mid, late) = s.peers.split_at(3);
+    let (mid, late) = (mid.to_vec(), late[0].clone());
+    let url = s.origin.url("f.bin");
+    let jobs: Vec<_> = mid
+        .iter()
+        .map(|p| {
+            let (p, url, out) = (p.clone(), url.clone(), s.out(&p.name));
+            tokio::spawn(async move { download(&p, &url, &out).await.map(|_| out) })
+        })
+        .collect();
+    for p in &mid {
+        ferry_testkit::wait_until("every peer to hold some pieces", std::time::Duration::from_secs(20), || async {
+            (common::stats(p).await?.bytes_from_peers > 0).then_some(())
+        })
+        .await;
+    }
+    let sched = s.cluster.schedulers[0].clone();
+    s.cluster.kill("scheduler-0").await;
+    assert!(s.origin.bytes_served() < size as u64, "the scheduler must die while the seed still reads");
+    for (p, job) in mid.iter().zip(jobs) {
+        let done = tokio::time::timeout(std::time::Duration::from_secs(60), job).await;
+        let out = done.expect("stalled without a scheduler").unwrap().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert!(s.verify("f.bin", &out), "{} holds wrong bytes", p.name);
+    }
+    let served = s.origin.bytes_served();
+    assert!(served as f64 <= 1.05 * size as f64, "origin read again without a scheduler: {served}");
+
+    // Back on the same address: everyone registers again, and a new peer is served.
+    s.cluster.restart("scheduler-0", vec!["scheduler".into(), "--listen".into(), sched.clone()]).await.unwrap();
+    s.wait_hosts(5).await;
+    let out = s.out("late");
+    download(&late, &url, &out).await.unwrap();
+    assert!(s.verify("f.bin", &out));
+    assert_eq!(common::stats(&late).await.unwrap().bytes_from_origin, 0, "the new peer went to origin");
+}
+
+/// The scheduler and the only peer die while the seed reads for that peer: with nobody to
+/// tell it, the seed stops the read itself once no child and no local request is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_without_scheduler_stops_reading_for_nobody() {
+    let size = 32 << 20;
+    let origin = ferry::demo::origin::OriginOptions { throttle: Some(4 << 20), ..Default::default() };
+    let spec = Spec {
+        files: &[("f.bin", size)],
+        peers: 1,
+        origin,
+        seed_args: &["--unwanted-read-timeout", "1s"],
+        ..Default::default()
+    };
+    let mut s = Setup::start(spec).await;
+    let (peer, url, out) = (s.peers[0].clone(), s.origin.url("f.bin"), s.out("f"));
+    let job = tokio::spawn(async move { download(&peer, &url, &out).await });
+    ferry_testkit::wait_until("the seed to start reading", std::time::Duration::from_secs(20), || async {
+        (s.origin.bytes_served() > 0).then_some(())
+    })
+    .await;
+    s.cluster.kill("scheduler-0").await;
+    s.cluster.kill("peer-0").await;
+    job.abort();
+    ferry_testkit::wait_until("the seed to stop its read", std::time::Duration::from_secs(20), || async {
+        s.cluster.log_of("seed").contains("nobody waits for this origin read").then_some(())
+    })
+    .await;
+    let served = s.origin.bytes_served();
+    assert!(served < size as u64 / 2, "the seed read {served} of {size} bytes for nobody");
+}

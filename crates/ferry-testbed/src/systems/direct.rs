@@ -52,9 +52,9 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
 }
 
 /// Joins futures without pulling in another crate.
-pub async fn futures_join<F: std::future::Future>(fs: Vec<F>) -> Vec<F::Output>
+pub async fn futures_join<F>(fs: Vec<F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();

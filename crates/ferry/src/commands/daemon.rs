@@ -27,6 +27,7 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     o.piece_timeout = a.piece_timeout;
     o.corrupt_uploads = a.corrupt_uploads;
     o.origin_retries = a.origin_retries;
+    o.unwanted_read_timeout = a.unwanted_read_timeout;
     o.ca_certs = a.ca_certs;
     o.always_authorize = a.always_authorize;
     if let Some(ps) = a.piece_size {

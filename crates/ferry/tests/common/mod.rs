@@ -36,6 +36,7 @@ pub struct Spec<'a> {
     pub origin: OriginOptions,
     pub schedulers: usize,
     pub peer_args: &'a [&'a str],
+    pub seed_args: &'a [&'a str],
     /// Start a seed peer (`Setup::seed` is then the seed; without one it is unused).
     pub seed: bool,
 }
@@ -48,6 +49,7 @@ impl Default for Spec<'_> {
             origin: OriginOptions::default(),
             schedulers: 1,
             peer_args: &[],
+            seed_args: &[],
             seed: true,
         }
     }
@@ -67,7 +69,11 @@ impl Setup {
             cluster.start_scheduler(&format!("scheduler-{i}")).await.unwrap();
         }
         let seed = match spec.seed {
-            true => cluster.start_daemon("seed", true, &["--piece-size", PIECE]).await.unwrap(),
+            true => {
+                let args: Vec<&str> =
+                    ["--piece-size", PIECE].into_iter().chain(spec.seed_args.iter().copied()).collect();
+                cluster.start_daemon("seed", true, &args).await.unwrap()
+            }
             false => cluster.daemon_info("seed"),
         };
         let mut peers = vec![];
