@@ -98,7 +98,12 @@ fn progress_message(id: TaskId, handle: &TaskHandle, p: &Progress, done: bool) -
 impl Download {
     async fn run(mut self) -> Result<DownloadProgress, DaemonError> {
         if self.request.credentialed() || self.ctx.opts.always_authorize {
-            self.authorized = Some(self.ctx.authorize(&self.request).await?);
+            let v = self.ctx.authorize(&self.request).await?;
+            // Asked anyway: join the task of the content the origin serves now.
+            if self.request.digest().is_none() {
+                self.id = self.id.at_version(&v);
+            }
+            self.authorized = Some(v);
         }
         let mut restarts = 0;
         loop {

@@ -44,6 +44,22 @@ impl TaskId {
         Self(h.finalize().into())
     }
 
+    /// This URL task at one version of its content, as the origin's validators name it.
+    /// A request that asked the origin before joining (a credentialed one, or any on a host
+    /// that forces the check) joins the task of the content the origin serves now, so a
+    /// changed object becomes a new task instead of a stale hit or a mix.
+    pub fn at_version(&self, v: &crate::Validators) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"version\0");
+        h.update(self.0);
+        h.update(v.length.to_be_bytes());
+        h.update(b"\0etag\0");
+        h.update(v.etag.as_deref().map(|e| e.trim_start_matches("W/")).unwrap_or("").as_bytes());
+        h.update(b"\0modified\0");
+        h.update(v.last_modified.as_deref().unwrap_or("").as_bytes());
+        Self(h.finalize().into())
+    }
+
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         Some(Self(bytes.try_into().ok()?))
     }
@@ -134,6 +150,18 @@ impl fmt::Debug for HostId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_version_is_a_new_task() {
+        let url = url::Url::parse("https://o.example/m.bin").unwrap();
+        let base = TaskId::derive(&TaskIdInput { url: Some(&url), ..Default::default() });
+        let v1 = crate::Validators { length: 10, etag: Some("\"a\"".into()), last_modified: None };
+        let v2 = crate::Validators { etag: Some("\"b\"".into()), ..v1.clone() };
+        let weak = crate::Validators { etag: Some("W/\"a\"".into()), ..v1.clone() };
+        assert_ne!(base.at_version(&v1), base);
+        assert_ne!(base.at_version(&v1), base.at_version(&v2));
+        assert_eq!(base.at_version(&v1), base.at_version(&weak), "a weak tag names the same version");
+    }
 
     fn id(url: &str, filtered: &[String]) -> TaskId {
         let url = url::Url::parse(url).unwrap();

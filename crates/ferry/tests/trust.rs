@@ -112,6 +112,31 @@ async fn a_private_file_goes_only_to_requests_that_prove_access() {
     assert!(served >= size && served <= size + 16, "origin served {served} bytes for a {size}-byte file");
 }
 
+/// Requests that ask the origin anyway (credentialed ones) join the task of the content the
+/// origin serves now: a replaced object is a new task, never the old bytes or a mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_private_object_is_a_new_task() {
+    let s = Setup::start(spec()).await;
+    let url = s.origin.url_as("private", "f.bin");
+    let good = format!("Authorization: Bearer {TOKEN}");
+    let o = get(&s, 0, &url, &s.out("v1"), &["-H", &good]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(s.verify("f.bin", &s.out("v1")));
+    let v2: bytes::Bytes = s.files["f.bin"].iter().map(|b| b.wrapping_add(1)).collect::<Vec<u8>>().into();
+    s.origin.replace("f.bin", v2.clone());
+    for peer in [1, 2] {
+        let out = s.out(&format!("v2-{peer}"));
+        let o = get(&s, peer, &url, &out, &["-H", &good]).await;
+        assert!(o.status.success(), "peer {peer}: {}", stderr(&o));
+        assert!(std::fs::read(&out).unwrap() == v2, "peer {peer} got the old version");
+    }
+    // The host that holds the old version too, once its access check is not cached.
+    let out = s.out("v2-0");
+    let o = get(&s, 0, &url, &out, &["-H", &good, "-H", "X-Request: again"]).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&out).unwrap() == v2, "the host that held v1 served it again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_url_cannot_poison_a_digest() {
     use sha2::Digest;

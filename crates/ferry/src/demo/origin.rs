@@ -47,7 +47,7 @@ enum Mode {
 }
 
 struct Inner {
-    files: HashMap<String, Bytes>,
+    files: std::sync::RwLock<HashMap<String, Bytes>>,
     stats: Arc<OriginStats>,
     opts: OriginOptions,
     failures_left: AtomicU32,
@@ -58,6 +58,7 @@ struct Inner {
 pub struct Origin {
     pub addr: SocketAddr,
     pub stats: Arc<OriginStats>,
+    inner: Arc<Inner>,
     cancel: CancellationToken,
 }
 
@@ -76,7 +77,7 @@ impl Origin {
         let addr = listener.local_addr()?;
         let stats = Arc::new(OriginStats::default());
         let inner = Arc::new(Inner {
-            files,
+            files: std::sync::RwLock::new(files),
             stats: stats.clone(),
             failures_left: AtomicU32::new(opts.fail_first),
             opts,
@@ -94,13 +95,13 @@ impl Origin {
             .route("/shifted/*name", get(route(Mode::Shifted)))
             .route("/changing/*name", get(route(Mode::Changing)))
             .route("/status/:code", get(serve_status))
-            .with_state(inner);
+            .with_state(inner.clone());
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
         });
-        Ok(Self { addr, stats, cancel })
+        Ok(Self { addr, stats, inner, cancel })
     }
 
     pub fn url(&self, name: &str) -> String {
@@ -114,6 +115,11 @@ impl Origin {
 
     pub fn status_url(&self, code: u16) -> String {
         format!("http://{}/status/{code}", self.addr)
+    }
+
+    /// Serves other bytes under `name` from now on (a new version of the object).
+    pub fn replace(&self, name: &str, bytes: Bytes) {
+        self.inner.files.write().expect("not poisoned").insert(name.to_owned(), bytes);
     }
 
     pub fn bytes_served(&self) -> u64 {
@@ -159,7 +165,7 @@ async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, heade
             return s.into_response();
         }
     }
-    let Some(mut file) = o.files.get(&name).cloned() else {
+    let Some(mut file) = o.files.read().expect("not poisoned").get(&name).cloned() else {
         return StatusCode::NOT_FOUND.into_response();
     };
     // The first response of a cutting route stops half-way; what comes after differs.
