@@ -161,6 +161,10 @@ pub struct DemoArgs {
     /// Piece size passed to the seed.
     #[arg(long)]
     pub piece_size: Option<ByteSize>,
+    /// Land outputs as read-only hard links to the cache (`ferry get --link`) instead of
+    /// copies: shows the transfer alone, without the copy each host makes.
+    #[arg(long)]
+    pub link: bool,
 }
 
 /// `500ms`, `30s`, `10m`, `1h`, or plain seconds.

@@ -90,7 +90,7 @@ async fn run_in(cluster: &mut Cluster, a: &DemoArgs) -> Result<DemoReport, Exit>
         let (url, out) = (url.clone(), out_dir.join(&p.name));
         async move {
             let t = Instant::now();
-            download(p, &url, &out).await.map(|_| (t.elapsed().as_secs_f64(), out))
+            download(p, &url, &out, a.link).await.map(|_| (t.elapsed().as_secs_f64(), out))
         }
     });
     let results = futures::future::join_all(downloads).await;
@@ -131,9 +131,9 @@ async fn wait_for_hosts(cluster: &Cluster, n: usize) -> Result<(), Exit> {
     }
 }
 
-async fn download(p: &DaemonInfo, url: &str, out: &std::path::Path) -> Result<(), Exit> {
+async fn download(p: &DaemonInfo, url: &str, out: &std::path::Path, link: bool) -> Result<(), Exit> {
     let mut c = crate::local::connect(&p.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
-    let req = DownloadRequest { url: url.to_owned(), output: out.display().to_string(), ..Default::default() };
+    let req = DownloadRequest { url: url.to_owned(), output: out.display().to_string(), link, ..Default::default() };
     let mut s = c.download(req).await.map_err(|s| crate::commands::get::exit_for(&s))?.into_inner();
     loop {
         match s.message().await {
