@@ -152,7 +152,16 @@ pub async fn run(
     ));
     let (orders_tx, mut orders_rx) = tokio::sync::mpsc::unbounded_channel();
     schedulers.spawn_sessions(host_info, orders_tx, cancel.clone());
-    schedulers.settle(Duration::from_secs(5)).await;
+    let silent = schedulers.settle(Duration::from_secs(5)).await;
+    if silent.len() == opts.schedulers.len() {
+        tracing::warn!(
+            schedulers = %silent.join(","),
+            "no scheduler answers: downloads will wait for one and fail with 'no scheduler' if none comes; \
+             check --scheduler and that a `ferry scheduler` runs there"
+        );
+    } else if !silent.is_empty() {
+        tracing::warn!(schedulers = %silent.join(","), "some schedulers do not answer; using the others");
+    }
     {
         // A seed's orders from schedulers: fetch this task from origin, or stop fetching it.
         let ctx = ctx.clone();

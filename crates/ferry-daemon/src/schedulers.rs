@@ -71,11 +71,13 @@ impl Schedulers {
     /// Waits (bounded) until every scheduler's first session attempt has finished, so tasks
     /// are hashed over a settled set of live schedulers. Daemons that announced themselves
     /// ready before this could pick different owners for one task during their first second.
-    pub async fn settle(&self, timeout: Duration) {
+    /// Returns the addresses of the schedulers that do not answer.
+    pub async fn settle(&self, timeout: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + timeout;
         while !self.entries.iter().all(|e| e.tried.load(Ordering::Relaxed)) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        self.entries.iter().filter(|e| !e.live.load(Ordering::Relaxed)).map(|e| e.addr.clone()).collect()
     }
 
     /// Starts one session worker per scheduler; a scheduler's orders (fetch, cancel) go to

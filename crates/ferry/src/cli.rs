@@ -30,6 +30,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct SchedulerArgs {
+    /// Address the scheduler's gRPC service listens on (port 0 picks one).
     #[arg(long, default_value = "0.0.0.0:8002", env = "FERRY_SCHEDULER_LISTEN")]
     pub listen: SocketAddr,
     /// Ordinary peers per task that may read the origin when no seed can.
@@ -53,6 +54,7 @@ pub struct SchedulerArgs {
 
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
+    /// Where pieces and the task database live.
     #[arg(long, default_value = "/var/lib/ferry", env = "FERRY_DATA_DIR")]
     pub data_dir: PathBuf,
     /// Local API socket for `ferry get`.
@@ -67,6 +69,7 @@ pub struct DaemonArgs {
     /// Stable id of this host; random when not given.
     #[arg(long, env = "FERRY_HOST_ID")]
     pub host_id: Option<String>,
+    /// Address the piece server listens on.
     #[arg(long, default_value = "0.0.0.0")]
     pub listen_ip: IpAddr,
     /// Address other peers use to reach this host [default: the address of the interface
@@ -76,10 +79,13 @@ pub struct DaemonArgs {
     /// Piece server port (0 picks one).
     #[arg(long, default_value_t = 4005)]
     pub piece_port: u16,
+    /// Zone (or data centre) of this host: the scheduler prefers parents in the same one.
     #[arg(long, default_value = "")]
     pub zone: String,
+    /// Rack of this host: the scheduler prefers parents in the same one.
     #[arg(long, default_value = "")]
     pub rack: String,
+    /// Children this host serves at once, over all tasks.
     #[arg(long, default_value_t = 32)]
     pub upload_slots: u32,
     /// Requests in flight per parent.
@@ -116,6 +122,7 @@ pub struct DaemonArgs {
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
+    /// The http:// or https:// URL to download.
     pub url: String,
     /// Where to write the file.
     #[arg(short = 'O', long)]
@@ -126,15 +133,19 @@ pub struct GetArgs {
     /// Expected whole-file digest, sha256:<hex> or sha512:<hex>.
     #[arg(long)]
     pub digest: Option<String>,
+    /// Part of the task's identity: requests with other tags never share the task.
     #[arg(long, default_value = "")]
     pub tag: String,
+    /// Part of the task's identity, like --tag: the application asking.
     #[arg(long, default_value = "")]
     pub application: String,
     /// Query parameter that does not change the content (e.g. a signature); repeatable.
     #[arg(long = "filter-query-param")]
     pub filter_query_params: Vec<String>,
+    /// Give up after this long (e.g. 90s, 10m); no limit when not given.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// The local daemon's API socket.
     #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
     pub socket: PathBuf,
     /// No progress bar.
@@ -154,8 +165,10 @@ pub struct DemoArgs {
     /// Ordinary peers (a seed peer comes on top).
     #[arg(long, default_value_t = 8)]
     pub peers: usize,
+    /// Size of the file every peer downloads.
     #[arg(long, default_value = "256MiB")]
     pub size: ByteSize,
+    /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
     /// Piece size passed to the seed.
@@ -198,5 +211,21 @@ mod tests {
     fn cli_is_well_formed() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_help_text() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        let mut missing = vec![];
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                let id = arg.get_id().as_str();
+                if arg.get_help().is_none() && !matches!(id, "help" | "version") {
+                    missing.push(format!("{} --{id}", sub.get_name()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "flags without help text: {missing:?}");
     }
 }

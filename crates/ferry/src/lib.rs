@@ -35,6 +35,8 @@ pub mod exit {
     pub const TIMEOUT: u8 = 7;
     pub const NO_SCHEDULER: u8 = 8;
     pub const ORIGIN_CHANGED: u8 = 9;
+    /// The daemon went away in the middle of a download (crashed, killed, restarted).
+    pub const DAEMON_LOST: u8 = 10;
 }
 
 pub fn init_tracing(cli: &Cli) {

@@ -124,3 +124,37 @@ async fn disk_full_is_reported_and_leaves_no_file() {
     assert!(!out.exists());
     s.cluster.kill("small").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_download_is_named_with_its_own_exit_code() {
+    let origin = OriginOptions { throttle: Some(2 << 20), ..Default::default() };
+    let mut s = Setup::start(Spec { peers: 1, files: &[("f.bin", 16 << 20)], origin, ..Default::default() }).await;
+    let out = s.out("lost");
+    let child = tokio::process::Command::new(bin())
+        .args(["get", &s.origin.url("f.bin"), "-O", out.to_str().unwrap(), "--quiet", "--socket"])
+        .arg(&s.peers[0].socket)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    ferry_testkit::wait_until("the download to start", std::time::Duration::from_secs(20), || async {
+        (common::stats(&s.peers[0]).await?.bytes_from_peers > 0).then_some(())
+    })
+    .await;
+    s.cluster.kill("peer-0").await;
+    let o = child.wait_with_output().await.unwrap();
+    assert_eq!(o.status.code(), Some(exit::DAEMON_LOST as i32), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(one_line(&o).contains("lost the connection to the daemon"));
+    assert!(!out.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_says_at_start_when_no_scheduler_answers() {
+    let mut cluster = ferry::demo::cluster::Cluster::new(bin()).unwrap();
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    cluster.schedulers.push("127.0.0.1:1".into());
+    cluster.start_daemon("lonely", false, &[]).await.unwrap();
+    let log = cluster.log_of("lonely");
+    assert!(log.contains("no scheduler answers"), "{log}");
+    assert!(log.contains("127.0.0.1:1"), "{log}");
+    cluster.shutdown().await;
+}

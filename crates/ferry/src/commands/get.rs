@@ -134,7 +134,15 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
                     break Ok(());
                 }
             }
-            Ok(None) => break Err(Exit::new(exit::FAILURE, "daemon closed the download without a result")),
+            Ok(None) => break Err(lost(&a.socket, "it closed the download without a result")),
+            // Every status the daemon itself sends carries a failure code; one without is
+            // the connection breaking under the stream.
+            Err(s)
+                if s.metadata().get(ferry_daemon::error::FAILURE_METADATA).is_none()
+                    && s.code() != Code::InvalidArgument =>
+            {
+                break Err(lost(&a.socket, s.message()))
+            }
             Err(s) => break Err(exit_for(&s)),
         }
     };
@@ -159,6 +167,17 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         println!("{j}");
     }
     Ok(())
+}
+
+fn lost(socket: &std::path::Path, detail: &str) -> Exit {
+    Exit::new(
+        exit::DAEMON_LOST,
+        format!(
+            "lost the connection to the daemon at {} mid-download ({detail}); is it still running? \
+             Run the command again once it is: pieces it stored are kept",
+            socket.display()
+        ),
+    )
 }
 
 fn redacted(url: &str) -> String {
