@@ -5,7 +5,7 @@
 //! - [`schedulers`]: host sessions to every scheduler and the rendezvous pick of a task's one.
 //! - [`task`]: one task's download, shared by every local request for it.
 //! - [`fetch_origin`], [`fetch_peers`]: the two ways pieces arrive.
-//! - [`api`]: the local API; [`output`]: landing the file at the caller's path.
+//! - [`api`]: the local API ([`local`]: its client, for CLIs and tools); [`output`]: landing the file at the caller's path.
 
 // `tonic::Status` is the error type at this crate's gRPC edge; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
@@ -16,6 +16,7 @@ pub mod counters;
 pub mod error;
 pub mod fetch_origin;
 pub mod fetch_peers;
+pub mod local;
 pub mod options;
 pub mod output;
 pub mod registry;

@@ -43,6 +43,7 @@ pub struct DaemonOptions {
     /// [1, 3) so that not every child asks at once.
     pub seed_grace: Duration,
     /// Test hook: serve corrupted bytes.
+    #[cfg(feature = "fault-injection")]
     pub corrupt_uploads: bool,
     /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the system's.
     pub ca_certs: Vec<PathBuf>,
@@ -74,6 +75,7 @@ impl DaemonOptions {
             want_parents: 4,
             parent_refresh: Duration::from_secs(1),
             seed_grace: Duration::from_secs(1),
+            #[cfg(feature = "fault-injection")]
             corrupt_uploads: false,
             ca_certs: vec![],
             always_authorize: false,

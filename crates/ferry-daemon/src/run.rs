@@ -146,7 +146,11 @@ pub async fn run(
     tokio::spawn(serve(
         listener,
         registry,
-        ServerOptions { corrupt_uploads: opts.corrupt_uploads, ..ServerOptions::default() },
+        ServerOptions {
+            #[cfg(feature = "fault-injection")]
+            corrupt_uploads: opts.corrupt_uploads,
+            ..ServerOptions::default()
+        },
         server_stats,
         cancel.clone(),
     ));

@@ -98,8 +98,8 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn origin(size: u64, listen: std::net::SocketAddr) -> Result<()> {
-    let data = ferry::demo::data::generate(42, size as usize);
-    let o = ferry::demo::origin::Origin::start_on(
+    let data = ferry_demo::data::generate(42, size as usize);
+    let o = ferry_demo::origin::Origin::start_on(
         listen,
         HashMap::from([("data.bin".to_owned(), data)]),
         Default::default(),
@@ -107,9 +107,18 @@ async fn origin(size: u64, listen: std::net::SocketAddr) -> Result<()> {
     .await?;
     println!("{}", serde_json::json!({ "ready": "origin", "addr": o.addr.to_string() }));
     std::io::stdout().flush()?;
-    ferry::shutdown_signal().await;
+    stopped().await;
     println!("{}", serde_json::json!({ "bytes_served": o.bytes_served() }));
     Ok(())
+}
+
+/// Returns on SIGINT or SIGTERM (how the testbed stops its own helper processes).
+async fn stopped() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
 }
 
 fn host_ip(i: usize) -> std::net::Ipv4Addr {
@@ -151,12 +160,12 @@ async fn run(a: RunArgs) -> Result<()> {
     let net = Network::create(nodes)?;
     // Ctrl-C: drop everything (the Network's Drop tears the namespaces down).
     let stop = tokio::spawn(async {
-        ferry::shutdown_signal().await;
+        stopped().await;
     });
 
     let size = a.size.0;
     let data = work.join("data.bin");
-    let bytes = ferry::demo::data::generate(42, size as usize);
+    let bytes = ferry_demo::data::generate(42, size as usize);
     std::fs::write(&data, &bytes)?;
     let expected = blake3::hash(&bytes);
     drop(bytes);

@@ -40,10 +40,13 @@ pub trait TaskLookup: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// Test hook: flip a byte in every piece sent, to exercise children's verification.
+    #[cfg(feature = "fault-injection")]
     pub corrupt_uploads: bool,
     /// Connections served at once; a new one beyond this is closed at once.
     pub max_connections: usize,
-    /// Connections served at once from one remote address.
+    /// Connections from one remote address that have not yet named a task this daemon
+    /// serves (a `Hello`). Once one has, it counts only towards `max_connections`: two hosts
+    /// may well share a connection per task for dozens of tasks at once.
     pub max_per_address: usize,
     /// A connection that has not said `Hello` within this long is closed.
     pub hello_timeout: Duration,
@@ -52,6 +55,7 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
+            #[cfg(feature = "fault-injection")]
             corrupt_uploads: false,
             max_connections: 1024,
             max_per_address: 64,
@@ -60,8 +64,8 @@ impl Default for ServerOptions {
     }
 }
 
-/// Counts connections in total and per remote address; an [`Admission`] gives its slot back
-/// when dropped.
+/// Counts connections per remote address until they said `Hello` for a task served here; an
+/// [`Admission`] gives its slot back when dropped.
 #[derive(Default)]
 struct Limits {
     per_addr: Mutex<HashMap<IpAddr, usize>>,
@@ -136,11 +140,10 @@ pub async fn serve(
         let span = tracing::debug_span!("piece_conn", %peer);
         tokio::spawn(
             async move {
-                let _admission = admission;
                 stats.connections_active.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
                     _ = cancel.cancelled() => {}
-                    r = handle(sock, lookup, &opts, &stats) => {
+                    r = handle(sock, lookup, &opts, &stats, admission) => {
                         if let Err(e) = r {
                             tracing::debug!(error = %e, "piece connection ended");
                         }
@@ -162,6 +165,7 @@ async fn handle(
     lookup: Arc<dyn TaskLookup>,
     opts: &ServerOptions,
     stats: &ServerStats,
+    admission: Admission,
 ) -> Result<(), TransportError> {
     sock.set_nodelay(true)?;
     let (mut rd, mut wr) = sock.into_split();
@@ -177,6 +181,8 @@ async fn handle(
         write_frame(&mut wr, &Frame::Reject { index: u32::MAX, code: RejectCode::UnknownTask }).await?;
         return Ok(());
     };
+    // Introduced for a task served here: no longer a stranger holding a slot of its address.
+    drop(admission);
     let (bits, piece_count, haves) = avail.subscribe();
     write_frame(&mut wr, &Frame::Bitfield { piece_count, bits }).await?;
 
@@ -322,15 +328,17 @@ impl Writer<'_> {
         let digest = self.avail.digest(index).unwrap_or([0; 32]);
         frame::encode_piece_head(PieceHead { index, len, digest }, &mut head);
         wr.write_all(&head).await?;
+        #[cfg(feature = "fault-injection")]
         if self.opts.corrupt_uploads {
             let mut bytes = file.read_piece(idx).map_err(|e| std::io::Error::other(e.to_string()))?;
             if let Some(b) = bytes.first_mut() {
                 *b ^= 0xff;
             }
             wr.write_all(&bytes).await?;
-        } else {
-            sendfile_all(wr.as_ref(), file.file(), layout.offset(idx), len as usize).await?;
+            self.stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
+            return Ok(());
         }
+        sendfile_all(wr.as_ref(), file.file(), layout.offset(idx), len as usize).await?;
         self.stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }

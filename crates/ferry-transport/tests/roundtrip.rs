@@ -228,23 +228,34 @@ async fn silent_and_stalled_connections_are_cut_off() {
 }
 
 #[tokio::test]
-async fn connections_beyond_the_per_address_cap_are_closed_and_others_still_served() {
+async fn strangers_beyond_the_per_address_cap_are_closed_and_introduced_ones_are_not_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let opts = ServerOptions { max_per_address: 2, ..Default::default() };
     let (addr, cancel, _dir) = server_with(opts);
-    let _a = connect(addr, TASK, PIECE, Duration::from_secs(5)).await.unwrap();
-    let _b = connect(addr, TASK, PIECE, Duration::from_secs(5)).await.unwrap();
-    assert!(connect(addr, TASK, PIECE, Duration::from_secs(5)).await.is_err(), "third from one address");
+    // Many connections from one address that each said Hello for a served task: one host
+    // pulling many tasks from another. None is refused.
+    let mut introduced = vec![];
+    for _ in 0..10 {
+        introduced.push(connect(addr, TASK, PIECE, Duration::from_secs(5)).await.unwrap());
+    }
+    // Two silent strangers fill this address's allowance; a third is closed at once.
+    let mut silent = vec![];
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(closed_by_server(&mut third).await, "a third stranger from one address");
+    assert!(connect(addr, TASK, PIECE, Duration::from_secs(5)).await.is_err(), "no room to say Hello either");
     // Another loopback address has its own allowance.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     let mut other = sock.connect(addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut hello = bytes::BytesMut::new();
     ferry_proto::frame::encode(&ferry_proto::frame::Frame::Hello { task_id: TASK.0 }, &mut hello);
     other.write_all(&hello).await.unwrap();
     let mut first = [0u8; 6];
     tokio::time::timeout(Duration::from_secs(5), other.read_exact(&mut first)).await.unwrap().unwrap();
     assert_eq!(first[5], ferry_proto::frame::Kind::Bitfield as u8);
-    drop((_a, _b));
+    drop((introduced, silent));
     cancel.cancel();
 }

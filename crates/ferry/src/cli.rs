@@ -107,7 +107,9 @@ pub struct DaemonArgs {
     /// with nobody to serve (no child connected, no local request).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub unwanted_read_timeout: Duration,
-    /// Test hook: corrupt every piece this daemon uploads.
+    /// Test hook: corrupt every piece this daemon uploads (only in builds with the
+    /// `fault-injection` feature, which the tests turn on and releases do not).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, hide = true)]
     pub corrupt_uploads: bool,
     /// A PEM file of CA certificates to trust for HTTPS origins, besides the system's

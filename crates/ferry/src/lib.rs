@@ -1,13 +1,11 @@
-//! The `ferry` binary as a library: flag parsing, one module per subcommand, and the local
-//! demo cluster (also used by the multi-process tests).
+//! The `ferry` binary as a library: flag parsing and one module per subcommand. The demo's
+//! origin and process cluster live in `ferry-demo`, shared with the tests and the testbed.
 
 // `tonic::Status` is the error type at this crate's gRPC edge; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
 pub mod cli;
 pub mod commands;
-pub mod demo;
-pub mod local;
 
 use cli::{Cli, Command};
 
@@ -56,7 +54,7 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Scheduler(a) => commands::scheduler::run(a).await,
         Command::Daemon(a) => commands::daemon::run(a).await,
         Command::Get(a) => commands::get::run(a).await,
-        Command::Demo(a) => demo::run(a).await,
+        Command::Demo(a) => commands::demo::run(a).await,
     }
 }
 

@@ -5,8 +5,8 @@ mod common;
 use std::process::Output;
 
 use common::{bin, Setup, Spec};
-use ferry::demo::origin::OriginOptions;
 use ferry::exit;
+use ferry_demo::origin::OriginOptions;
 
 async fn get(s: &Setup, args: &[&str]) -> Output {
     tokio::process::Command::new(bin())
@@ -149,7 +149,7 @@ async fn a_daemon_killed_mid_download_is_named_with_its_own_exit_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_says_at_start_when_no_scheduler_answers() {
-    let mut cluster = ferry::demo::cluster::Cluster::new(bin()).unwrap();
+    let mut cluster = ferry_demo::cluster::Cluster::new(bin()).unwrap();
     // Port 1 on loopback: nothing listens, the connection is refused at once.
     cluster.schedulers.push("127.0.0.1:1".into());
     cluster.start_daemon("lonely", false, &[]).await.unwrap();

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{bin, download, stats};
-use ferry::demo::cluster::Cluster;
-use ferry::demo::data;
-use ferry::demo::origin::{Origin, OriginOptions};
+use ferry_demo::cluster::Cluster;
+use ferry_demo::data;
+use ferry_demo::origin::{Origin, OriginOptions};
 use ferry_testkit::wait_until;
 
 const HOST_SIDE: &str = "198.19.77.1";

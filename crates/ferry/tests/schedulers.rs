@@ -69,7 +69,7 @@ async fn the_task_survives_its_scheduler() {
 async fn downloads_finish_from_known_parents_while_the_only_scheduler_is_down() {
     let size = 16 << 20;
     // 4 MiB/s: the seed needs about 4 s, so the scheduler dies mid-read.
-    let origin = ferry::demo::origin::OriginOptions { throttle: Some(4 << 20), ..Default::default() };
+    let origin = ferry_demo::origin::OriginOptions { throttle: Some(4 << 20), ..Default::default() };
     let mut s = Setup::start(Spec { files: &[("f.bin", size)], peers: 4, origin, ..Default::default() }).await;
     let (mid, late) = s.peers.split_at(3);
     let (mid, late) = (mid.to_vec(), late[0].clone());
@@ -112,7 +112,7 @@ async fn downloads_finish_from_known_parents_while_the_only_scheduler_is_down() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_without_scheduler_stops_reading_for_nobody() {
     let size = 32 << 20;
-    let origin = ferry::demo::origin::OriginOptions { throttle: Some(4 << 20), ..Default::default() };
+    let origin = ferry_demo::origin::OriginOptions { throttle: Some(4 << 20), ..Default::default() };
     let spec = Spec {
         files: &[("f.bin", size)],
         peers: 1,

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{download, stats, Setup, Spec};
-use ferry::demo::origin::OriginOptions;
+use ferry_demo::origin::OriginOptions;
 use ferry_testkit::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

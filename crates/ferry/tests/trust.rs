@@ -8,8 +8,8 @@ mod common;
 use std::process::Output;
 
 use common::{bin, Setup, Spec};
-use ferry::demo::origin::OriginOptions;
 use ferry::exit;
+use ferry_demo::origin::OriginOptions;
 
 const TOKEN: &str = "right-t0ken-5ecret";
 const WRONG: &str = "wrong-t0ken-5ecret";

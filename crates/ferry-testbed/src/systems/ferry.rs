@@ -80,7 +80,7 @@ async fn wait_hosts(n: usize) -> Result<()> {
 /// Bytes a daemon served to peers, read from its local API (a Unix socket on the shared
 /// filesystem, reachable from the root namespace).
 async fn uploaded(socket: &str) -> u64 {
-    let Ok(mut c) = ferry::local::connect(std::path::Path::new(socket)).await else { return 0 };
+    let Ok(mut c) = ferry_daemon::local::connect(std::path::Path::new(socket)).await else { return 0 };
     c.stats(ferry_proto::daemon::StatsRequest {}).await.map(|s| s.into_inner().bytes_uploaded).unwrap_or(0)
 }
 
@@ -96,7 +96,7 @@ async fn sample(
     let Some(every) = every else { return Default::default() };
     let mut clients = vec![];
     for (node, socket) in daemons {
-        if let Ok(c) = ferry::local::connect(std::path::Path::new(&socket)).await {
+        if let Ok(c) = ferry_daemon::local::connect(std::path::Path::new(&socket)).await {
             clients.push((node, c));
         }
     }

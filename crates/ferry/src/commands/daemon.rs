@@ -25,7 +25,10 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     o.pieces_in_flight = a.pieces_in_flight.max(1);
     o.back_to_source_after = a.back_to_source_after;
     o.piece_timeout = a.piece_timeout;
-    o.corrupt_uploads = a.corrupt_uploads;
+    #[cfg(feature = "fault-injection")]
+    {
+        o.corrupt_uploads = a.corrupt_uploads;
+    }
     o.origin_retries = a.origin_retries;
     o.unwanted_read_timeout = a.unwanted_read_timeout;
     o.ca_certs = a.ca_certs;

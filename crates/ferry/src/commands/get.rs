@@ -110,7 +110,7 @@ fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
 pub async fn run(a: GetArgs) -> Result<(), Exit> {
     let req = request(&a)?;
     let started = Instant::now();
-    let mut client = crate::local::connect(&a.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
+    let mut client = ferry_daemon::local::connect(&a.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
     let mut stream = client.download(req).await.map_err(|s| exit_for(&s))?.into_inner();
     let bar = (!a.quiet && !a.json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new(0);

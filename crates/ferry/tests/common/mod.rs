@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry::demo::cluster::{Cluster, DaemonInfo};
-use ferry::demo::data;
-use ferry::demo::origin::{Origin, OriginOptions};
+use ferry_demo::cluster::{Cluster, DaemonInfo};
+use ferry_demo::data;
+use ferry_demo::origin::{Origin, OriginOptions};
 use ferry_proto::daemon::{DownloadRequest, StatsRequest, StatsResponse};
 use ferry_proto::scheduler::scheduler_client::SchedulerClient;
 use ferry_testkit::wait_until;
@@ -128,7 +128,7 @@ impl Setup {
 
 /// One download through a daemon's local API; the error is the daemon's status.
 pub async fn download(d: &DaemonInfo, url: &str, out: &Path) -> Result<(), tonic::Status> {
-    let mut c = ferry::local::connect(&d.socket).await.map_err(tonic::Status::unavailable)?;
+    let mut c = ferry_daemon::local::connect(&d.socket).await.map_err(tonic::Status::unavailable)?;
     let req = DownloadRequest { url: url.to_owned(), output: out.display().to_string(), ..Default::default() };
     let mut s = c.download(req).await?.into_inner();
     while let Some(m) = s.message().await? {
@@ -140,7 +140,7 @@ pub async fn download(d: &DaemonInfo, url: &str, out: &Path) -> Result<(), tonic
 }
 
 pub async fn stats(d: &DaemonInfo) -> Option<StatsResponse> {
-    let mut c = ferry::local::connect(&d.socket).await.ok()?;
+    let mut c = ferry_daemon::local::connect(&d.socket).await.ok()?;
     Some(c.stats(StatsRequest {}).await.ok()?.into_inner())
 }
 

@@ -1,9 +1,5 @@
 //! `ferry demo`: a whole cluster on loopback, one file downloaded by every peer at once.
 
-pub mod cluster;
-pub mod data;
-pub mod origin;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -12,8 +8,9 @@ use serde::Serialize;
 
 use crate::cli::DemoArgs;
 use crate::{exit, Exit};
-use cluster::{Cluster, DaemonInfo};
-use origin::{Origin, OriginOptions};
+use ferry_demo::cluster::{Cluster, DaemonInfo};
+use ferry_demo::data;
+use ferry_demo::origin::{Origin, OriginOptions};
 
 #[derive(Serialize, Debug)]
 pub struct PeerReport {
@@ -132,7 +129,7 @@ async fn wait_for_hosts(cluster: &Cluster, n: usize) -> Result<(), Exit> {
 }
 
 async fn download(p: &DaemonInfo, url: &str, out: &std::path::Path, link: bool) -> Result<(), Exit> {
-    let mut c = crate::local::connect(&p.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
+    let mut c = ferry_daemon::local::connect(&p.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
     let req = DownloadRequest { url: url.to_owned(), output: out.display().to_string(), link, ..Default::default() };
     let mut s = c.download(req).await.map_err(|s| crate::commands::get::exit_for(&s))?.into_inner();
     loop {
@@ -146,7 +143,7 @@ async fn download(p: &DaemonInfo, url: &str, out: &std::path::Path, link: bool) 
 }
 
 async fn report(p: &DaemonInfo, seconds: f64, verified: bool) -> Result<PeerReport, Exit> {
-    let mut c = crate::local::connect(&p.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
+    let mut c = ferry_daemon::local::connect(&p.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
     let s = c.stats(StatsRequest {}).await.map_err(|s| fail(s.message()))?.into_inner();
     Ok(PeerReport {
         name: p.name.clone(),

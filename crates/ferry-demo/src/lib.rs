@@ -1,0 +1,12 @@
+//! What `ferry demo`, the multi-process tests and the testbed share, kept out of the product
+//! binary's crate:
+//!
+//! - [`origin`]: an HTTP origin serving in-memory files, with routes that misbehave on purpose
+//!   (private, gzip, shifted ranges, content that changes) and a byte counter;
+//! - [`cluster`]: schedulers and daemons as real processes of a given `ferry` binary, each
+//!   with its own directory, killed and removed when dropped;
+//! - [`data`]: deterministic file contents.
+
+pub mod cluster;
+pub mod data;
+pub mod origin;
