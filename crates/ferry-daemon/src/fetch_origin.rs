@@ -18,6 +18,7 @@ use std::time::Duration;
 use ferry_backend::{Backend, SourceBody};
 use ferry_types::{FileDigest, FileHasher, PieceLayout};
 
+use crate::retry::Backoff;
 use crate::task::{ContentMeta, Event, Shared, Source, Stored};
 use crate::DaemonError;
 
@@ -26,7 +27,8 @@ pub async fn fetch(shared: &Shared, piece_size: u32) -> Result<(), DaemonError> 
     let request = &shared.handle.request;
     let backend = Backend::for_url(request.url(), &ctx.backend)?;
     let mut check = request.digest().map(WholeFile::new);
-    let mut attempt = 0u32;
+    let mut backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5), Some(ctx.opts.origin_retries as usize));
     loop {
         let offset = first_missing_offset(shared);
         if offset.is_some_and(|o| shared.layout().is_some_and(|l| o >= l.content_length())) {
@@ -39,14 +41,12 @@ pub async fn fetch(shared: &Shared, piece_size: u32) -> Result<(), DaemonError> 
             Err((e, progressed)) => {
                 let retryable = matches!(&e, DaemonError::Origin(b) if b.is_retryable());
                 if progressed {
-                    attempt = 0;
+                    backoff.reset();
                 }
-                if !retryable || attempt >= ctx.opts.origin_retries {
+                let Some(pause) = backoff.next_pause().filter(|_| retryable) else {
                     return Err(e);
-                }
-                attempt += 1;
-                let pause = Duration::from_millis(100 << attempt.min(6));
-                tracing::warn!(error = %e, attempt, ?pause, "origin read failed; retrying");
+                };
+                tracing::warn!(error = %e, ?pause, "origin read failed; retrying");
                 tokio::time::sleep(pause).await;
             }
         }

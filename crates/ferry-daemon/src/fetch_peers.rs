@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferry_proto::frame::RejectCode;
 use ferry_proto::scheduler::FailReason;
@@ -68,17 +68,20 @@ async fn run(
     let layout = shared.layout().expect("layout known");
     // A parent the scheduler offers has registered the task, but may not know its layout
     // yet (it learns it a moment later): "unknown task" is worth a few retries.
-    let mut tries = 0;
+    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(400), Some(25));
     let (mut reader, mut writer) = loop {
         match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await {
             Ok((bits, r, w)) => {
                 *has = bits;
                 break (r, w);
             }
-            Err(TransportError::UnknownTask { .. }) if tries < 50 => {
-                tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+            Err(TransportError::UnknownTask { .. }) => match backoff.next_pause() {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => {
+                    tracing::info!(%parent, "parent does not know the task");
+                    return FailReason::Unreachable;
+                }
+            },
             Err(e) => {
                 tracing::info!(%parent, error = %e, "cannot connect to parent");
                 return FailReason::Unreachable;

@@ -20,6 +20,7 @@ pub mod local;
 pub mod options;
 pub mod output;
 pub mod registry;
+pub mod retry;
 pub mod run;
 pub mod schedulers;
 pub mod task;

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::retry::Backoff;
+
 pub struct Schedulers {
     entries: Vec<Entry>,
 }
@@ -106,7 +108,7 @@ impl Schedulers {
         fetches: mpsc::UnboundedSender<host_command::Command>,
     ) {
         let e = &self.entries[i];
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), None);
         loop {
             let (ticks, ticks_rx) = mpsc::channel::<HostMessage>(2);
             let h = host.clone();
@@ -129,7 +131,7 @@ impl Schedulers {
                     e.live.store(true, Ordering::Relaxed);
                     e.tried.store(true, Ordering::Relaxed);
                     tracing::info!(scheduler = %e.addr, "host session up");
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     let mut cmds = resp.into_inner();
                     while let Ok(Some(cmd)) = cmds.message().await {
                         if let Some(c) = cmd.command {
@@ -144,8 +146,7 @@ impl Schedulers {
                 }
             }
             keepalive.abort();
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(backoff.next_pause().unwrap_or(Duration::from_secs(2))).await;
         }
     }
 }

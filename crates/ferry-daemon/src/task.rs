@@ -490,6 +490,7 @@ impl TaskRun {
             self.start_origin();
         }
         let mut failures = 0u32;
+        let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(700), None);
         loop {
             let (addr, mut client) = ctx.schedulers.pick(&id);
             let (out, out_rx) = mpsc::unbounded_channel();
@@ -501,6 +502,7 @@ impl TaskRun {
             match inbound {
                 Ok(resp) => {
                     failures = 0;
+                    backoff.reset();
                     tracing::debug!(scheduler = %addr, "registered");
                     let mut inbound = resp.into_inner();
                     self.shared.set_scheduler_up(true);
@@ -525,7 +527,8 @@ impl TaskRun {
                     }
                 }
             }
-            self.between_sessions(Duration::from_millis(100 * failures.min(10) as u64 + 50)).await?;
+            let pause = backoff.next_pause().unwrap_or(Duration::from_millis(700));
+            self.between_sessions(pause).await?;
         }
     }
 

@@ -52,6 +52,16 @@ pub struct ServerOptions {
     pub hello_timeout: Duration,
 }
 
+impl ServerOptions {
+    /// The test hook, constantly false in a build without `fault-injection`.
+    fn corrupts_uploads(&self) -> bool {
+        #[cfg(feature = "fault-injection")]
+        return self.corrupt_uploads;
+        #[cfg(not(feature = "fault-injection"))]
+        false
+    }
+}
+
 impl Default for ServerOptions {
     fn default() -> Self {
         Self {
@@ -328,8 +338,7 @@ impl Writer<'_> {
         let digest = self.avail.digest(index).unwrap_or([0; 32]);
         frame::encode_piece_head(PieceHead { index, len, digest }, &mut head);
         wr.write_all(&head).await?;
-        #[cfg(feature = "fault-injection")]
-        if self.opts.corrupt_uploads {
+        if self.opts.corrupts_uploads() {
             let mut bytes = file.read_piece(idx).map_err(|e| std::io::Error::other(e.to_string()))?;
             if let Some(b) = bytes.first_mut() {
                 *b ^= 0xff;
