@@ -11,10 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_types::{OriginRequest, Validators};
-use reqwest::header::{
-    HeaderMap, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, ETAG, LAST_MODIFIED, RANGE,
-};
-use reqwest::StatusCode;
+use reqwest::header::{ACCEPT_ENCODING, RANGE};
 
 use crate::{BackendError, SourceBody};
 
@@ -77,29 +74,7 @@ impl HttpBackend {
         if !status.is_success() {
             return Err(BackendError::Status { status: status.as_u16(), url });
         }
-        let headers = resp.headers();
-        check_identity(headers, &url)?;
-        let bad = |reason: String| BackendError::BadResponse { url: url.clone(), reason };
-        let length = match (offset, status) {
-            (0, StatusCode::OK) => {
-                header_u64(headers, CONTENT_LENGTH).ok_or(BackendError::NoContentLength { url: url.clone() })?
-            }
-            (0, s) => return Err(bad(format!("answered {s} to a request without Range"))),
-            (_, StatusCode::PARTIAL_CONTENT) => {
-                let (start, end, total) =
-                    content_range(headers).ok_or_else(|| bad("a 206 without a valid Content-Range".into()))?;
-                if start != offset || end + 1 != total {
-                    return Err(bad(format!("asked for bytes {offset}- and got bytes {start}-{end}/{total}")));
-                }
-                total
-            }
-            _ => return Err(BackendError::RangeIgnored { url, offset }),
-        };
-        let body_len = length.saturating_sub(offset);
-        if header_u64(headers, CONTENT_LENGTH).is_some_and(|n| n != body_len) {
-            return Err(bad(format!("Content-Length disagrees with the {body_len} bytes expected")));
-        }
-        let validators = validators(headers, length);
+        let validators = crate::response::read_head(status.as_u16(), resp.headers(), offset, &url)?;
         Ok(SourceBody { validators, inner: HttpBody { resp, url } })
     }
 
@@ -109,25 +84,7 @@ impl HttpBackend {
     pub(crate) async fn check(&self, req: &OriginRequest) -> Result<Validators, BackendError> {
         let url = req.redacted_url();
         let resp = self.send(req, Some("bytes=0-0".into())).await?;
-        let status = resp.status();
-        let headers = resp.headers();
-        let bad = |reason: &str| BackendError::BadResponse { url: url.clone(), reason: reason.into() };
-        let length = match status {
-            StatusCode::PARTIAL_CONTENT => {
-                content_range(headers).map(|(_, _, t)| t).ok_or_else(|| bad("a 206 without a valid Content-Range"))?
-            }
-            StatusCode::OK => {
-                header_u64(headers, CONTENT_LENGTH).ok_or(BackendError::NoContentLength { url: url.clone() })?
-            }
-            // An empty object has no byte 0.
-            StatusCode::RANGE_NOT_SATISFIABLE => match unsatisfied_total(headers) {
-                Some(0) => 0,
-                _ => return Err(bad("416 for byte 0 of a non-empty object")),
-            },
-            s => return Err(BackendError::Status { status: s.as_u16(), url }),
-        };
-        check_identity(headers, &url)?;
-        Ok(validators(headers, length))
+        crate::response::probe_head(resp.status().as_u16(), resp.headers(), &url)
     }
 }
 
@@ -139,40 +96,6 @@ fn connect_error(req: &OriginRequest, e: reqwest::Error) -> BackendError {
         return BackendError::Tls { host, reason };
     }
     BackendError::Connect { url: req.redacted_url(), reason }
-}
-
-fn check_identity(headers: &HeaderMap, url: &str) -> Result<(), BackendError> {
-    match headers.get(CONTENT_ENCODING).and_then(|v| v.to_str().ok()) {
-        None => Ok(()),
-        Some(e) if e.eq_ignore_ascii_case("identity") => Ok(()),
-        Some(e) => Err(BackendError::BadResponse {
-            url: url.to_owned(),
-            reason: format!("sent a `{e}`-encoded body although Ferry asked for identity encoding"),
-        }),
-    }
-}
-
-fn header_u64(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<u64> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// `Content-Range: bytes start-end/total`, with start <= end < total.
-fn content_range(headers: &HeaderMap) -> Option<(u64, u64, u64)> {
-    let v = headers.get(CONTENT_RANGE)?.to_str().ok()?.trim().strip_prefix("bytes ")?;
-    let (range, total) = v.split_once('/')?;
-    let (start, end) = range.split_once('-')?;
-    let (start, end, total): (u64, u64, u64) = (start.parse().ok()?, end.parse().ok()?, total.parse().ok()?);
-    (start <= end && end < total).then_some((start, end, total))
-}
-
-/// `Content-Range: bytes */total` of a 416.
-fn unsatisfied_total(headers: &HeaderMap) -> Option<u64> {
-    headers.get(CONTENT_RANGE)?.to_str().ok()?.trim().strip_prefix("bytes */")?.parse().ok()
-}
-
-fn validators(headers: &HeaderMap, length: u64) -> Validators {
-    let text = |name| headers.get(name).and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok()).map(str::to_owned);
-    Validators { length, etag: text(ETAG), last_modified: text(LAST_MODIFIED) }
 }
 
 pub(crate) struct HttpBody {
@@ -198,33 +121,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (n, v) in pairs {
-            h.insert(*n, v.parse().unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn content_range_is_parsed_strictly() {
-        assert_eq!(content_range(&headers(&[("content-range", "bytes 5-9/10")])), Some((5, 9, 10)));
-        for bad in ["bytes 5-9/*", "bytes 9-5/10", "bytes 5-10/10", "items 0-1/2", "bytes 5-/10", "bytes x-9/10"] {
-            assert_eq!(content_range(&headers(&[("content-range", bad)])), None, "{bad}");
-        }
-        assert_eq!(unsatisfied_total(&headers(&[("content-range", "bytes */0")])), Some(0));
-    }
-
-    #[test]
-    fn only_identity_bodies_are_accepted() {
-        assert!(check_identity(&headers(&[]), "u").is_ok());
-        assert!(check_identity(&headers(&[("content-encoding", "identity")]), "u").is_ok());
-        assert!(check_identity(&headers(&[("content-encoding", "gzip")]), "u").is_err());
-    }
 }
