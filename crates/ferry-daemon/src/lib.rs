@@ -16,6 +16,7 @@ pub mod counters;
 pub mod error;
 pub mod fetch_origin;
 pub mod fetch_peers;
+pub mod gc;
 pub mod local;
 pub mod options;
 pub mod output;

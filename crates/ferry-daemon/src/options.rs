@@ -35,6 +35,8 @@ pub struct DaemonOptions {
     /// A seed's origin read stops after this long with no child connected and no local
     /// request while no scheduler answers (with one, the scheduler says when to stop).
     pub unwanted_read_timeout: Duration,
+    /// How the cache is kept within bounds (see [`crate::gc`]).
+    pub gc: crate::gc::GcPolicy,
     /// Below this many parents, ask the scheduler for more every `parent_refresh`.
     pub want_parents: usize,
     pub parent_refresh: Duration,
@@ -72,6 +74,7 @@ impl DaemonOptions {
             back_to_source_after: Duration::from_secs(20),
             origin_retries: 5,
             unwanted_read_timeout: Duration::from_secs(30),
+            gc: crate::gc::GcPolicy::default(),
             want_parents: 4,
             parent_refresh: Duration::from_secs(1),
             seed_grace: Duration::from_secs(1),

@@ -43,6 +43,8 @@ pub struct TaskHandle {
     pub fetch_origin: tokio::sync::Notify,
     /// Fired when nobody waits for the task any more (a scheduler's `CancelFetch`).
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Fired when the cache collector removed the task: its run ends and stops serving.
+    pub evict: tokio_util::sync::CancellationToken,
 }
 
 impl TaskHandle {
@@ -55,6 +57,7 @@ impl TaskHandle {
             counters: TaskCounters::default(),
             fetch_origin: tokio::sync::Notify::new(),
             cancel: tokio_util::sync::CancellationToken::new(),
+            evict: tokio_util::sync::CancellationToken::new(),
         }
     }
 

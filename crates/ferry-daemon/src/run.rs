@@ -28,6 +28,7 @@ pub struct Ctx {
     pub counters: Counters,
     pub server_stats: Arc<ServerStats>,
     pub registry: Arc<Registry>,
+    pub gc: Arc<crate::gc::CacheGc>,
     pub schedulers: Arc<Schedulers>,
     pub backend: HttpBackend,
     pub host_info: Arc<dyn Fn() -> Host + Send + Sync>,
@@ -51,6 +52,9 @@ impl Ctx {
         piece_size: u32,
     ) -> Arc<TaskHandle> {
         let (handle, new) = self.registry.get_or_insert(id, request);
+        if let Err(e) = self.store.touch(id, crate::gc::now_unix()) {
+            tracing::debug!(error = %e, "could not record the task's use");
+        }
         if new {
             tokio::spawn(crate::task::drive(self.clone(), handle.clone(), from_origin, piece_size));
         } else if matches!(handle.progress.borrow().outcome, Some(Ok(()))) {
@@ -116,6 +120,8 @@ pub async fn run(
     let server_stats = Arc::new(ServerStats::default());
     let registry = Arc::new(Registry::default());
 
+    let gc = Arc::new(crate::gc::CacheGc { store: store.clone(), registry: registry.clone(), policy: opts.gc.clone() });
+    tokio::spawn(gc.clone().run(cancel.clone()));
     let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
     let host_info: Arc<dyn Fn() -> Host + Send + Sync> = {
         let (opts, stats) = (opts.clone(), server_stats.clone());
@@ -136,6 +142,7 @@ pub async fn run(
         counters: Counters::default(),
         server_stats: server_stats.clone(),
         registry: registry.clone(),
+        gc: gc.clone(),
         schedulers: schedulers.clone(),
         backend: HttpBackend::new(&HttpOptions { ca_certs: opts.ca_certs.clone(), ..Default::default() })?,
         host_info: host_info.clone(),

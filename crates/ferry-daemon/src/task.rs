@@ -151,6 +151,10 @@ impl Shared {
             last_modified: meta.validators.last_modified.clone(),
             private: meta.private,
         };
+        if self.ctx.store.task_record(self.handle.id)?.is_none() {
+            // A new task: make room for it first, so a bounded cache stays bounded.
+            self.ctx.gc.collect(layout.content_length(), crate::gc::now_unix());
+        }
         let (file, held) = self.ctx.store.open_task(self.handle.id, &record)?;
         self.install(file, held, meta);
         Ok(())
@@ -474,6 +478,8 @@ struct TaskRun {
 /// stays open so the task is served; only the daemon's cancellation ends it.
 enum SessionEnd {
     Reconnect,
+    /// The cache collector removed the task: stop serving it, quietly.
+    Evicted,
 }
 
 impl TaskRun {
@@ -513,6 +519,7 @@ impl TaskRun {
                         Ok(SessionEnd::Reconnect) => {
                             tracing::warn!(scheduler = %addr, "scheduler stream lost; registering again")
                         }
+                        Ok(SessionEnd::Evicted) => return Ok(()),
                         Err(e) => return Err(self.report_failure(e, out, inbound).await),
                     }
                 }
@@ -529,6 +536,9 @@ impl TaskRun {
             }
             let pause = backoff.next_pause().unwrap_or(Duration::from_millis(700));
             self.between_sessions(pause).await?;
+            if self.shared.handle.evict.is_cancelled() {
+                return Ok(());
+            }
         }
     }
 
@@ -544,6 +554,7 @@ impl TaskRun {
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
                 _ = handle.cancel.cancelled(), if !self.shared.complete() => return Err(Arc::new(DaemonError::Cancelled)),
+                _ = handle.evict.cancelled() => return Ok(()),
                 _ = &mut pause => {
                     if self.unwanted() {
                         tracing::info!("no scheduler, and nobody waits for this origin read: stopping it");
@@ -686,6 +697,7 @@ impl TaskRun {
             tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
                 _ = handle.cancel.cancelled(), if !self.shared.complete() => return Err(DaemonError::Cancelled),
+                _ = handle.evict.cancelled() => return Ok(SessionEnd::Evicted),
                 cmd = inbound.message() => match cmd {
                     Ok(Some(c)) => {
                         if let Some(c) = c.command {

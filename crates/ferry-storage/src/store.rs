@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_types::{PieceDigest, PieceIndex, PieceLayout, TaskId};
-use redb::{Database, Durability, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
@@ -15,6 +15,8 @@ use crate::StorageError;
 const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
 /// task id ++ piece index (BE) -> BLAKE3 digest of the verified piece.
 const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces");
+/// task id -> when a request last asked for it (seconds since the Unix epoch).
+const USED: TableDefinition<&[u8], u64> = TableDefinition::new("used");
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TaskRecord {
@@ -34,6 +36,24 @@ pub struct TaskRecord {
 
 /// Pieces already verified on disk, with their digests.
 pub type HeldPieces = Vec<(PieceIndex, PieceDigest)>;
+
+/// One task as storage knows it, for the collector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTask {
+    pub task: TaskId,
+    pub content_length: u64,
+    /// When a request last asked for it (Unix seconds; 0 when never recorded).
+    pub last_used: u64,
+    /// What its content file takes on disk (allocated blocks; a partial file takes less).
+    pub disk_bytes: u64,
+}
+
+/// The filesystem under the data directory.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskSpace {
+    pub total: u64,
+    pub available: u64,
+}
 
 /// The piece-store seam: what the daemon needs from wherever pieces live.
 pub trait PieceStore: Send + Sync + 'static {
@@ -78,8 +98,48 @@ impl Store {
         let tx = db.begin_write()?;
         tx.open_table(TASKS)?;
         tx.open_table(PIECES)?;
+        tx.open_table(USED)?;
         tx.commit()?;
         Ok(Self { root: root.to_owned(), db })
+    }
+
+    /// Records that a request asked for the task now (what least-recently-used means).
+    pub fn touch(&self, task: TaskId, now_unix: u64) -> Result<(), StorageError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Eventual);
+        tx.open_table(USED)?.insert(&task.0[..], now_unix)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every task with a record, its last use and its size on disk.
+    pub fn tasks(&self) -> Result<Vec<StoredTask>, StorageError> {
+        use std::os::unix::fs::MetadataExt;
+        let tx = self.db.begin_read()?;
+        let (tasks, used) = (tx.open_table(TASKS)?, tx.open_table(USED)?);
+        let mut out = vec![];
+        for entry in tasks.iter()? {
+            let (k, v) = entry?;
+            let Some(task) = TaskId::from_slice(k.value()) else { continue };
+            let content_length = serde_json::from_slice::<TaskRecord>(v.value()).map_or(0, |r| r.content_length);
+            let last_used = used.get(k.value())?.map_or(0, |u| u.value());
+            let disk_bytes = std::fs::metadata(self.content_path(task)).map_or(0, |m| m.blocks() * 512);
+            out.push(StoredTask { task, content_length, last_used, disk_bytes });
+        }
+        Ok(out)
+    }
+
+    /// Size and free space of the filesystem holding the data directory.
+    pub fn disk_space(&self) -> std::io::Result<DiskSpace> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid C string and `st` a properly sized out-parameter.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let frsize = st.f_frsize as u64;
+        Ok(DiskSpace { total: st.f_blocks as u64 * frsize, available: st.f_bavail as u64 * frsize })
     }
 
     fn content_path(&self, task: TaskId) -> PathBuf {
@@ -185,6 +245,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         {
             tx.open_table(TASKS)?.remove(&task.0[..])?;
+            tx.open_table(USED)?.remove(&task.0[..])?;
             let mut pieces = tx.open_table(PIECES)?;
             let mut lo = [0u8; 36];
             lo[..32].copy_from_slice(&task.0);

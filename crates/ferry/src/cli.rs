@@ -107,6 +107,22 @@ pub struct DaemonArgs {
     /// with nobody to serve (no child connected, no local request).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub unwanted_read_timeout: Duration,
+    /// Most bytes the cache may hold (e.g. 50GiB); least recently used tasks go first.
+    #[arg(long, env = "FERRY_CACHE_QUOTA")]
+    pub cache_quota: Option<ByteSize>,
+    /// A task nobody asked for within this long leaves the cache.
+    #[arg(long, default_value = "24h", value_parser = parse_duration, env = "FERRY_CACHE_TTL")]
+    pub cache_ttl: Duration,
+    /// When the data directory's filesystem is fuller than this percentage, least recently
+    /// used tasks leave the cache until it is below --disk-low-watermark.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub disk_high_watermark: u8,
+    /// See --disk-high-watermark.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub disk_low_watermark: u8,
+    /// How often the cache collector runs (it also runs before each new task).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub gc_interval: Duration,
     /// Test hook: corrupt every piece this daemon uploads (only in builds with the
     /// `fault-injection` feature, which the tests turn on and releases do not).
     #[cfg(feature = "fault-injection")]

@@ -107,7 +107,7 @@ async fn no_daemon_says_how_to_start_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_is_reported_and_leaves_no_file() {
-    let mut s = Setup::start(Spec { files: &[("f.bin", 4 << 20)], ..setup_spec() }).await;
+    let mut s = Setup::start(Spec { files: &[("f.bin", 4 << 20), ("s.bin", 100 << 10)], ..setup_spec() }).await;
     let data = s.cluster.dir().join("small");
     let Some(_unmount) = common::small_tmpfs(&data) else { return };
     let small = s.cluster.start_daemon("small", false, &[]).await.unwrap();
@@ -122,6 +122,16 @@ async fn disk_full_is_reported_and_leaves_no_file() {
     assert_eq!(o.status.code(), Some(exit::DISK_FULL as i32), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(one_line(&o).contains("No space left"));
     assert!(!out.exists());
+    // The failed task's partial file is gone: a small download on the same host works.
+    let out = s.out("small-after");
+    let o = tokio::process::Command::new(bin())
+        .args(["get", &s.origin.url("s.bin"), "-O", out.to_str().unwrap(), "--socket"])
+        .arg(&small.socket)
+        .output()
+        .await
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(s.verify("s.bin", &out));
     s.cluster.kill("small").await;
 }
 

@@ -1,5 +1,7 @@
 //! `ferry daemon`: flags -> options -> validate -> run.
 
+use std::time::Duration;
+
 use ferry_daemon::DaemonOptions;
 use ferry_types::{HostId, PieceLayout};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +33,19 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     }
     o.origin_retries = a.origin_retries;
     o.unwanted_read_timeout = a.unwanted_read_timeout;
+    if a.disk_low_watermark > a.disk_high_watermark {
+        return Err(usage(format!(
+            "--disk-low-watermark {} is above --disk-high-watermark {}; the low mark must be the lower",
+            a.disk_low_watermark, a.disk_high_watermark
+        )));
+    }
+    o.gc = ferry_daemon::gc::GcPolicy {
+        quota: a.cache_quota.map(|q| q.0),
+        ttl: a.cache_ttl,
+        high_watermark: a.disk_high_watermark as f64 / 100.0,
+        low_watermark: a.disk_low_watermark as f64 / 100.0,
+        interval: a.gc_interval.max(Duration::from_millis(100)),
+    };
     o.ca_certs = a.ca_certs;
     o.always_authorize = a.always_authorize;
     if let Some(ps) = a.piece_size {

@@ -1,0 +1,204 @@
+//! The cache collector: keeps what this daemon stores within bounds.
+//!
+//! A task leaves storage when it was not asked for within `--cache-ttl`, or, least recently
+//! used first, while the cache is over `--cache-quota` or the data directory's filesystem is
+//! fuller than `--disk-high-watermark` (then down to `--disk-low-watermark`). A task in use
+//! is never taken: one still downloading, one a local request waits on or is landing, one a
+//! child is pulling from. What storage forgets, the registry forgets too, and the task's
+//! scheduler session ends so the scheduler stops offering this host as its parent. Failed
+//! tasks are removed where they fail (`task::fail_locally`), not here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_storage::{PieceStore, Store, StoredTask};
+use ferry_types::TaskId;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::{Registry, TaskHandle};
+
+#[derive(Clone, Debug)]
+pub struct GcPolicy {
+    /// Bytes the cache may hold; `None`: bounded by the watermarks alone.
+    pub quota: Option<u64>,
+    pub ttl: Duration,
+    /// Fractions of the filesystem: above `high` used, collect down to `low`.
+    pub high_watermark: f64,
+    pub low_watermark: f64,
+    pub interval: Duration,
+}
+
+impl Default for GcPolicy {
+    fn default() -> Self {
+        Self {
+            quota: None,
+            ttl: Duration::from_secs(24 * 3600),
+            high_watermark: 0.9,
+            low_watermark: 0.8,
+            interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What one pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    pub tasks: usize,
+    pub bytes: u64,
+}
+
+pub struct CacheGc {
+    pub store: Arc<Store>,
+    pub registry: Arc<Registry>,
+    pub policy: GcPolicy,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl CacheGc {
+    /// One pass: expired tasks, then the quota and the watermarks with `incoming` more bytes
+    /// about to be written (a task about to start), least recently used first.
+    pub fn collect(&self, incoming: u64, now: u64) -> Collected {
+        let stored = match self.store.tasks() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cache collector cannot list tasks");
+                return Collected::default();
+            }
+        };
+        let live: HashMap<TaskId, Arc<TaskHandle>> = self.registry.all().into_iter().map(|h| (h.id, h)).collect();
+        let in_use = |t: &StoredTask| live.get(&t.task).is_some_and(|h| busy(h));
+        let mut candidates: Vec<&StoredTask> = stored.iter().filter(|t| !in_use(t)).collect();
+        candidates.sort_by_key(|t| t.last_used);
+        let mut done = Collected::default();
+        let ttl = self.policy.ttl.as_secs();
+        let (expired, mut rest): (Vec<&StoredTask>, Vec<&StoredTask>) =
+            candidates.into_iter().partition(|t| t.last_used.saturating_add(ttl) <= now);
+        for t in expired {
+            self.evict(t, &live, &mut done, "expired");
+        }
+        // Bytes the cache will hold: what is on disk, and in full for tasks still arriving.
+        let size = |t: &StoredTask| if in_use(t) { t.disk_bytes.max(t.content_length) } else { t.disk_bytes };
+        let mut held: u64 = stored.iter().map(size).sum::<u64>() - done.bytes;
+        if let Some(quota) = self.policy.quota {
+            while held + incoming > quota && !rest.is_empty() {
+                let t = rest.remove(0);
+                held -= t.disk_bytes;
+                self.evict(t, &live, &mut done, "over quota");
+            }
+        }
+        if let Ok(space) = self.store.disk_space() {
+            let total = space.total as f64;
+            let used = |freed: u64| (space.total - space.available).saturating_sub(freed) + incoming;
+            if used(done.bytes) as f64 > self.policy.high_watermark * total {
+                while used(done.bytes) as f64 > self.policy.low_watermark * total && !rest.is_empty() {
+                    let t = rest.remove(0);
+                    self.evict(t, &live, &mut done, "disk above the high watermark");
+                }
+            }
+        }
+        done
+    }
+
+    fn evict(&self, t: &StoredTask, live: &HashMap<TaskId, Arc<TaskHandle>>, done: &mut Collected, why: &str) {
+        if let Some(h) = live.get(&t.task) {
+            self.registry.remove(h);
+            h.evict.cancel();
+        }
+        match self.store.remove_task(t.task) {
+            Ok(()) => {
+                tracing::info!(task = ?t.task, bytes = t.disk_bytes, reason = why, "removed from the cache");
+                done.tasks += 1;
+                done.bytes += t.disk_bytes;
+            }
+            Err(e) => tracing::warn!(task = ?t.task, error = %e, "could not remove a task from the cache"),
+        }
+    }
+
+    /// Runs a pass every `policy.interval` until cancelled.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.policy.interval);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {
+                    let this = self.clone();
+                    let c = tokio::task::spawn_blocking(move || this.collect(0, now_unix())).await.unwrap_or_default();
+                    if c.tasks > 0 {
+                        tracing::info!(tasks = c.tasks, bytes = c.bytes, "cache collector pass");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A task someone depends on right now.
+fn busy(h: &TaskHandle) -> bool {
+    let p = h.progress.borrow();
+    let downloading = p.outcome.is_none();
+    drop(p);
+    let children = h.content.get().map_or(0, |c| c.avail.children());
+    downloading || h.progress.receiver_count() > 0 || children > 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_storage::TaskRecord;
+    use ferry_types::{PieceDigest, PieceLayout};
+
+    fn task(n: u8) -> TaskId {
+        TaskId([n; 32])
+    }
+
+    /// A store with three complete 1 MiB tasks used at t = 100, 200 and 300.
+    fn store() -> (tempfile::TempDir, Arc<Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        for n in 1..=3u8 {
+            let rec =
+                TaskRecord { url: "u".into(), content_length: 1 << 20, piece_size: 1 << 20, ..Default::default() };
+            let (file, _) = store.open_task(task(n), &rec).unwrap();
+            let idx = PieceLayout::new(1 << 20, 1 << 20).unwrap().index(0).unwrap();
+            file.write_piece(idx, &vec![n; 1 << 20]).unwrap();
+            store.record_piece(task(n), idx, PieceDigest::of(&[n])).unwrap();
+            store.touch(task(n), 100 * n as u64).unwrap();
+        }
+        (dir, store)
+    }
+
+    fn gc(store: &Arc<Store>, policy: GcPolicy) -> CacheGc {
+        // Watermarks at 100 %: only the quota and the TTL decide here.
+        let policy = GcPolicy { high_watermark: 1.0, low_watermark: 1.0, ..policy };
+        CacheGc { store: store.clone(), registry: Arc::default(), policy }
+    }
+
+    fn left(store: &Store) -> Vec<TaskId> {
+        let mut t: Vec<TaskId> = store.tasks().unwrap().into_iter().map(|t| t.task).collect();
+        t.sort_by_key(|t| t.0);
+        t
+    }
+
+    #[test]
+    fn expired_tasks_go() {
+        let (_d, store) = store();
+        let c = gc(&store, GcPolicy { ttl: Duration::from_secs(150), ..Default::default() }).collect(0, 360);
+        assert_eq!(c.tasks, 2);
+        assert_eq!(left(&store), vec![task(3)]);
+    }
+
+    #[test]
+    fn the_quota_takes_the_least_recently_used_first() {
+        let (_d, store) = store();
+        let g = gc(&store, GcPolicy { quota: Some(3 << 20), ..Default::default() });
+        assert_eq!(g.collect(0, 400), Collected::default(), "within the quota");
+        // Room for a 2 MiB task: the two oldest go.
+        let c = g.collect(2 << 20, 400);
+        assert_eq!((c.tasks, c.bytes), (2, 2 << 20));
+        assert_eq!(left(&store), vec![task(3)]);
+    }
+}
