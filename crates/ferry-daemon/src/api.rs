@@ -81,6 +81,8 @@ struct Download {
     tx: mpsc::Sender<Result<DownloadProgress, Status>>,
     /// What the origin told this request when it proved its access.
     authorized: Option<Validators>,
+    /// The output, written while pieces arrive (not with `--link`).
+    sink: Option<Arc<output::OutputSink>>,
 }
 
 fn progress_message(id: TaskId, handle: &TaskHandle, p: &Progress, done: bool) -> DownloadProgress {
@@ -109,6 +111,7 @@ impl Download {
         loop {
             let piece_size = self.ctx.opts.piece_size.unwrap_or(0);
             let handle = self.ctx.start_task(self.id, self.request.clone(), false, piece_size);
+            self.sink = None;
             let result = match self.wait(&handle).await {
                 Ok(p) => self.land(&handle).await.map(|_| progress_message(self.id, &handle, &p, true)),
                 Err(e) => Err(e),
@@ -129,13 +132,14 @@ impl Download {
     }
 
     /// Streams progress until the task has an outcome or this request's deadline passes.
-    async fn wait(&self, handle: &Arc<TaskHandle>) -> Result<Progress, Arc<DaemonError>> {
+    async fn wait(&mut self, handle: &Arc<TaskHandle>) -> Result<Progress, Arc<DaemonError>> {
         let mut watch = handle.progress.subscribe();
         loop {
             let p = watch.borrow_and_update().clone();
             if let Some(o) = p.outcome.clone() {
                 return o.map(|_| p);
             }
+            self.open_sink(handle);
             if self.tx.send(Ok(progress_message(self.id, handle, &p, false))).await.is_err() {
                 return Err(Arc::new(DaemonError::Cancelled));
             }
@@ -148,6 +152,26 @@ impl Download {
                 Some(Err(_)) => return Err(Arc::new(DaemonError::ShuttingDown)),
                 None => return Err(Arc::new(DaemonError::Timeout(self.timeout))),
             }
+        }
+    }
+
+    /// Starts writing the output alongside the download once the layout is known, unless
+    /// the output is a link, or the task is private and this request has not yet shown it
+    /// may read it (its bytes must not reach the caller's directory before that).
+    fn open_sink(&mut self, handle: &Arc<TaskHandle>) {
+        let Some(content) = handle.content.get() else { return };
+        let allowed = !content.private || self.authorized.as_ref().is_some_and(|v| v.same_content(&content.validators));
+        if self.link || self.sink.is_some() || !allowed {
+            return;
+        }
+        match output::OutputSink::create(&self.output, *content.file.layout()) {
+            Ok(sink) => {
+                let sink = Arc::new(sink);
+                handle.sinks.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&sink));
+                self.sink = Some(sink);
+            }
+            // Landing will try again, and report it.
+            Err(e) => tracing::debug!(error = %e, "cannot write the output alongside; copying at the end"),
         }
     }
 
@@ -168,6 +192,7 @@ impl Download {
         }
         let (ctx, id, handle2) = (self.ctx.clone(), self.id, handle.clone());
         let (output, link, digest) = (self.output.clone(), self.link, self.request.digest().cloned());
+        let sink = self.sink.take();
         tokio::task::spawn_blocking(move || {
             let content = handle2.content.get().expect("checked above");
             // Bytes that came from this host's disk rather than from a verified transfer
@@ -183,7 +208,10 @@ impl Download {
                     return Err(e);
                 }
             }
-            output::land(path, &output, link)
+            match sink {
+                Some(sink) => sink.land(path, &output),
+                None => output::land(path, &output, link),
+            }
         })
         .await
         .expect("landing does not panic")
@@ -253,6 +281,7 @@ impl Daemon for Api {
             timeout,
             tx: tx.clone(),
             authorized: None,
+            sink: None,
         };
         tokio::spawn(
             async move {

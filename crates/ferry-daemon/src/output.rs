@@ -9,9 +9,12 @@
 //! is written.
 
 use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
-use ferry_types::FileDigest;
+use ferry_types::{FileDigest, PieceIndex, PieceLayout};
 
 use crate::DaemonError;
 
@@ -91,6 +94,88 @@ fn clone_or_copy(content: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// An output written while its task's pieces arrive, so a download does not end with a
+/// copy of the whole file: each verified piece is also written, from memory, into a
+/// temporary file beside the output (by `Shared::store_piece`), and landing fills whatever
+/// was not written that way from the cache, then renames. Dropped without landing, the
+/// temporary file is removed.
+pub struct OutputSink {
+    tmp: PathBuf,
+    file: std::fs::File,
+    layout: PieceLayout,
+    written: Mutex<Vec<bool>>,
+    landed: AtomicBool,
+}
+
+impl OutputSink {
+    pub fn create(output: &Path, layout: PieceLayout) -> Result<Self, DaemonError> {
+        check_output(output)?;
+        let tmp = temp_path(output);
+        let err = |source| DaemonError::WriteOutput { path: output.display().to_string(), source };
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(err)?;
+        let sink = Self {
+            tmp,
+            file,
+            layout,
+            written: Mutex::new(vec![false; layout.piece_count() as usize]),
+            landed: AtomicBool::new(false),
+        };
+        sink.file.set_len(layout.content_length()).map_err(err)?;
+        Ok(sink)
+    }
+
+    /// Writes one verified piece at its offset.
+    pub fn write_piece(&self, index: PieceIndex, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(bytes, self.layout.offset(index))?;
+        self.written.lock().unwrap_or_else(|e| e.into_inner())[index.get() as usize] = true;
+        Ok(())
+    }
+
+    /// Copies the pieces not written yet from the complete content file, then renames the
+    /// temporary file to `output`.
+    pub fn land(&self, content: &Path, output: &Path) -> Result<(), DaemonError> {
+        let err = |source| DaemonError::WriteOutput { path: output.display().to_string(), source };
+        let missing: Vec<PieceIndex> = {
+            let w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            self.layout.indices().filter(|i| !w[i.get() as usize]).collect()
+        };
+        if !missing.is_empty() {
+            let src = std::fs::File::open(content).map_err(err)?;
+            for i in missing {
+                copy_range(&src, &self.file, self.layout.offset(i), self.layout.len(i) as usize).map_err(err)?;
+            }
+        }
+        std::fs::rename(&self.tmp, output).map_err(err)?;
+        self.landed.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Drop for OutputSink {
+    fn drop(&mut self) {
+        if !self.landed.load(Ordering::Relaxed) {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// `len` bytes at `offset` from `src` to the same offset of `dst`, in the kernel.
+fn copy_range(src: &std::fs::File, dst: &std::fs::File, offset: u64, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (mut off_in, mut off_out) = (offset as libc::loff_t, offset as libc::loff_t);
+    let mut left = len;
+    while left > 0 {
+        // SAFETY: both descriptors are open; the offsets are valid out-parameters.
+        let n = unsafe { libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, left, 0) };
+        match n {
+            n if n > 0 => left -= n as usize,
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => return Err(std::io::Error::last_os_error()),
+        }
+    }
+    Ok(())
+}
+
 fn temp_path(output: &Path) -> PathBuf {
     let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     output.with_file_name(format!(".{name}.ferry-{:08x}", rand::random::<u32>()))
@@ -125,6 +210,27 @@ mod tests {
         let (a, b) = (std::fs::metadata(&content).unwrap(), std::fs::metadata(&out).unwrap());
         assert_eq!(a.ino(), b.ino());
         assert_eq!(b.permissions().mode() & 0o222, 0, "a linked output is read-only");
+    }
+
+    #[test]
+    fn a_sink_lands_written_pieces_and_fills_the_rest_from_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("c");
+        let piece = 16 * 1024;
+        let bytes: Vec<u8> = (0..40 * 1024u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&content, &bytes).unwrap();
+        let layout = PieceLayout::new(bytes.len() as u64, piece as u32).unwrap();
+        let out = dir.path().join("out");
+        let sink = OutputSink::create(&out, layout).unwrap();
+        sink.write_piece(layout.index(1).unwrap(), &bytes[piece..2 * piece]).unwrap();
+        sink.land(&content, &out).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), bytes);
+        drop(sink);
+        assert!(out.exists(), "a landed sink keeps its file");
+        // One that never lands leaves nothing behind.
+        let other = dir.path().join("other");
+        drop(OutputSink::create(&other, layout).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]

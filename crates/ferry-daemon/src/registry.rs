@@ -45,6 +45,8 @@ pub struct TaskHandle {
     pub cancel: tokio_util::sync::CancellationToken,
     /// Fired when the cache collector removed the task: its run ends and stops serving.
     pub evict: tokio_util::sync::CancellationToken,
+    /// Outputs of local requests written as pieces arrive (see [`crate::output::OutputSink`]).
+    pub sinks: Mutex<Vec<std::sync::Weak<crate::output::OutputSink>>>,
 }
 
 impl TaskHandle {
@@ -58,7 +60,15 @@ impl TaskHandle {
             fetch_origin: tokio::sync::Notify::new(),
             cancel: tokio_util::sync::CancellationToken::new(),
             evict: tokio_util::sync::CancellationToken::new(),
+            sinks: Mutex::new(vec![]),
         }
+    }
+
+    /// The outputs being written alongside, dropping those whose request ended.
+    pub fn live_sinks(&self) -> Vec<Arc<crate::output::OutputSink>> {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        sinks.retain(|w| w.strong_count() > 0);
+        sinks.iter().filter_map(|w| w.upgrade()).collect()
     }
 
     pub fn failed(&self) -> bool {

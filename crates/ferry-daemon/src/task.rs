@@ -359,9 +359,9 @@ impl Shared {
             _ => {}
         }
         let (file, store, task) = (content.file.clone(), self.ctx.store.clone(), self.handle.id);
-        tokio::task::spawn_blocking(move || {
+        let bytes = tokio::task::spawn_blocking(move || {
             file.write_piece(idx, &bytes)?;
-            store.record_piece(task, idx, digest)
+            store.record_piece(task, idx, digest).map(|_| bytes)
         })
         .await
         .expect("storage does not panic")?;
@@ -371,6 +371,16 @@ impl Shared {
         }
         self.digests.lock().expect("not poisoned").entry(index).or_insert(digest);
         content.avail.insert(index, digest.0);
+        // After the insert: an output registered later fills this piece from the cache.
+        let sinks = self.handle.live_sinks();
+        if !sinks.is_empty() {
+            let written = tokio::task::spawn_blocking(move || {
+                sinks.iter().filter(|s| s.write_piece(idx, &bytes).is_err()).count()
+            });
+            if written.await.unwrap_or(0) > 0 {
+                tracing::debug!(index, "an output missed a piece; it is filled from the cache at landing");
+            }
+        }
         let len = layout.len(idx);
         let c = &self.ctx.counters;
         match &source {

@@ -1,13 +1,14 @@
 //! One parent-to-child transfer on loopback over Ferry's piece protocol, next to a plain TCP
 //! `sendfile` of the same bytes from the same file (the floor Ferry's data plane is held to).
-//! Both receivers read every byte into user space.
+//! Both receivers read every byte into user space. Then the whole child path (each piece
+//! verified, written at its offset and recorded) next to what curl does (read, write).
 
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferry_storage::{PieceStore, Store, TaskFile, TaskRecord};
 use ferry_transport::{connect, serve, Availability, ParentEvent, ServerOptions, ServerStats, TaskLookup};
-use ferry_types::TaskId;
+use ferry_types::{PieceDigest, TaskId};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +81,64 @@ fn bench(c: &mut Criterion) {
                 }
             };
             let (_wr, ()) = tokio::join!(requests, receive);
+        })
+    });
+    // What a child does with each piece besides receiving it: BLAKE3 verification, the
+    // positional write into its content file and the piece record in redb.
+    let sink_dir = tempfile::tempdir().unwrap();
+    let sink = Store::open(sink_dir.path()).unwrap();
+    let expected: Vec<PieceDigest> = file
+        .layout()
+        .indices()
+        .map(|i| PieceDigest::of(&(0..file.layout().len(i)).map(|b| (b % 251) as u8).collect::<Vec<u8>>()))
+        .collect();
+    let round = std::sync::atomic::AtomicU8::new(0);
+    g.bench_function("ferry_piece_protocol_verified_and_stored", |b| {
+        b.to_async(&rt).iter(|| async {
+            let task = TaskId([round.fetch_add(1, std::sync::atomic::Ordering::Relaxed); 32]);
+            let (out, _) = sink.open_task(task, &record).unwrap();
+            let (_, mut rd, mut wr) =
+                connect(ferry_addr, TASK, PIECE, std::time::Duration::from_secs(5)).await.unwrap();
+            let count = SIZE.div_ceil(PIECE as u64) as u32;
+            let requests = async move {
+                for i in 0..count {
+                    wr.request(i).await.unwrap();
+                }
+                wr
+            };
+            let receive = async {
+                let mut got = 0u64;
+                while got < SIZE {
+                    if let Some(ParentEvent::Piece { index, bytes, .. }) = rd.next().await.unwrap() {
+                        got += bytes.len() as u64;
+                        let idx = out.layout().index(index).unwrap();
+                        let (out, sink, want) = (out.clone(), &sink, expected[index as usize]);
+                        tokio::task::block_in_place(|| {
+                            assert_eq!(PieceDigest::of(&bytes), want);
+                            out.write_piece(idx, &bytes).unwrap();
+                            sink.record_piece(task, idx, want).unwrap();
+                        });
+                    }
+                }
+            };
+            let (_wr, ()) = tokio::join!(requests, receive);
+            sink.remove_task(task).unwrap();
+        })
+    });
+    // The same bytes as curl handles them: read from the socket, written to a file.
+    g.bench_function("plain_tcp_to_file", |b| {
+        b.to_async(&rt).iter(|| async {
+            use std::io::Write;
+            let mut s = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
+            let mut out = std::fs::File::create(sink_dir.path().join("plain.bin")).unwrap();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut got = 0u64;
+            while got < SIZE {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                tokio::task::block_in_place(|| out.write_all(&buf[..n]).unwrap());
+                got += n as u64;
+            }
         })
     });
     g.bench_function("plain_tcp_sendfile", |b| {

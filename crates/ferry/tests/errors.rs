@@ -122,6 +122,13 @@ async fn disk_full_is_reported_and_leaves_no_file() {
     assert_eq!(o.status.code(), Some(exit::DISK_FULL as i32), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(one_line(&o).contains("No space left"));
     assert!(!out.exists());
+    let dir = out.parent().unwrap();
+    let temps: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".ferry-"))
+        .collect();
+    assert!(temps.is_empty(), "a failed download left {temps:?}");
     // The failed task's partial file is gone: a small download on the same host works.
     let out = s.out("small-after");
     let o = tokio::process::Command::new(bin())
