@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use ferry_backend::{Backend, SourceBody};
 use ferry_types::{FileDigest, FileHasher, PieceLayout};
+use futures::stream::{FuturesOrdered, StreamExt};
 
 use crate::retry::Backoff;
 use crate::task::{ContentMeta, Event, Shared, Source, Stored};
@@ -132,6 +133,10 @@ fn settle_content(shared: &Shared, body: &SourceBody, piece_size: u32) -> Result
     Ok(layout)
 }
 
+/// Pieces handed to verification and storage while the next ones are read: the socket is
+/// never left waiting on a hash or a write.
+const STORE_DEPTH: usize = 4;
+
 /// One pass over the origin's body; the flag says whether any piece was stored.
 async fn read_from(
     shared: &Shared,
@@ -146,42 +151,60 @@ async fn read_from(
     if let Some(c) = check.as_mut() {
         c.catch_up(shared, offset).map_err(|e| (e, false))?;
     }
-    let mut index = (offset / layout.piece_size() as u64) as u32;
+    let first = (offset / layout.piece_size() as u64) as u32;
+    let mut storing = FuturesOrdered::new();
     let mut progressed = false;
     let mut buf: Vec<u8> = Vec::with_capacity(layout.piece_size() as usize);
-    while index < layout.piece_count() {
-        let want = layout.len(layout.index(index).expect("in range")) as usize;
-        while buf.len() < want {
-            match body.chunk().await {
-                Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-                Ok(None) => {
-                    let e = ferry_backend::BackendError::Read {
-                        url: request.redacted_url(),
-                        reason: "body ended early".into(),
-                    };
-                    return Err((e.into(), progressed));
+    let read = async {
+        for index in first..layout.piece_count() {
+            let want = layout.len(layout.index(index).expect("in range")) as usize;
+            while buf.len() < want {
+                let chunk = tokio::select! {
+                    biased;
+                    Some(stored) = storing.next(), if !storing.is_empty() => {
+                        progressed |= settled(stored)?;
+                        continue;
+                    }
+                    chunk = body.chunk() => chunk,
+                };
+                match chunk? {
+                    Some(chunk) => buf.extend_from_slice(&chunk),
+                    None => {
+                        let reason = "body ended early".into();
+                        return Err(ferry_backend::BackendError::Read { url: request.redacted_url(), reason }.into());
+                    }
                 }
-                Err(e) => return Err((e.into(), progressed)),
+            }
+            // The next piece's buffer, allocated whole once: no regrowing copies.
+            let mut next = Vec::with_capacity(layout.piece_size() as usize);
+            next.extend_from_slice(&buf[want..]);
+            buf.truncate(want);
+            let piece = std::mem::replace(&mut buf, next);
+            if let Some(c) = check.as_mut() {
+                c.update(&piece);
+                if index + 1 == layout.piece_count() {
+                    c.verify()?;
+                }
+            }
+            if !shared.is_done(index) {
+                storing.push_back(store(shared, index, piece));
+                while storing.len() >= STORE_DEPTH {
+                    progressed |= settled(storing.next().await.expect("not empty"))?;
+                }
             }
         }
-        let rest = buf.split_off(want);
-        let piece = std::mem::replace(&mut buf, rest);
-        if let Some(c) = check.as_mut() {
-            c.update(&piece);
-            if index + 1 == layout.piece_count() {
-                c.verify().map_err(|e| (e, progressed))?;
-            }
-        }
-        if !shared.is_done(index) {
-            let stored = shared.store_piece(index, piece, Source::Origin).await.map_err(|e| (e, progressed))?;
-            if stored == Stored::Mismatch {
-                let e = DaemonError::OriginChanged(format!("piece {index} no longer matches its digest"));
-                return Err((e, progressed));
-            }
-            progressed = true;
-        }
-        index += 1;
+        Ok::<(), DaemonError>(())
     }
+    .await;
+    // However the read ended, pieces already read are stored: a retry starts after them.
+    let mut stored = Ok(());
+    while let Some(s) = storing.next().await {
+        match settled(s) {
+            Ok(p) => progressed |= p,
+            Err(e) => stored = stored.and(Err(e)),
+        }
+    }
+    read.and(stored).map_err(|e| (e, progressed))?;
     if let Some(c) = check.as_mut() {
         // An empty object has no last piece to verify before.
         c.verify().map_err(|e| (e, progressed))?;
@@ -191,4 +214,18 @@ async fn read_from(
         return Err((e, progressed));
     }
     Ok(())
+}
+
+async fn store(shared: &Shared, index: u32, piece: Vec<u8>) -> Result<(u32, Stored), DaemonError> {
+    shared.store_piece(index, piece, Source::Origin).await.map(|s| (index, s))
+}
+
+/// What one stored piece means for the read: progress, or the origin changed under it.
+fn settled(stored: Result<(u32, Stored), DaemonError>) -> Result<bool, DaemonError> {
+    match stored? {
+        (index, Stored::Mismatch) => {
+            Err(DaemonError::OriginChanged(format!("piece {index} no longer matches its digest")))
+        }
+        _ => Ok(true),
+    }
 }

@@ -16,27 +16,63 @@
 //! `piece_timeout` (`Slow`). Its outstanding pieces go back to the picker for other parents.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use ferry_proto::frame::RejectCode;
 use ferry_proto::scheduler::FailReason;
 use ferry_transport::{connect, ParentEvent, TransportError};
 use ferry_types::{HostId, PieceDigest};
+use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
 use tokio::sync::mpsc;
 
 use crate::task::{Shared, Source, Stored};
+use crate::DaemonError;
 
 /// `RequestAny`s a child keeps waiting at a seed. Two, so the next piece can be on its way
 /// while one is being stored.
 const ANY_DEPTH: usize = 2;
 
+/// Pieces from one parent verified and stored at once while the next ones arrive.
+const STORE_DEPTH: usize = 4;
+
+/// A piece from this parent on its way to storage: its index, whether it was asked for by
+/// index (it then holds a slot in the picker), and how storing it went.
+type Storing<'a> = Pin<Box<dyn Future<Output = (u32, bool, Result<Stored, DaemonError>)> + Send + 'a>>;
+
+/// What a worker holds that must be settled however it ends.
+struct Pending<'a> {
+    /// Asked of the parent, not arrived: (index, when asked).
+    inflight: VecDeque<(u32, Instant)>,
+    /// Arrived, being verified and stored.
+    stores: FuturesUnordered<Storing<'a>>,
+    /// Indices among `stores` that were asked for by index.
+    storing: Vec<u32>,
+    /// What the parent holds.
+    has: Vec<bool>,
+}
+
 pub async fn parent_worker(shared: &Shared, parent: &HostId, addr: SocketAddr, seed: bool) -> FailReason {
-    let mut inflight: VecDeque<(u32, Instant)> = VecDeque::new();
-    let mut has = vec![];
-    let reason = run(shared, parent, addr, seed, &mut inflight, &mut has).await;
-    for (i, _) in inflight {
+    let mut p = Pending { inflight: VecDeque::new(), stores: FuturesUnordered::new(), storing: vec![], has: vec![] };
+    let reason = run(shared, parent, addr, seed, &mut p).await;
+    // Pieces already received are stored even when the parent is dropped: they are good
+    // until verified otherwise, and a seed hands each out only once.
+    while let Some((index, by_index, stored)) = p.stores.next().await {
+        if let Err(e) = stored {
+            let _ = shared.events.send(crate::task::Event::Fatal(e));
+        }
+        if by_index {
+            p.storing.retain(|i| *i != index);
+            shared.release(index);
+        }
+    }
+    let Pending { inflight, storing, has, .. } = p;
+    // Asked of this parent and not settled: back to the picker (a stored one is done, and
+    // releasing it changes nothing).
+    for i in inflight.into_iter().map(|(i, _)| i).chain(storing) {
         shared.release(i);
     }
     if !seed {
@@ -49,14 +85,8 @@ fn held(has: &[bool]) -> impl Iterator<Item = u32> + '_ {
     has.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i as u32)
 }
 
-async fn run(
-    shared: &Shared,
-    parent: &HostId,
-    addr: SocketAddr,
-    seed: bool,
-    inflight: &mut VecDeque<(u32, Instant)>,
-    has: &mut Vec<bool>,
-) -> FailReason {
+async fn run<'a>(shared: &'a Shared, parent: &HostId, addr: SocketAddr, seed: bool, p: &mut Pending<'a>) -> FailReason {
+    let Pending { inflight, stores, storing, has } = p;
     let opts = &shared.ctx.opts;
     // Content must be known to size requests; wait for the layout.
     let mut changed = shared.changed.subscribe();
@@ -164,7 +194,28 @@ async fn run(
                     return FailReason::Unspecified;
                 }
             }
-            ev = ev_rx.recv() => match ev {
+            Some((index, by_index, stored)) = stores.next(), if !stores.is_empty() => {
+                if by_index {
+                    storing.retain(|i| *i != index);
+                }
+                let release = |i| if by_index { shared.release(i) };
+                match stored {
+                    Ok(Stored::New) => {}
+                    Ok(Stored::Skipped) => release(index),
+                    Ok(Stored::Mismatch) => {
+                        release(index);
+                        tracing::warn!(%parent, index, "piece failed verification; dropping parent");
+                        return FailReason::BadPiece;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%parent, index, error = %e, "storing piece failed");
+                        release(index);
+                        let _ = shared.events.send(crate::task::Event::Fatal(e));
+                        return FailReason::Unspecified;
+                    }
+                }
+            }
+            ev = ev_rx.recv(), if stores.len() < STORE_DEPTH => match ev {
                 None | Some(Err(_)) => return FailReason::Unreachable,
                 Some(Ok(ParentEvent::Have(i))) => {
                     if let Some(h) = has.get_mut(i as usize) {
@@ -211,23 +262,10 @@ async fn run(
                     last_arrival = now;
                     let claimed = claimed.map(PieceDigest);
                     let source = Source::Parent { host: parent.clone(), cost, claimed };
-                    let stored = shared.store_piece(index, bytes, source).await;
-                    let release = |i| if by_index { shared.release(i) };
-                    match stored {
-                        Ok(Stored::New) => {}
-                        Ok(Stored::Skipped) => release(index),
-                        Ok(Stored::Mismatch) => {
-                            release(index);
-                            tracing::warn!(%parent, index, "piece failed verification; dropping parent");
-                            return FailReason::BadPiece;
-                        }
-                        Err(e) => {
-                            tracing::warn!(%parent, index, error = %e, "storing piece failed");
-                            release(index);
-                            let _ = shared.events.send(crate::task::Event::Fatal(e));
-                            return FailReason::Unspecified;
-                        }
+                    if by_index {
+                        storing.push(index);
                     }
+                    stores.push(Box::pin(async move { (index, by_index, shared.store_piece(index, bytes, source).await) }));
                 }
             }
         }

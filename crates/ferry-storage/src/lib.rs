@@ -18,6 +18,9 @@ pub enum StorageError {
     OpenDatabase { path: String, source: Box<redb::DatabaseError> },
     #[error("metadata database: {0}")]
     Database(String),
+    /// An I/O error inside the database (a full disk, typically); the store reopens it.
+    #[error("metadata database: {reason}")]
+    DatabaseIo { reason: String, disk_full: bool },
     #[error("create storage directory {path}: {source}")]
     CreateDir { path: String, source: std::io::Error },
     #[error("open content file of {task:?}: {source}")]
@@ -37,6 +40,9 @@ pub enum StorageError {
 impl StorageError {
     /// True when the disk is full, so the edge can say so plainly.
     pub fn is_disk_full(&self) -> bool {
+        if let Self::DatabaseIo { disk_full, .. } = self {
+            return *disk_full;
+        }
         let io = match self {
             Self::CreateDir { source, .. } | Self::OpenContent { source, .. } | Self::WritePiece { source, .. } => {
                 source
@@ -47,11 +53,28 @@ impl StorageError {
     }
 }
 
+impl From<redb::StorageError> for StorageError {
+    fn from(e: redb::StorageError) -> Self {
+        match e {
+            redb::StorageError::Io(ref io) => {
+                Self::DatabaseIo { disk_full: io.raw_os_error() == Some(libc::ENOSPC), reason: e.to_string() }
+            }
+            redb::StorageError::PreviousIo => Self::DatabaseIo { disk_full: false, reason: e.to_string() },
+            e => Self::Database(e.to_string()),
+        }
+    }
+}
+
 macro_rules! db_err {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StorageError {
-            fn from(e: $t) -> Self { Self::Database(e.to_string()) }
+    ($($t:ident),*) => {$(
+        impl From<redb::$t> for StorageError {
+            fn from(e: redb::$t) -> Self {
+                match e {
+                    redb::$t::Storage(inner) => inner.into(),
+                    e => Self::Database(e.to_string()),
+                }
+            }
         }
     )*};
 }
-db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+db_err!(TransactionError, TableError, CommitError);

@@ -3,7 +3,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use ferry_types::{PieceDigest, PieceIndex, PieceLayout, TaskId};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
@@ -69,7 +70,21 @@ pub trait PieceStore: Send + Sync + 'static {
 
 pub struct Store {
     root: PathBuf,
-    db: Database,
+    /// `None` only between a failed reopen and the next attempt.
+    db: RwLock<Option<Database>>,
+    /// An I/O error (a full disk) hit the database: redb refuses every later transaction
+    /// until it is opened again, which the next use does.
+    poisoned: AtomicBool,
+}
+
+/// The open database, for one operation.
+struct Db<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked when taken")
+    }
 }
 
 /// An open content file; piece reads and writes are positional, so many may run at once.
@@ -78,6 +93,18 @@ pub struct TaskFile {
     path: PathBuf,
     file: File,
     layout: PieceLayout,
+}
+
+fn open_database(root: &Path) -> Result<Database, StorageError> {
+    let path = root.join("meta.redb");
+    let db = Database::create(&path)
+        .map_err(|e| StorageError::OpenDatabase { path: path.display().to_string(), source: Box::new(e) })?;
+    let tx = db.begin_write()?;
+    tx.open_table(TASKS)?;
+    tx.open_table(PIECES)?;
+    tx.open_table(USED)?;
+    tx.commit()?;
+    Ok(db)
 }
 
 fn piece_key(task: TaskId, index: PieceIndex) -> [u8; 36] {
@@ -92,30 +119,55 @@ impl Store {
         let content = root.join("content");
         std::fs::create_dir_all(&content)
             .map_err(|source| StorageError::CreateDir { path: content.display().to_string(), source })?;
-        let path = root.join("meta.redb");
-        let db = Database::create(&path)
-            .map_err(|e| StorageError::OpenDatabase { path: path.display().to_string(), source: Box::new(e) })?;
-        let tx = db.begin_write()?;
-        tx.open_table(TASKS)?;
-        tx.open_table(PIECES)?;
-        tx.open_table(USED)?;
-        tx.commit()?;
-        Ok(Self { root: root.to_owned(), db })
+        let db = open_database(root)?;
+        Ok(Self { root: root.to_owned(), db: RwLock::new(Some(db)), poisoned: AtomicBool::new(false) })
+    }
+
+    fn db(&self) -> Result<Db<'_>, StorageError> {
+        if self.poisoned.swap(false, Ordering::Relaxed) {
+            let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+            // The old handle holds the file lock: drop it before opening again.
+            *slot = None;
+            match open_database(&self.root) {
+                Ok(db) => {
+                    tracing::info!("metadata database reopened after an I/O error");
+                    *slot = Some(db);
+                }
+                Err(e) => {
+                    self.poisoned.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            self.poisoned.store(true, Ordering::Relaxed);
+            return Err(StorageError::Database("the metadata database is not open".into()));
+        }
+        Ok(Db(guard))
+    }
+
+    /// Passes `r` on, remembering when it was an I/O error of the database.
+    fn note<T>(&self, r: Result<T, StorageError>) -> Result<T, StorageError> {
+        if matches!(r, Err(StorageError::DatabaseIo { .. })) {
+            self.poisoned.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     /// Records that a request asked for the task now (what least-recently-used means).
     pub fn touch(&self, task: TaskId, now_unix: u64) -> Result<(), StorageError> {
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
         tx.set_durability(Durability::Eventual);
         tx.open_table(USED)?.insert(&task.0[..], now_unix)?;
-        tx.commit()?;
+        self.note(tx.commit().map_err(StorageError::from))?;
         Ok(())
     }
 
     /// Every task with a record, its last use and its size on disk.
     pub fn tasks(&self) -> Result<Vec<StoredTask>, StorageError> {
         use std::os::unix::fs::MetadataExt;
-        let tx = self.db.begin_read()?;
+        let tx = self.note(self.db()?.begin_read().map_err(StorageError::from))?;
         let (tasks, used) = (tx.open_table(TASKS)?, tx.open_table(USED)?);
         let mut out = vec![];
         for entry in tasks.iter()? {
@@ -147,7 +199,7 @@ impl Store {
     }
 
     fn held_pieces(&self, task: TaskId, layout: &PieceLayout) -> Result<HeldPieces, StorageError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.note(self.db()?.begin_read().map_err(StorageError::from))?;
         let table = tx.open_table(PIECES)?;
         let mut lo = [0u8; 36];
         lo[..32].copy_from_slice(&task.0);
@@ -184,12 +236,12 @@ impl PieceStore for Store {
                 })
             }
             None => {
-                let tx = self.db.begin_write()?;
+                let tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
                 {
                     let json = serde_json::to_vec(record).expect("record serializes");
                     tx.open_table(TASKS)?.insert(&task.0[..], &json[..])?;
                 }
-                tx.commit()?;
+                self.note(tx.commit().map_err(StorageError::from))?;
                 vec![]
             }
         };
@@ -207,12 +259,12 @@ impl PieceStore for Store {
     }
 
     fn record_piece(&self, task: TaskId, index: PieceIndex, digest: PieceDigest) -> Result<(), StorageError> {
-        let mut tx = self.db.begin_write()?;
+        let mut tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
         // Eventual: written to the file without fsync; survives a killed process, which is
         // the failure resume must handle. A lost record after power loss costs one refetch.
         tx.set_durability(Durability::Eventual);
         tx.open_table(PIECES)?.insert(&piece_key(task, index)[..], &digest.0[..])?;
-        tx.commit()?;
+        self.note(tx.commit().map_err(StorageError::from))?;
         Ok(())
     }
 
@@ -229,7 +281,7 @@ impl PieceStore for Store {
     }
 
     fn task_record(&self, task: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        let tx = self.db.begin_read()?;
+        let tx = self.note(self.db()?.begin_read().map_err(StorageError::from))?;
         let table = tx.open_table(TASKS)?;
         let Some(v) = table.get(&task.0[..])? else {
             return Ok(None);
@@ -242,7 +294,7 @@ impl PieceStore for Store {
 
 impl Store {
     fn remove_records(&self, task: TaskId) -> Result<(), StorageError> {
-        let tx = self.db.begin_write()?;
+        let tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
         {
             tx.open_table(TASKS)?.remove(&task.0[..])?;
             tx.open_table(USED)?.remove(&task.0[..])?;
@@ -253,7 +305,7 @@ impl Store {
             hi[32..].copy_from_slice(&[0xff; 4]);
             pieces.retain_in(&lo[..]..=&hi[..], |_, _| false)?;
         }
-        tx.commit()?;
+        self.note(tx.commit().map_err(StorageError::from))?;
         Ok(())
     }
 }
