@@ -13,17 +13,21 @@
 //!   the last piece is stored only if the digest matches: a wrong URL under a digest fails
 //!   its own request, and no peer ever completes, or keeps, bytes that are not the digest's.
 
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ferry_backend::{Backend, SourceBody};
-use ferry_types::{FileDigest, FileHasher, PieceLayout};
-use futures::stream::{FuturesOrdered, StreamExt};
+use ferry_storage::PieceStore;
+use ferry_types::{FileDigest, FileHasher, PieceDigest, PieceIndex, PieceLayout};
+use tokio::sync::mpsc;
 
 use crate::retry::Backoff;
-use crate::task::{ContentMeta, Event, Shared, Source, Stored};
+use crate::task::{ContentMeta, Event, Shared, Source};
 use crate::DaemonError;
 
-pub async fn fetch(shared: &Shared, piece_size: u32) -> Result<(), DaemonError> {
+pub async fn fetch(shared: &Arc<Shared>, piece_size: u32) -> Result<(), DaemonError> {
     let ctx = &shared.ctx;
     let request = &shared.handle.request;
     let backend = Backend::for_url(request.url(), &ctx.backend)?;
@@ -63,6 +67,7 @@ fn first_missing_offset(shared: &Shared) -> Option<u64> {
 
 /// The whole-file digest, computed over the object in order as it streams by. Bytes before
 /// the point a read starts at (held from an earlier read) are hashed from the content file.
+#[derive(Clone)]
 struct WholeFile {
     expected: FileDigest,
     hasher: Option<FileHasher>,
@@ -133,13 +138,18 @@ fn settle_content(shared: &Shared, body: &SourceBody, piece_size: u32) -> Result
     Ok(layout)
 }
 
-/// Pieces handed to verification and storage while the next ones are read: the socket is
-/// never left waiting on a hash or a write.
-const STORE_DEPTH: usize = 4;
+/// Chunks in flight between the socket reader and the writer thread.
+const CHUNKS_IN_FLIGHT: usize = 64;
 
 /// One pass over the origin's body; the flag says whether any piece was stored.
+///
+/// The socket is read here; a blocking writer thread ([`write_pieces`]) takes each chunk as
+/// it comes, hashes it (piece digest, and whole-file digest when there is one) and writes it
+/// to the content file and to any output being written alongside, while the data is still
+/// in the CPU's cache. Finished pieces come back with their digest, are recorded, and
+/// accepted here. Neither thread waits on the other's work.
 async fn read_from(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     backend: &Backend,
     offset: u64,
     piece_size: u32,
@@ -152,80 +162,156 @@ async fn read_from(
         c.catch_up(shared, offset).map_err(|e| (e, false))?;
     }
     let first = (offset / layout.piece_size() as u64) as u32;
-    let mut storing = FuturesOrdered::new();
+    let (chunks, chunks_rx) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT);
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let writer = {
+        let (shared, whole) = (shared.clone(), check.take());
+        tokio::task::spawn_blocking(move || write_pieces(&shared, layout, first, chunks_rx, done_tx, whole))
+    };
+    let mut left = layout.content_length() - (first as u64 * layout.piece_size() as u64).min(layout.content_length());
     let mut progressed = false;
-    let mut buf: Vec<u8> = Vec::with_capacity(layout.piece_size() as usize);
-    let read = async {
-        for index in first..layout.piece_count() {
-            let want = layout.len(layout.index(index).expect("in range")) as usize;
-            while buf.len() < want {
-                let chunk = tokio::select! {
-                    biased;
-                    Some(stored) = storing.next(), if !storing.is_empty() => {
-                        progressed |= settled(stored)?;
-                        continue;
+    let mut failed = None;
+    let mut extra = false;
+    // Read until the body is done (or fails), accepting pieces as the writer finishes them.
+    while failed.is_none() {
+        tokio::select! {
+            biased;
+            Some(w) = done.recv() => match w {
+                Ok((index, digest)) => progressed |= shared.accept(index, digest, Source::Origin),
+                Err(e) => failed = Some(e),
+            },
+            chunk = body.chunk() => match chunk {
+                Ok(Some(c)) if c.is_empty() => {}
+                Ok(Some(c)) if left == 0 => { extra = !c.is_empty(); break }
+                Ok(Some(c)) => {
+                    let c = if c.len() as u64 > left { extra = true; c.slice(..left as usize) } else { c };
+                    left -= c.len() as u64;
+                    if chunks.send(c).await.is_err() {
+                        break; // The writer stopped: its reason comes through `done`.
                     }
-                    chunk = body.chunk() => chunk,
-                };
-                match chunk? {
-                    Some(chunk) => buf.extend_from_slice(&chunk),
-                    None => {
-                        let reason = "body ended early".into();
-                        return Err(ferry_backend::BackendError::Read { url: request.redacted_url(), reason }.into());
-                    }
                 }
-            }
-            // The next piece's buffer, allocated whole once: no regrowing copies.
-            let mut next = Vec::with_capacity(layout.piece_size() as usize);
-            next.extend_from_slice(&buf[want..]);
-            buf.truncate(want);
-            let piece = std::mem::replace(&mut buf, next);
-            if let Some(c) = check.as_mut() {
-                c.update(&piece);
-                if index + 1 == layout.piece_count() {
-                    c.verify()?;
+                Ok(None) if left == 0 => break,
+                Ok(None) => {
+                    let reason = "body ended early".into();
+                    failed = Some(ferry_backend::BackendError::Read { url: request.redacted_url(), reason }.into());
                 }
-            }
-            if !shared.is_done(index) {
-                storing.push_back(store(shared, index, piece));
-                while storing.len() >= STORE_DEPTH {
-                    progressed |= settled(storing.next().await.expect("not empty"))?;
-                }
-            }
-        }
-        Ok::<(), DaemonError>(())
-    }
-    .await;
-    // However the read ended, pieces already read are stored: a retry starts after them.
-    let mut stored = Ok(());
-    while let Some(s) = storing.next().await {
-        match settled(s) {
-            Ok(p) => progressed |= p,
-            Err(e) => stored = stored.and(Err(e)),
+                Err(e) => failed = Some(e.into()),
+            },
         }
     }
-    read.and(stored).map_err(|e| (e, progressed))?;
+    // Whatever ended the read, the pieces already read are finished first: a retry starts
+    // after them.
+    drop(chunks);
+    while let Some(w) = done.recv().await {
+        match w {
+            Ok((index, digest)) => progressed |= shared.accept(index, digest, Source::Origin),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    *check = writer.await.expect("the piece writer does not panic");
+    if let Some(e) = failed {
+        return Err((e, progressed));
+    }
+    if extra || body.chunk().await.is_ok_and(|c| c.is_some_and(|c| !c.is_empty())) {
+        let e = DaemonError::OriginChanged("the origin sent more bytes than its length".into());
+        return Err((e, progressed));
+    }
     if let Some(c) = check.as_mut() {
         // An empty object has no last piece to verify before.
         c.verify().map_err(|e| (e, progressed))?;
     }
-    if !buf.is_empty() || body.chunk().await.is_ok_and(|c| c.is_some_and(|c| !c.is_empty())) {
-        let e = DaemonError::OriginChanged("the origin sent more bytes than its length".into());
-        return Err((e, progressed));
-    }
     Ok(())
 }
 
-async fn store(shared: &Shared, index: u32, piece: Vec<u8>) -> Result<(u32, Stored), DaemonError> {
-    shared.store_piece(index, piece, Source::Origin).await.map(|s| (index, s))
+/// The writer thread of [`read_from`]: hashes and writes chunks as they come, piece by
+/// piece, and reports each finished piece with its digest, recorded in storage. A piece is
+/// refused (and the writer stops) when its digest contradicts one the task already has, or
+/// when it is the last and the whole-file digest does not match. Returns the whole-file
+/// check as of the last finished piece, so a retried read hashes on from there.
+fn write_pieces(
+    shared: &Shared,
+    layout: PieceLayout,
+    first: u32,
+    mut chunks: mpsc::Receiver<Bytes>,
+    done: mpsc::UnboundedSender<Result<(u32, PieceDigest), DaemonError>>,
+    mut whole: Option<WholeFile>,
+) -> Option<WholeFile> {
+    let Some(content) = shared.handle.content.get() else { return whole };
+    let (file, store, task) = (&content.file, &shared.ctx.store, shared.handle.id);
+    let mut index = first;
+    let mut piece: Option<PieceInProgress> = None;
+    // The whole-file hash as of the last finished piece.
+    let mut settled = whole.clone();
+    while let Some(mut data) = chunks.blocking_recv() {
+        while !data.is_empty() {
+            let Ok(idx) = layout.index(index) else { return settled };
+            let p = piece.get_or_insert_with(|| PieceInProgress::start(shared, idx));
+            let take = ((layout.len(idx) - p.written) as usize).min(data.len());
+            let seg = data.split_to(take);
+            p.hasher.update(&seg);
+            if let Some(w) = whole.as_mut() {
+                w.update(&seg);
+            }
+            let at = layout.offset(idx) + p.written as u64;
+            if !p.held {
+                if let Err(source) = file.file().write_all_at(&seg, at) {
+                    let e = ferry_storage::StorageError::WritePiece { task, index, source };
+                    let _ = done.send(Err(e.into()));
+                    return settled;
+                }
+            }
+            for s in &p.sinks {
+                let _ = s.write_at(at, &seg);
+            }
+            p.written += take as u32;
+            if p.written < layout.len(idx) {
+                continue;
+            }
+            let p = piece.take().expect("in progress");
+            let digest = PieceDigest(*p.hasher.finalize().as_bytes());
+            let verdict = (|| {
+                if index + 1 == layout.piece_count() {
+                    if let Some(w) = whole.as_mut() {
+                        w.verify()?;
+                    }
+                }
+                if shared.known_digest(index).is_some_and(|k| k != digest) {
+                    return Err(DaemonError::OriginChanged(format!("piece {index} differs from its digest")));
+                }
+                if !p.held {
+                    store.record_piece(task, idx, digest)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = verdict {
+                let _ = done.send(Err(e));
+                return settled;
+            }
+            for s in &p.sinks {
+                s.mark(idx);
+            }
+            settled = whole.clone();
+            let _ = done.send(Ok((index, digest)));
+            index += 1;
+        }
+    }
+    settled
 }
 
-/// What one stored piece means for the read: progress, or the origin changed under it.
-fn settled(stored: Result<(u32, Stored), DaemonError>) -> Result<bool, DaemonError> {
-    match stored? {
-        (index, Stored::Mismatch) => {
-            Err(DaemonError::OriginChanged(format!("piece {index} no longer matches its digest")))
-        }
-        _ => Ok(true),
+/// The piece the writer is in the middle of.
+struct PieceInProgress {
+    hasher: blake3::Hasher,
+    written: u32,
+    /// Already verified here (a resumed task): hashed for the whole-file check, not rewritten.
+    held: bool,
+    /// Outputs written alongside that were there when the piece began (one that comes
+    /// later is filled from the cache when it lands).
+    sinks: Vec<Arc<crate::output::OutputSink>>,
+}
+
+impl PieceInProgress {
+    fn start(shared: &Shared, idx: PieceIndex) -> Self {
+        let held = shared.is_done(idx.get());
+        Self { hasher: blake3::Hasher::new(), written: 0, held, sinks: shared.handle.live_sinks() }
     }
 }

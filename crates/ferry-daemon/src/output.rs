@@ -127,8 +127,18 @@ impl OutputSink {
     /// Writes one verified piece at its offset.
     pub fn write_piece(&self, index: PieceIndex, bytes: &[u8]) -> std::io::Result<()> {
         self.file.write_all_at(bytes, self.layout.offset(index))?;
-        self.written.lock().unwrap_or_else(|e| e.into_inner())[index.get() as usize] = true;
+        self.mark(index);
         Ok(())
+    }
+
+    /// Writes part of a piece as it streams by; [`OutputSink::mark`] once all of it is.
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all_at(bytes, offset)
+    }
+
+    /// The whole piece is written here.
+    pub fn mark(&self, index: PieceIndex) {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())[index.get() as usize] = true;
     }
 
     /// Copies the pieces not written yet from the complete content file, then renames the

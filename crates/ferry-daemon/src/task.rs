@@ -365,13 +365,10 @@ impl Shared {
         })
         .await
         .expect("storage does not panic")?;
-        let newly = self.picker.lock().expect("not poisoned").as_mut().is_some_and(|p| p.mark_done(index));
-        if !newly {
+        if !self.accept(index, digest, source) {
             return Ok(Stored::Skipped);
         }
-        self.digests.lock().expect("not poisoned").entry(index).or_insert(digest);
-        content.avail.insert(index, digest.0);
-        // After the insert: an output registered later fills this piece from the cache.
+        // After the accept: an output registered later fills this piece from the cache.
         let sinks = self.handle.live_sinks();
         if !sinks.is_empty() {
             let written = tokio::task::spawn_blocking(move || {
@@ -381,7 +378,21 @@ impl Shared {
                 tracing::debug!(index, "an output missed a piece; it is filled from the cache at landing");
             }
         }
-        let len = layout.len(idx);
+        Ok(Stored::New)
+    }
+
+    /// A piece verified, written and recorded: it is done, counted, shown to children and
+    /// reported. False when it already was done (a duplicate).
+    pub fn accept(&self, index: u32, digest: PieceDigest, source: Source) -> bool {
+        let Some(content) = self.handle.content.get() else { return false };
+        let Ok(idx) = content.file.layout().index(index) else { return false };
+        let newly = self.picker.lock().expect("not poisoned").as_mut().is_some_and(|p| p.mark_done(index));
+        if !newly {
+            return false;
+        }
+        self.digests.lock().expect("not poisoned").entry(index).or_insert(digest);
+        content.avail.insert(index, digest.0);
+        let len = content.file.layout().len(idx);
         let c = &self.ctx.counters;
         match &source {
             Source::Origin => {
@@ -398,7 +409,12 @@ impl Shared {
         self.handle.progress.send_modify(|p| p.completed_bytes += len as u64);
         let origin_digest = matches!(source, Source::Origin).then_some(digest);
         let _ = self.events.send(Event::Stored { index, len, source, digest: origin_digest });
-        Ok(Stored::New)
+        true
+    }
+
+    /// The digest the scheduler (or an earlier read) gave a piece, if any.
+    pub fn known_digest(&self, index: u32) -> Option<PieceDigest> {
+        self.digests.lock().expect("not poisoned").get(&index).copied()
     }
 
     pub fn complete(&self) -> bool {

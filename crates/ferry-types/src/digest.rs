@@ -104,6 +104,7 @@ impl fmt::Debug for FileDigest {
 }
 
 /// Streaming whole-file hasher for one algorithm.
+#[derive(Clone)]
 pub enum FileHasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
