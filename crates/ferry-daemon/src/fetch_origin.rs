@@ -13,7 +13,6 @@
 //!   the last piece is stored only if the digest matches: a wrong URL under a digest fails
 //!   its own request, and no peer ever completes, or keeps, bytes that are not the digest's.
 
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,8 +253,7 @@ fn write_pieces(
             }
             let at = layout.offset(idx) + p.written as u64;
             if !p.held {
-                if let Err(source) = file.file().write_all_at(&seg, at) {
-                    let e = ferry_storage::StorageError::WritePiece { task, index, source };
+                if let Err(e) = file.write_slice(idx, at, &seg) {
                     let _ = done.send(Err(e.into()));
                     return settled;
                 }

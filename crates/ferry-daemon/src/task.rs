@@ -322,8 +322,12 @@ impl Shared {
         self.bump();
     }
 
-    /// Verifies, writes and records one piece. A piece from origin establishes the digest
-    /// when none is known; one from a parent must match the known digest.
+    /// Verifies, writes and records one piece from a parent. Its digest must match the
+    /// known one (the scheduler's; see [`Shared::digest_of`] for when a parent's word
+    /// stands in). The piece is hashed and written to the content file and to the outputs
+    /// being written alongside in one pass, slice by slice, so each byte leaves memory
+    /// once more rather than three times; it counts only once its digest matched and it is
+    /// recorded.
     pub async fn store_piece(&self, index: u32, bytes: Vec<u8>, source: Source) -> Result<Stored, DaemonError> {
         let Some(content) = self.handle.content.get() else {
             return Ok(Stored::Skipped);
@@ -338,45 +342,32 @@ impl Shared {
         if self.is_done(index) {
             return Ok(Stored::Skipped);
         }
-        let (digest, bytes) = tokio::task::spawn_blocking(move || (PieceDigest::of(&bytes), bytes))
-            .await
-            .expect("hashing does not panic");
-        let known = match source {
-            Source::Origin => self.digests.lock().expect("not poisoned").get(&index).copied(),
-            Source::Parent { claimed, .. } => self.digest_of(index, claimed, self.ctx.opts.piece_timeout).await,
+        let Source::Parent { claimed, .. } = &source else {
+            return Err(DaemonError::BadRequest("origin pieces are written by the origin reader".into()));
         };
-        match (&source, known) {
-            (_, Some(k)) if k != digest => {
-                return match source {
-                    Source::Origin => Err(DaemonError::OriginChanged(format!("piece {index} differs from its digest"))),
-                    Source::Parent { .. } => {
-                        Counters::add(&self.ctx.counters.pieces_rejected, 1);
-                        Ok(Stored::Mismatch)
-                    }
-                };
-            }
-            (Source::Parent { .. }, None) => return Ok(Stored::Skipped),
-            _ => {}
-        }
+        let Some(known) = self.digest_of(index, *claimed, self.ctx.opts.piece_timeout).await else {
+            return Ok(Stored::Skipped);
+        };
         let (file, store, task) = (content.file.clone(), self.ctx.store.clone(), self.handle.id);
-        let bytes = tokio::task::spawn_blocking(move || {
-            file.write_piece(idx, &bytes)?;
-            store.record_piece(task, idx, digest).map(|_| bytes)
-        })
-        .await
-        .expect("storage does not panic")?;
+        let sinks = self.handle.live_sinks();
+        let written = tokio::task::spawn_blocking(move || -> Result<_, DaemonError> {
+            let digest = write_hashing(&file, idx, &bytes, &sinks)?;
+            if digest != known {
+                return Ok((digest, vec![]));
+            }
+            store.record_piece(task, idx, digest)?;
+            Ok((digest, sinks))
+        });
+        let (digest, sinks) = written.await.expect("storage does not panic")?;
+        if digest != known {
+            Counters::add(&self.ctx.counters.pieces_rejected, 1);
+            return Ok(Stored::Mismatch);
+        }
         if !self.accept(index, digest, source) {
             return Ok(Stored::Skipped);
         }
-        // After the accept: an output registered later fills this piece from the cache.
-        let sinks = self.handle.live_sinks();
-        if !sinks.is_empty() {
-            let written = tokio::task::spawn_blocking(move || {
-                sinks.iter().filter(|s| s.write_piece(idx, &bytes).is_err()).count()
-            });
-            if written.await.unwrap_or(0) > 0 {
-                tracing::debug!(index, "an output missed a piece; it is filled from the cache at landing");
-            }
+        for s in sinks {
+            s.mark(idx);
         }
         Ok(Stored::New)
     }
@@ -420,6 +411,31 @@ impl Shared {
     pub fn complete(&self) -> bool {
         self.picker.lock().expect("not poisoned").as_ref().is_some_and(|p| p.is_complete())
     }
+}
+
+/// Slices small enough to stay in the CPU's cache between hashing them and writing them.
+const SLICE: usize = 256 * 1024;
+
+/// Hashes `bytes` and writes them at the piece's offset, to the content file and to each
+/// output, slice by slice. Output writes are best effort: an output that misses a piece is
+/// filled from the cache when it lands.
+fn write_hashing(
+    file: &ferry_storage::TaskFile,
+    idx: ferry_types::PieceIndex,
+    bytes: &[u8],
+    sinks: &[Arc<crate::output::OutputSink>],
+) -> Result<PieceDigest, DaemonError> {
+    let mut hasher = blake3::Hasher::new();
+    let base = file.layout().offset(idx);
+    for (i, slice) in bytes.chunks(SLICE).enumerate() {
+        hasher.update(slice);
+        let at = base + (i * SLICE) as u64;
+        file.write_slice(idx, at, slice)?;
+        for s in sinks {
+            let _ = s.write_at(at, slice);
+        }
+    }
+    Ok(PieceDigest(*hasher.finalize().as_bytes()))
 }
 
 /// Runs a task until the daemon stops; publishes the outcome on the handle's progress.

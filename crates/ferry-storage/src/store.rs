@@ -332,6 +332,18 @@ impl TaskFile {
         })
     }
 
+    /// Writes part of piece `index`, `at` an absolute offset inside it (a piece written in
+    /// slices as it is hashed).
+    pub fn write_slice(&self, index: PieceIndex, at: u64, bytes: &[u8]) -> Result<(), StorageError> {
+        debug_assert!(at >= self.layout.offset(index));
+        debug_assert!(at + bytes.len() as u64 <= self.layout.offset(index) + self.layout.len(index) as u64);
+        self.file.write_all_at(bytes, at).map_err(|source| StorageError::WritePiece {
+            task: self.task,
+            index: index.get(),
+            source,
+        })
+    }
+
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, StorageError> {
         let mut buf = vec![0u8; self.layout.len(index) as usize];
         self.file.read_exact_at(&mut buf, self.layout.offset(index)).map_err(|source| StorageError::ReadPiece {
