@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::frame::RejectCode;
 use ferry_proto::scheduler::FailReason;
-use ferry_transport::{connect, ParentEvent, TransportError};
+use ferry_transport::{connect, ParentEvent, ParentWriter, TransportError};
 use ferry_types::{HostId, PieceDigest};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
@@ -43,41 +43,40 @@ const STORE_DEPTH: usize = 4;
 /// index (it then holds a slot in the picker), and how storing it went.
 type Storing<'a> = Pin<Box<dyn Future<Output = (u32, bool, Result<Stored, DaemonError>)> + Send + 'a>>;
 
-/// What a worker holds that must be settled however it ends.
-struct Pending<'a> {
+/// One parent connection: what was asked, what is being stored, what the parent holds, and
+/// the seed-dispensing bookkeeping. Its steps: [`Worker::ask`] keeps requests outstanding,
+/// [`Worker::on_event`] takes what the parent sends, [`Worker::on_stored`] settles a stored
+/// piece, and [`Worker::settle`] hands back whatever is unfinished when the worker ends.
+struct Worker<'a> {
+    shared: &'a Shared,
+    parent: &'a HostId,
+    seed: bool,
+    writer: ParentWriter,
     /// Asked of the parent, not arrived: (index, when asked).
     inflight: VecDeque<(u32, Instant)>,
     /// Arrived, being verified and stored.
     stores: FuturesUnordered<Storing<'a>>,
-    /// Indices among `stores` that were asked for by index.
+    /// Indices among `stores` that were asked for by index (they hold a picker slot).
     storing: Vec<u32>,
     /// What the parent holds.
     has: Vec<bool>,
+    rng: rand::rngs::StdRng,
+    last_arrival: Instant,
+    /// `RequestAny`s waiting at a seed.
+    any_waiting: usize,
+    /// The seed has nothing more to hand out (always true of an ordinary parent).
+    exhausted: bool,
+    /// Per piece, since when only the seed shows it (see [`Shared::seed_mask`]).
+    seed_only_since: Vec<Option<Instant>>,
 }
 
 pub async fn parent_worker(shared: &Shared, parent: &HostId, addr: SocketAddr, seed: bool) -> FailReason {
-    let mut p = Pending { inflight: VecDeque::new(), stores: FuturesUnordered::new(), storing: vec![], has: vec![] };
-    let reason = run(shared, parent, addr, seed, &mut p).await;
-    // Pieces already received are stored even when the parent is dropped: they are good
-    // until verified otherwise, and a seed hands each out only once.
-    while let Some((index, by_index, stored)) = p.stores.next().await {
-        if let Err(e) = stored {
-            let _ = shared.events.send(crate::task::Event::Fatal(e));
-        }
-        if by_index {
-            p.storing.retain(|i| *i != index);
-            shared.release(index);
-        }
-    }
-    let Pending { inflight, storing, has, .. } = p;
-    // Asked of this parent and not settled: back to the picker (a stored one is done, and
-    // releasing it changes nothing).
-    for i in inflight.into_iter().map(|(i, _)| i).chain(storing) {
-        shared.release(i);
-    }
-    if !seed {
-        shared.count_holders(held(&has), -1);
-    }
+    let (mut worker, mut events, _reader) = match Worker::connect(shared, parent, addr, seed).await {
+        Ok(w) => w,
+        Err(reason) => return reason,
+    };
+    let reason = worker.run(&mut events).await;
+    worker.settle().await;
     reason
 }
 
@@ -85,190 +84,257 @@ fn held(has: &[bool]) -> impl Iterator<Item = u32> + '_ {
     has.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i as u32)
 }
 
-async fn run<'a>(shared: &'a Shared, parent: &HostId, addr: SocketAddr, seed: bool, p: &mut Pending<'a>) -> FailReason {
-    let Pending { inflight, stores, storing, has } = p;
-    let opts = &shared.ctx.opts;
-    // Content must be known to size requests; wait for the layout.
-    let mut changed = shared.changed.subscribe();
-    while shared.layout().is_none() {
-        if changed.changed().await.is_err() {
-            return FailReason::Unspecified;
+type Events = mpsc::Receiver<Result<ParentEvent, TransportError>>;
+
+impl<'a> Worker<'a> {
+    /// Waits for the task's layout, connects (a parent that does not know the task yet is
+    /// asked again a few times), and starts the task that reads the parent's socket.
+    async fn connect(
+        shared: &'a Shared,
+        parent: &'a HostId,
+        addr: SocketAddr,
+        seed: bool,
+    ) -> Result<(Self, Events, AbortOnDrop), FailReason> {
+        let opts = &shared.ctx.opts;
+        let mut changed = shared.changed.subscribe();
+        while shared.layout().is_none() {
+            changed.changed().await.map_err(|_| FailReason::Unspecified)?;
         }
-    }
-    let layout = shared.layout().expect("layout known");
-    // A parent the scheduler offers has registered the task, but may not know its layout
-    // yet (it learns it a moment later): "unknown task" is worth a few retries.
-    let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(400), Some(25));
-    let (mut reader, mut writer) = loop {
-        match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await {
-            Ok((bits, r, w)) => {
-                *has = bits;
-                break (r, w);
-            }
-            Err(TransportError::UnknownTask { .. }) => match backoff.next_pause() {
-                Some(pause) => tokio::time::sleep(pause).await,
-                None => {
-                    tracing::info!(%parent, "parent does not know the task");
-                    return FailReason::Unreachable;
+        let layout = shared.layout().expect("layout known");
+        // A parent the scheduler offers has registered the task, but may not know its
+        // layout yet (it learns it a moment later): "unknown task" is worth a few retries.
+        let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(400), Some(25));
+        let (mut has, mut reader, writer) = loop {
+            match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await {
+                Ok(c) => break c,
+                Err(TransportError::UnknownTask { .. }) => match backoff.next_pause() {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => {
+                        tracing::info!(%parent, "parent does not know the task");
+                        return Err(FailReason::Unreachable);
+                    }
+                },
+                Err(e) => {
+                    tracing::info!(%parent, error = %e, "cannot connect to parent");
+                    return Err(FailReason::Unreachable);
                 }
-            },
-            Err(e) => {
-                tracing::info!(%parent, error = %e, "cannot connect to parent");
-                return FailReason::Unreachable;
             }
+        };
+        has.resize(layout.piece_count() as usize, false);
+        if !seed {
+            shared.count_holders(held(&has), 1);
         }
-    };
-    has.resize(layout.piece_count() as usize, false);
-    if !seed {
-        shared.count_holders(held(has), 1);
+        let (ev_tx, events) = mpsc::channel(8);
+        let read_task = tokio::spawn(async move {
+            loop {
+                let ev = reader.next().await;
+                let stop = !matches!(ev, Ok(Some(_)));
+                let msg = match ev {
+                    Ok(Some(e)) => Ok(e),
+                    Ok(None) => Err(TransportError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                    Err(e) => Err(e),
+                };
+                if ev_tx.send(msg).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        let worker = Self {
+            shared,
+            parent,
+            seed,
+            writer,
+            inflight: VecDeque::new(),
+            stores: FuturesUnordered::new(),
+            storing: vec![],
+            seed_only_since: vec![None; has.len()],
+            has,
+            rng: rand::rngs::StdRng::from_entropy(),
+            last_arrival: Instant::now(),
+            any_waiting: 0,
+            exhausted: !seed,
+        };
+        Ok((worker, events, AbortOnDrop(read_task)))
     }
-    let (ev_tx, mut ev_rx) = mpsc::channel::<Result<ParentEvent, TransportError>>(8);
-    let read_task = tokio::spawn(async move {
+
+    async fn run(&mut self, events: &mut Events) -> FailReason {
+        let mut changed = self.shared.changed.subscribe();
+        let timeout = self.shared.ctx.opts.piece_timeout;
         loop {
-            let ev = reader.next().await;
-            let stop = !matches!(ev, Ok(Some(_)));
-            let msg = match ev {
-                Ok(Some(e)) => Ok(e),
-                Ok(None) => Err(TransportError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-                Err(e) => Err(e),
+            if self.shared.complete() {
+                return FailReason::Unspecified;
+            }
+            let grace_ends = match self.ask().await {
+                Ok(g) => g,
+                Err(reason) => return reason,
             };
-            if ev_tx.send(msg).await.is_err() || stop {
-                return;
+            let deadline = self.inflight.front().map(|(_, t)| (*t).max(self.last_arrival) + timeout);
+            let step = tokio::select! {
+                _ = sleep_until(deadline) => {
+                    tracing::info!(parent = %self.parent, "parent too slow");
+                    Err(FailReason::Slow)
+                }
+                _ = sleep_until(grace_ends) => Ok(()),
+                r = changed.changed() => r.map_err(|_| FailReason::Unspecified),
+                Some(done) = self.stores.next(), if !self.stores.is_empty() => self.on_stored(done),
+                ev = events.recv(), if self.stores.len() < STORE_DEPTH => self.on_event(ev),
+            };
+            if let Err(reason) = step {
+                return reason;
             }
         }
-    });
-    let _abort = AbortOnDrop(read_task);
-    let mut rng = rand::rngs::StdRng::from_entropy();
-    let mut last_arrival = Instant::now();
-    let mut any_waiting = 0;
-    let mut exhausted = !seed;
-    let mut seed_only_since = vec![None; has.len()];
-    loop {
-        if shared.complete() {
-            return FailReason::Unspecified;
-        }
-        while !exhausted && any_waiting < ANY_DEPTH {
-            if writer.request_any().await.is_err() {
-                return FailReason::Unreachable;
-            }
-            any_waiting += 1;
+    }
+
+    /// Keeps `RequestAny`s waiting at a seed and requests by index outstanding. Returns
+    /// when the next seed-only piece comes due, if any.
+    async fn ask(&mut self) -> Result<Option<Instant>, FailReason> {
+        while !self.exhausted && self.any_waiting < ANY_DEPTH {
+            self.writer.request_any().await.map_err(|_| FailReason::Unreachable)?;
+            self.any_waiting += 1;
         }
         let mut grace_ends = None;
-        while inflight.len() < opts.pieces_in_flight {
-            let mask = if seed {
-                let (mask, next) = shared.seed_mask(has, &mut seed_only_since);
+        while self.inflight.len() < self.shared.ctx.opts.pieces_in_flight {
+            let mask = if self.seed {
+                let (mask, next) = self.shared.seed_mask(&self.has, &mut self.seed_only_since);
                 grace_ends = next;
                 mask
             } else {
-                has.clone()
+                self.has.clone()
             };
-            let pick = shared.picker.lock().expect("not poisoned").as_mut().and_then(|p| p.pick(&mask, &mut rng));
-            let Some(index) = pick else { break };
-            if writer.request(index).await.is_err() {
-                shared.release(index);
-                return FailReason::Unreachable;
+            let Some(index) = self.pick(&mask) else { break };
+            if self.writer.request(index).await.is_err() {
+                self.shared.release(index);
+                return Err(FailReason::Unreachable);
             }
-            inflight.push_back((index, Instant::now()));
+            self.inflight.push_back((index, Instant::now()));
         }
-        let deadline = inflight.front().map(|(_, t)| (*t).max(last_arrival) + opts.piece_timeout);
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
+        Ok(grace_ends)
+    }
+
+    fn pick(&mut self, mask: &[bool]) -> Option<u32> {
+        self.shared.picker.lock().expect("not poisoned").as_mut().and_then(|p| p.pick(mask, &mut self.rng))
+    }
+
+    fn on_event(&mut self, ev: Option<Result<ParentEvent, TransportError>>) -> Result<(), FailReason> {
+        match ev {
+            None | Some(Err(_)) => Err(FailReason::Unreachable),
+            Some(Ok(ParentEvent::Have(i))) => {
+                self.set_has(i, true);
+                Ok(())
+            }
+            Some(Ok(ParentEvent::Reject { code: RejectCode::Exhausted, .. })) => {
+                self.exhausted = true;
+                self.any_waiting = 0;
+                Ok(())
+            }
+            Some(Ok(ParentEvent::Reject { index, code })) => {
+                self.on_reject(index, code);
+                Ok(())
+            }
+            Some(Ok(ParentEvent::Piece { index, bytes, claimed })) => self.on_piece(index, bytes, claimed),
+        }
+    }
+
+    fn set_has(&mut self, index: u32, holds: bool) {
+        if let Some(h) = self.has.get_mut(index as usize) {
+            if *h != holds && !self.seed {
+                self.shared.count_holders(std::iter::once(index), if holds { 1 } else { -1 });
+            }
+            *h = holds;
+        }
+    }
+
+    fn on_reject(&mut self, index: u32, code: RejectCode) {
+        if let Some(pos) = self.inflight.iter().position(|(i, _)| *i == index) {
+            self.inflight.remove(pos);
+            self.shared.release(index);
+        }
+        if code == RejectCode::Busy {
+            // A seed still reading the origin keeps its upload for new pieces: it does hold
+            // this one, so ask again after another grace time.
+            if let Some(since) = self.seed_only_since.get_mut(index as usize) {
+                *since = Some(Instant::now());
+            }
+        } else {
+            self.set_has(index, false);
+        }
+    }
+
+    /// A piece arrived: asked by index, or handed out for a `RequestAny`. It goes to
+    /// verification and storage while the worker goes on.
+    fn on_piece(&mut self, index: u32, bytes: Vec<u8>, claimed: Option<[u8; 32]>) -> Result<(), FailReason> {
+        let now = Instant::now();
+        let (asked, by_index) = match self.inflight.iter().position(|(i, _)| *i == index) {
+            Some(pos) => (self.inflight.remove(pos).expect("position is valid").1, true),
+            None if self.any_waiting > 0 => {
+                self.any_waiting -= 1;
+                (self.last_arrival, false)
+            }
+            None => return Err(FailReason::BadPiece),
+        };
+        let cost = now - asked.max(self.last_arrival);
+        self.last_arrival = now;
+        let source = Source::Parent { host: self.parent.clone(), cost, claimed: claimed.map(PieceDigest) };
+        if by_index {
+            self.storing.push(index);
+        }
+        let shared = self.shared;
+        self.stores.push(Box::pin(async move { (index, by_index, shared.store_piece(index, bytes, source).await) }));
+        Ok(())
+    }
+
+    fn on_stored(
+        &mut self,
+        (index, by_index, stored): (u32, bool, Result<Stored, DaemonError>),
+    ) -> Result<(), FailReason> {
+        if by_index {
+            self.storing.retain(|i| *i != index);
+        }
+        let release = |i| {
+            if by_index {
+                self.shared.release(i)
             }
         };
-        let grace = async {
-            match grace_ends {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending().await,
+        match stored {
+            Ok(Stored::New) => Ok(()),
+            Ok(Stored::Skipped) => {
+                release(index);
+                Ok(())
             }
-        };
-        tokio::select! {
-            _ = sleep => {
-                tracing::info!(%parent, "parent too slow");
-                return FailReason::Slow;
+            Ok(Stored::Mismatch) => {
+                release(index);
+                tracing::warn!(parent = %self.parent, index, "piece failed verification; dropping parent");
+                Err(FailReason::BadPiece)
             }
-            _ = grace => {}
-            r = changed.changed() => {
-                if r.is_err() {
-                    return FailReason::Unspecified;
-                }
-            }
-            Some((index, by_index, stored)) = stores.next(), if !stores.is_empty() => {
-                if by_index {
-                    storing.retain(|i| *i != index);
-                }
-                let release = |i| if by_index { shared.release(i) };
-                match stored {
-                    Ok(Stored::New) => {}
-                    Ok(Stored::Skipped) => release(index),
-                    Ok(Stored::Mismatch) => {
-                        release(index);
-                        tracing::warn!(%parent, index, "piece failed verification; dropping parent");
-                        return FailReason::BadPiece;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%parent, index, error = %e, "storing piece failed");
-                        release(index);
-                        let _ = shared.events.send(crate::task::Event::Fatal(e));
-                        return FailReason::Unspecified;
-                    }
-                }
-            }
-            ev = ev_rx.recv(), if stores.len() < STORE_DEPTH => match ev {
-                None | Some(Err(_)) => return FailReason::Unreachable,
-                Some(Ok(ParentEvent::Have(i))) => {
-                    if let Some(h) = has.get_mut(i as usize) {
-                        if !*h && !seed {
-                            shared.count_holders(std::iter::once(i), 1);
-                        }
-                        *h = true;
-                    }
-                }
-                Some(Ok(ParentEvent::Reject { code: RejectCode::Exhausted, .. })) => {
-                    exhausted = true;
-                    any_waiting = 0;
-                }
-                Some(Ok(ParentEvent::Reject { index, code })) => {
-                    if let Some(pos) = inflight.iter().position(|(i, _)| *i == index) {
-                        inflight.remove(pos);
-                        shared.release(index);
-                    }
-                    if code == RejectCode::Busy {
-                        // A seed still reading the origin keeps its upload for new pieces: it
-                        // does hold this one, so ask again after another grace time.
-                        if let Some(since) = seed_only_since.get_mut(index as usize) {
-                            *since = Some(Instant::now());
-                        }
-                    } else if let Some(h) = has.get_mut(index as usize) {
-                        if *h && !seed {
-                            shared.count_holders(std::iter::once(index), -1);
-                        }
-                        *h = false;
-                    }
-                }
-                Some(Ok(ParentEvent::Piece { index, bytes, claimed })) => {
-                    let now = Instant::now();
-                    // Asked by index, or handed out in answer to a `RequestAny`.
-                    let (asked, by_index) = match inflight.iter().position(|(i, _)| *i == index) {
-                        Some(pos) => (inflight.remove(pos).expect("position is valid").1, true),
-                        None if any_waiting > 0 => {
-                            any_waiting -= 1;
-                            (last_arrival, false)
-                        }
-                        None => return FailReason::BadPiece,
-                    };
-                    let cost = now - asked.max(last_arrival);
-                    last_arrival = now;
-                    let claimed = claimed.map(PieceDigest);
-                    let source = Source::Parent { host: parent.clone(), cost, claimed };
-                    if by_index {
-                        storing.push(index);
-                    }
-                    stores.push(Box::pin(async move { (index, by_index, shared.store_piece(index, bytes, source).await) }));
-                }
+            Err(e) => {
+                tracing::warn!(parent = %self.parent, index, error = %e, "storing piece failed");
+                release(index);
+                let _ = self.shared.events.send(crate::task::Event::Fatal(e));
+                Err(FailReason::Unspecified)
             }
         }
+    }
+
+    /// The worker ends: pieces already received are stored even though the parent is
+    /// dropped (they are good until verified otherwise, and a seed hands each out only
+    /// once); what was asked and not settled goes back to the picker.
+    async fn settle(mut self) {
+        while let Some(done) = self.stores.next().await {
+            let _ = self.on_stored(done);
+        }
+        for i in self.inflight.iter().map(|(i, _)| *i).chain(self.storing.iter().copied()) {
+            self.shared.release(i);
+        }
+        if !self.seed {
+            self.shared.count_holders(held(&self.has), -1);
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 
