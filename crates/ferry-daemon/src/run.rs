@@ -104,17 +104,7 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), DaemonError> {
     let store = Arc::new(Store::open(&opts.data_dir)?);
-    let piece_addr = SocketAddr::new(opts.listen_ip, opts.piece_port);
-    let listener = ferry_transport::server::bind(piece_addr).await.map_err(|e| DaemonError::Bind {
-        what: "piece server",
-        addr: piece_addr.to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let bound = listener.local_addr().map_err(|source| DaemonError::Bind {
-        what: "piece server",
-        addr: piece_addr.to_string(),
-        source,
-    })?;
+    let (listener, bound) = bind_pieces(&opts).await?;
     let uds = bind_socket(&opts.socket).await?;
     let schedulers = Arc::new(Schedulers::new(&opts.schedulers).map_err(DaemonError::NoScheduler)?);
     let server_stats = Arc::new(ServerStats::default());
@@ -123,19 +113,7 @@ pub async fn run(
     let gc = Arc::new(crate::gc::CacheGc { store: store.clone(), registry: registry.clone(), policy: opts.gc.clone() });
     tokio::spawn(gc.clone().run(cancel.clone()));
     let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
-    let host_info: Arc<dyn Fn() -> Host + Send + Sync> = {
-        let (opts, stats) = (opts.clone(), server_stats.clone());
-        Arc::new(move || Host {
-            id: opts.host_id.to_string(),
-            ip: advertise.to_string(),
-            piece_port: bound.port() as u32,
-            zone: opts.zone.clone(),
-            rack: opts.rack.clone(),
-            upload_slots: opts.upload_slots,
-            uploads_active: stats.connections_active.load(Ordering::Relaxed) as u32,
-            seed: opts.seed,
-        })
-    };
+    let host_info = host_info(&opts, advertise, bound, server_stats.clone());
     let ctx = Arc::new(Ctx {
         opts: opts.clone(),
         store,
@@ -178,15 +156,7 @@ pub async fn run(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             while let Some(order) = orders_rx.recv().await {
-                match order {
-                    host_command::Command::Fetch(f) => fetch_order(&ctx, f),
-                    host_command::Command::Cancel(c) => {
-                        let Some(id) = TaskId::from_slice(&c.task_id) else { continue };
-                        if let Some(h) = ctx.registry.all().into_iter().find(|h| h.id == id) {
-                            h.cancel.cancel();
-                        }
-                    }
-                }
+                on_order(&ctx, order);
             }
         });
     }
@@ -205,6 +175,47 @@ pub async fn run(
         addr: opts.socket.display().to_string(),
         source: std::io::Error::other(e),
     })
+}
+
+async fn bind_pieces(opts: &DaemonOptions) -> Result<(tokio::net::TcpListener, SocketAddr), DaemonError> {
+    let addr = SocketAddr::new(opts.listen_ip, opts.piece_port);
+    let bind_err = |source| DaemonError::Bind { what: "piece server", addr: addr.to_string(), source };
+    let listener = ferry_transport::server::bind(addr).await.map_err(|e| bind_err(std::io::Error::other(e)))?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, bound))
+}
+
+/// What this host tells schedulers about itself with every keepalive.
+fn host_info(
+    opts: &DaemonOptions,
+    advertise: std::net::IpAddr,
+    bound: SocketAddr,
+    stats: Arc<ServerStats>,
+) -> Arc<dyn Fn() -> Host + Send + Sync> {
+    let opts = opts.clone();
+    Arc::new(move || Host {
+        id: opts.host_id.to_string(),
+        ip: advertise.to_string(),
+        piece_port: bound.port() as u32,
+        zone: opts.zone.clone(),
+        rack: opts.rack.clone(),
+        upload_slots: opts.upload_slots,
+        uploads_active: stats.connections_active.load(Ordering::Relaxed) as u32,
+        seed: opts.seed,
+    })
+}
+
+/// A scheduler's order to this (seed) host.
+fn on_order(ctx: &Arc<Ctx>, order: host_command::Command) {
+    match order {
+        host_command::Command::Fetch(f) => fetch_order(ctx, f),
+        host_command::Command::Cancel(c) => {
+            let Some(id) = TaskId::from_slice(&c.task_id) else { return };
+            if let Some(h) = ctx.registry.all().into_iter().find(|h| h.id == id) {
+                h.cancel.cancel();
+            }
+        }
+    }
 }
 
 /// Binds the local API socket, refusing when another daemon answers on it and clearing a
