@@ -94,8 +94,11 @@ impl Dispense {
 impl Availability {
     /// `dispensing`: show pieces only once handed out (see the module docs).
     pub fn new(piece_count: u32, dispensing: bool) -> Self {
-        let (haves, _) = broadcast::channel(4096);
         let n = piece_count as usize;
+        // The channel allocates all its slots up front: sized by the task, not for the
+        // largest one (a finished 1-piece task must not cost 160 KiB). A child that falls
+        // behind gets the whole picture again (`Lagged`), so a small one is only slower.
+        let (haves, _) = broadcast::channel(n.clamp(16, 4096));
         let dispense = dispensing.then(|| Dispense { holder: vec![None; n], ..Default::default() });
         let inner = Mutex::new(Inner { held: vec![false; n], digests: vec![[0; 32]; n], held_count: 0, dispense });
         Self { inner, haves, next_child: AtomicU64::new(1), children: Default::default() }
