@@ -103,6 +103,7 @@ pub async fn run(
     cancel: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 ) -> Result<(), DaemonError> {
+    raise_fd_limit();
     let store = Arc::new(Store::open(&opts.data_dir)?);
     let (listener, bound) = bind_pieces(&opts).await?;
     let uds = bind_socket(&opts.socket).await?;
@@ -175,6 +176,23 @@ pub async fn run(
         addr: opts.socket.display().to_string(),
         source: std::io::Error::other(e),
     })
+}
+
+/// Lifts the soft limit on open files to the hard one: every connection and every cached
+/// task holds a descriptor, and the usual soft default of 1,024 would cap a daemon at about
+/// a thousand tasks or peers.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain getrlimit/setrlimit on a properly initialised struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = soft, to = lim.rlim_max, "raised the open-file limit");
+            }
+        }
+    }
 }
 
 async fn bind_pieces(opts: &DaemonOptions) -> Result<(tokio::net::TcpListener, SocketAddr), DaemonError> {

@@ -151,3 +151,24 @@ async fn without_a_seed_a_peer_that_left_does_not_keep_the_origin_permission() {
     assert!(matches!(got, Ok(Ok(()))), "b did not get the file within 10 s: {got:?}");
     assert!(s.verify("f.bin", &s.out("b")));
 }
+
+/// A daemon started under the common soft limit of 1,024 open files lifts it to the hard
+/// limit: each connection and each cached task holds a descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_lifts_its_open_file_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit on this test's own process (nextest runs each test alone).
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if lim.rlim_max <= 1024 {
+        eprintln!("skipping: the hard limit is {} here", lim.rlim_max);
+        return;
+    }
+    let low = libc::rlimit { rlim_cur: 1024, rlim_max: lim.rlim_max };
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+    let s = Setup::start(Spec { peers: 1, ..Default::default() }).await;
+    let pid = s.cluster.pid("peer-0").expect("running");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+    assert_eq!(soft, lim.rlim_max as u64, "{line}");
+}
