@@ -170,5 +170,5 @@ async fn the_daemon_lifts_its_open_file_limit() {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
     let soft: u64 = line.split_whitespace().nth(3).unwrap().parse().unwrap();
-    assert_eq!(soft, lim.rlim_max as u64, "{line}");
+    assert_eq!(soft, lim.rlim_max, "{line}");
 }
