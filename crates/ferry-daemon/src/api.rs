@@ -315,6 +315,13 @@ impl Daemon for Api {
                 })
             })
             .collect();
+        let workers = self
+            .ctx
+            .workers
+            .list()
+            .into_iter()
+            .map(|(name, status)| ferry_proto::daemon::WorkerInfo { name, status: status.to_string() })
+            .collect();
         Ok(Response::new(StatsResponse {
             host_id: self.ctx.opts.host_id.to_string(),
             bytes_from_origin: Counters::get(&c.bytes_from_origin),
@@ -326,6 +333,7 @@ impl Daemon for Api {
             pieces_resumed: Counters::get(&c.pieces_resumed),
             pieces_rejected: Counters::get(&c.pieces_rejected),
             tasks,
+            workers,
         }))
     }
 }

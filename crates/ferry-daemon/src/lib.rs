@@ -25,6 +25,7 @@ pub mod retry;
 pub mod run;
 pub mod schedulers;
 pub mod task;
+pub mod workers;
 
 pub use error::DaemonError;
 pub use options::DaemonOptions;

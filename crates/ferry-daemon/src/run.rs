@@ -29,6 +29,8 @@ pub struct Ctx {
     pub server_stats: Arc<ServerStats>,
     pub registry: Arc<Registry>,
     pub gc: Arc<crate::gc::CacheGc>,
+    /// The background loops, with their status (`Stats.workers`).
+    pub workers: Arc<crate::workers::Workers>,
     pub schedulers: Arc<Schedulers>,
     pub backend: HttpBackend,
     pub host_info: Arc<dyn Fn() -> Host + Send + Sync>,
@@ -111,8 +113,9 @@ pub async fn run(
     let server_stats = Arc::new(ServerStats::default());
     let registry = Arc::new(Registry::default());
 
+    let workers = Arc::new(crate::workers::Workers::default());
     let gc = Arc::new(crate::gc::CacheGc { store: store.clone(), registry: registry.clone(), policy: opts.gc.clone() });
-    tokio::spawn(gc.clone().run(cancel.clone()));
+    workers.spawn("cache-collector", cancel.clone(), gc.clone().run(cancel.clone()));
     let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
     let host_info = host_info(&opts, advertise, bound, server_stats.clone());
     let ctx = Arc::new(Ctx {
@@ -122,6 +125,7 @@ pub async fn run(
         server_stats: server_stats.clone(),
         registry: registry.clone(),
         gc: gc.clone(),
+        workers: workers.clone(),
         schedulers: schedulers.clone(),
         backend: HttpBackend::new(&HttpOptions { ca_certs: opts.ca_certs.clone(), ..Default::default() })?,
         host_info: host_info.clone(),
@@ -129,7 +133,7 @@ pub async fn run(
         authorized: Default::default(),
     });
 
-    tokio::spawn(serve(
+    let server = serve(
         listener,
         registry,
         ServerOptions {
@@ -139,9 +143,10 @@ pub async fn run(
         },
         server_stats,
         cancel.clone(),
-    ));
+    );
+    workers.spawn("piece-server", cancel.clone(), server);
     let (orders_tx, mut orders_rx) = tokio::sync::mpsc::unbounded_channel();
-    schedulers.spawn_sessions(host_info, orders_tx, cancel.clone());
+    schedulers.spawn_sessions(host_info, orders_tx, &workers, cancel.clone());
     let silent = schedulers.settle(Duration::from_secs(5)).await;
     if silent.len() == opts.schedulers.len() {
         tracing::warn!(
@@ -155,7 +160,7 @@ pub async fn run(
     {
         // A seed's orders from schedulers: fetch this task from origin, or stop fetching it.
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        workers.spawn("scheduler-orders", cancel.clone(), async move {
             while let Some(order) = orders_rx.recv().await {
                 on_order(&ctx, order);
             }

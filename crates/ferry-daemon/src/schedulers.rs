@@ -88,16 +88,13 @@ impl Schedulers {
         self: &Arc<Self>,
         host: Arc<dyn Fn() -> Host + Send + Sync>,
         fetches: mpsc::UnboundedSender<host_command::Command>,
+        workers: &crate::workers::Workers,
         cancel: CancellationToken,
     ) {
         for i in 0..self.entries.len() {
-            let (this, host, fetches, cancel) = (self.clone(), host.clone(), fetches.clone(), cancel.clone());
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = cancel.cancelled() => {}
-                    _ = this.session_worker(i, host, fetches) => {}
-                }
-            });
+            let (this, host, fetches) = (self.clone(), host.clone(), fetches.clone());
+            let name = format!("host-session {}", self.entries[i].addr);
+            workers.spawn(name, cancel.clone(), async move { this.session_worker(i, host, fetches).await });
         }
     }
 

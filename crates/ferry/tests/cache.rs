@@ -63,3 +63,16 @@ async fn a_task_being_downloaded_is_never_collected() {
     let complete = log.find("task complete").expect("the task completed");
     assert!(log.find("removed from the cache").is_none_or(|at| at > complete), "collected while in use:\n{log}");
 }
+
+/// The daemon's background loops answer for themselves in `Stats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_workers_report_their_status() {
+    let s = Setup::start(Spec { peers: 1, ..Default::default() }).await;
+    let workers = stats(&s.peers[0]).await.unwrap().workers;
+    let names: Vec<&str> = workers.iter().map(|w| w.name.as_str()).collect();
+    for want in ["cache-collector", "piece-server", "scheduler-orders"] {
+        assert!(names.contains(&want), "{names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("host-session ")), "{names:?}");
+    assert!(workers.iter().all(|w| w.status == "running"), "{workers:?}");
+}
