@@ -164,7 +164,7 @@ impl Download {
         if self.link || self.sink.is_some() || !allowed {
             return;
         }
-        match output::OutputSink::create(&self.output, *content.file.layout()) {
+        match output::OutputSink::create(&self.output, *content.file.layout(), Some(self.ctx.store.clone())) {
             Ok(sink) => {
                 let sink = Arc::new(sink);
                 handle.sinks.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&sink));

@@ -101,6 +101,9 @@ fn clone_or_copy(content: &Path, to: &Path) -> std::io::Result<()> {
 /// temporary file is removed.
 pub struct OutputSink {
     tmp: PathBuf,
+    /// Where the temporary file is noted, so a daemon that dies before landing it removes it
+    /// at its next start.
+    journal: Option<std::sync::Arc<ferry_storage::Store>>,
     file: std::fs::File,
     layout: PieceLayout,
     written: Mutex<Vec<bool>>,
@@ -108,13 +111,23 @@ pub struct OutputSink {
 }
 
 impl OutputSink {
-    pub fn create(output: &Path, layout: PieceLayout) -> Result<Self, DaemonError> {
+    pub fn create(
+        output: &Path,
+        layout: PieceLayout,
+        journal: Option<std::sync::Arc<ferry_storage::Store>>,
+    ) -> Result<Self, DaemonError> {
         check_output(output)?;
         let tmp = temp_path(output);
         let err = |source| DaemonError::WriteOutput { path: output.display().to_string(), source };
+        if let Some(j) = &journal {
+            if let Err(e) = j.output_started(&tmp) {
+                tracing::debug!(error = %e, "could not note a temporary output");
+            }
+        }
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(err)?;
         let sink = Self {
             tmp,
+            journal,
             file,
             layout,
             written: Mutex::new(vec![false; layout.piece_count() as usize]),
@@ -165,6 +178,9 @@ impl Drop for OutputSink {
     fn drop(&mut self) {
         if !self.landed.load(Ordering::Relaxed) {
             let _ = std::fs::remove_file(&self.tmp);
+        }
+        if let Some(j) = &self.journal {
+            let _ = j.output_ended(&self.tmp);
         }
     }
 }
@@ -231,7 +247,7 @@ mod tests {
         std::fs::write(&content, &bytes).unwrap();
         let layout = PieceLayout::new(bytes.len() as u64, piece as u32).unwrap();
         let out = dir.path().join("out");
-        let sink = OutputSink::create(&out, layout).unwrap();
+        let sink = OutputSink::create(&out, layout, None).unwrap();
         sink.write_piece(layout.index(1).unwrap(), &bytes[piece..2 * piece]).unwrap();
         sink.land(&content, &out).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), bytes);
@@ -239,7 +255,7 @@ mod tests {
         assert!(out.exists(), "a landed sink keeps its file");
         // One that never lands leaves nothing behind.
         let other = dir.path().join("other");
-        drop(OutputSink::create(&other, layout).unwrap());
+        drop(OutputSink::create(&other, layout, None).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 

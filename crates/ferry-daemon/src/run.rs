@@ -107,6 +107,11 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     raise_fd_limit();
     let store = Arc::new(Store::open(&opts.data_dir)?);
+    match store.remove_stale_outputs() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed temporary outputs a previous run left behind"),
+        Err(e) => tracing::warn!(error = %e, "could not clear temporary outputs of a previous run"),
+    }
     let (listener, bound) = bind_pieces(&opts).await?;
     let uds = bind_socket(&opts.socket).await?;
     let schedulers = Arc::new(Schedulers::new(&opts.schedulers).map_err(DaemonError::NoScheduler)?);

@@ -18,6 +18,9 @@ const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
 const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces");
 /// task id -> when a request last asked for it (seconds since the Unix epoch).
 const USED: TableDefinition<&[u8], u64> = TableDefinition::new("used");
+/// Temporary output files being written (path -> nothing): removed at the next start if the
+/// daemon died before landing them.
+const OUTPUTS: TableDefinition<&str, ()> = TableDefinition::new("outputs");
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TaskRecord {
@@ -103,6 +106,7 @@ fn open_database(root: &Path) -> Result<Database, StorageError> {
     tx.open_table(TASKS)?;
     tx.open_table(PIECES)?;
     tx.open_table(USED)?;
+    tx.open_table(OUTPUTS)?;
     tx.commit()?;
     Ok(db)
 }
@@ -162,6 +166,42 @@ impl Store {
         tx.open_table(USED)?.insert(&task.0[..], now_unix)?;
         self.note(tx.commit().map_err(StorageError::from))?;
         Ok(())
+    }
+
+    /// Notes that a temporary output file is being written at `path`.
+    pub fn output_started(&self, path: &Path) -> Result<(), StorageError> {
+        let mut tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        tx.set_durability(Durability::Eventual);
+        tx.open_table(OUTPUTS)?.insert(path.to_string_lossy().as_ref(), ())?;
+        self.note(tx.commit().map_err(StorageError::from))?;
+        Ok(())
+    }
+
+    /// The temporary output at `path` was landed or removed.
+    pub fn output_ended(&self, path: &Path) -> Result<(), StorageError> {
+        let mut tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        tx.set_durability(Durability::Eventual);
+        tx.open_table(OUTPUTS)?.remove(path.to_string_lossy().as_ref())?;
+        self.note(tx.commit().map_err(StorageError::from))?;
+        Ok(())
+    }
+
+    /// Removes the temporary outputs a previous run left behind (it died before landing
+    /// them) and forgets them; returns how many there were.
+    pub fn remove_stale_outputs(&self) -> Result<usize, StorageError> {
+        let tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        let mut n = 0;
+        {
+            let mut table = tx.open_table(OUTPUTS)?;
+            let paths: Vec<String> = table.iter()?.filter_map(|e| e.ok().map(|(k, _)| k.value().to_owned())).collect();
+            for p in &paths {
+                let _ = std::fs::remove_file(p);
+                table.remove(p.as_str())?;
+                n += 1;
+            }
+        }
+        self.note(tx.commit().map_err(StorageError::from))?;
+        Ok(n)
     }
 
     /// Every task with a record, its last use and its size on disk.

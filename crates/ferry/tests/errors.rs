@@ -157,11 +157,24 @@ async fn a_daemon_killed_mid_download_is_named_with_its_own_exit_code() {
         (common::stats(&s.peers[0]).await?.bytes_from_peers > 0).then_some(())
     })
     .await;
+    let args = s.cluster.args_of("peer-0").unwrap();
     s.cluster.kill("peer-0").await;
     let o = child.wait_with_output().await.unwrap();
     assert_eq!(o.status.code(), Some(exit::DAEMON_LOST as i32), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(one_line(&o).contains("lost the connection to the daemon"));
     assert!(!out.exists());
+    // The output it was writing alongside is left; the daemon removes it when it starts again.
+    let temps = || -> Vec<_> {
+        let dir = out.parent().unwrap();
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".ferry-"))
+            .collect()
+    };
+    assert_eq!(temps().len(), 1, "the killed daemon's temporary output");
+    s.cluster.restart("peer-0", args).await.unwrap();
+    assert!(temps().is_empty(), "{:?} survived the restart", temps());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
