@@ -324,10 +324,9 @@ impl Shared {
 
     /// Verifies, writes and records one piece from a parent. Its digest must match the
     /// known one (the scheduler's; see [`Shared::digest_of`] for when a parent's word
-    /// stands in). The piece is hashed and written to the content file and to the outputs
-    /// being written alongside in one pass, slice by slice, so each byte leaves memory
-    /// once more rather than three times; it counts only once its digest matched and it is
-    /// recorded.
+    /// stands in). Only a verified piece is written, to the content file and to the outputs
+    /// being written alongside, slice by slice so each slice is read from memory once for
+    /// both; it counts once it is recorded.
     pub async fn store_piece(&self, index: u32, bytes: Vec<u8>, source: Source) -> Result<Stored, DaemonError> {
         let Some(content) = self.handle.content.get() else {
             return Ok(Stored::Skipped);
@@ -351,7 +350,7 @@ impl Shared {
         let (file, store, task) = (content.file.clone(), self.ctx.store.clone(), self.handle.id);
         let sinks = self.handle.live_sinks();
         let written = tokio::task::spawn_blocking(move || -> Result<_, DaemonError> {
-            let digest = write_hashing(&file, idx, &bytes, &sinks)?;
+            let digest = verify_and_write(&file, idx, &bytes, known, &sinks)?;
             if digest != known {
                 return Ok((digest, vec![]));
             }
@@ -413,29 +412,36 @@ impl Shared {
     }
 }
 
-/// Slices small enough to stay in the CPU's cache between hashing them and writing them.
+/// Slices small enough to stay in the CPU's cache between the cache write and the output
+/// writes.
 const SLICE: usize = 256 * 1024;
 
-/// Hashes `bytes` and writes them at the piece's offset, to the content file and to each
-/// output, slice by slice. Output writes are best effort: an output that misses a piece is
-/// filled from the cache when it lands.
-fn write_hashing(
+/// Verifies `bytes` against `known` and only then writes them at the piece's offset, to the
+/// content file and to each output, slice by slice (each slice read from memory once for
+/// both writes). Nothing unverified is written: two copies of a piece may be stored at once
+/// (end game), and a bad one must never land over a good one already recorded. Output
+/// writes are best effort: an output that misses a piece is filled from the cache when it
+/// lands. Returns the digest the bytes have.
+fn verify_and_write(
     file: &ferry_storage::TaskFile,
     idx: ferry_types::PieceIndex,
     bytes: &[u8],
+    known: PieceDigest,
     sinks: &[Arc<crate::output::OutputSink>],
 ) -> Result<PieceDigest, DaemonError> {
-    let mut hasher = blake3::Hasher::new();
+    let digest = PieceDigest::of(bytes);
+    if digest != known {
+        return Ok(digest);
+    }
     let base = file.layout().offset(idx);
     for (i, slice) in bytes.chunks(SLICE).enumerate() {
-        hasher.update(slice);
         let at = base + (i * SLICE) as u64;
         file.write_slice(idx, at, slice)?;
         for s in sinks {
             let _ = s.write_at(at, slice);
         }
     }
-    Ok(PieceDigest(*hasher.finalize().as_bytes()))
+    Ok(digest)
 }
 
 /// Runs a task until the daemon stops; publishes the outcome on the handle's progress.
