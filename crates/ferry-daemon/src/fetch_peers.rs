@@ -29,7 +29,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
 use tokio::sync::mpsc;
 
-use crate::task::{Shared, Source, Stored};
+use crate::task::{Shared, Stored};
 use crate::DaemonError;
 
 /// `RequestAny`s a child keeps waiting at a seed. Two, so the next piece can be on its way
@@ -54,10 +54,9 @@ struct Worker<'a> {
     writer: ParentWriter,
     /// Asked of the parent, not arrived: (index, when asked).
     inflight: VecDeque<(u32, Instant)>,
-    /// Arrived, being verified and stored.
+    /// Arrived, being verified and stored; drained before the worker ends, so every piece
+    /// that holds a picker slot is settled.
     stores: FuturesUnordered<Storing<'a>>,
-    /// Indices among `stores` that were asked for by index (they hold a picker slot).
-    storing: Vec<u32>,
     /// What the parent holds.
     has: Vec<bool>,
     rng: rand::rngs::StdRng,
@@ -146,7 +145,6 @@ impl<'a> Worker<'a> {
             writer,
             inflight: VecDeque::new(),
             stores: FuturesUnordered::new(),
-            storing: vec![],
             seed_only_since: vec![None; has.len()],
             has,
             rng: rand::rngs::StdRng::from_entropy(),
@@ -274,12 +272,9 @@ impl<'a> Worker<'a> {
         };
         let cost = now - asked.max(self.last_arrival);
         self.last_arrival = now;
-        let source = Source::Parent { host: self.parent.clone(), cost, claimed: claimed.map(PieceDigest) };
-        if by_index {
-            self.storing.push(index);
-        }
-        let shared = self.shared;
-        self.stores.push(Box::pin(async move { (index, by_index, shared.store_piece(index, bytes, source).await) }));
+        let (shared, parent, claimed) = (self.shared, self.parent.clone(), claimed.map(PieceDigest));
+        let store = async move { (index, by_index, shared.store_piece(index, bytes, parent, cost, claimed).await) };
+        self.stores.push(Box::pin(store));
         Ok(())
     }
 
@@ -287,9 +282,6 @@ impl<'a> Worker<'a> {
         &mut self,
         (index, by_index, stored): (u32, bool, Result<Stored, DaemonError>),
     ) -> Result<(), FailReason> {
-        if by_index {
-            self.storing.retain(|i| *i != index);
-        }
         let release = |i| {
             if by_index {
                 self.shared.release(i)
@@ -322,8 +314,8 @@ impl<'a> Worker<'a> {
         while let Some(done) = self.stores.next().await {
             let _ = self.on_stored(done);
         }
-        for i in self.inflight.iter().map(|(i, _)| *i).chain(self.storing.iter().copied()) {
-            self.shared.release(i);
+        for (i, _) in &self.inflight {
+            self.shared.release(*i);
         }
         if !self.seed {
             self.shared.count_holders(held(&self.has), -1);

@@ -34,12 +34,7 @@ use crate::DaemonError;
 #[derive(Clone, Debug)]
 pub enum Source {
     Origin,
-    /// `claimed`: the digest the parent recorded for the piece (see [`Shared::store_piece`]).
-    Parent {
-        host: HostId,
-        cost: Duration,
-        claimed: Option<PieceDigest>,
-    },
+    Parent { host: HostId, cost: Duration },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -327,7 +322,14 @@ impl Shared {
     /// stands in). Only a verified piece is written, to the content file and to the outputs
     /// being written alongside, slice by slice so each slice is read from memory once for
     /// both; it counts once it is recorded.
-    pub async fn store_piece(&self, index: u32, bytes: Vec<u8>, source: Source) -> Result<Stored, DaemonError> {
+    pub async fn store_piece(
+        &self,
+        index: u32,
+        bytes: Vec<u8>,
+        parent: HostId,
+        cost: Duration,
+        claimed: Option<PieceDigest>,
+    ) -> Result<Stored, DaemonError> {
         let Some(content) = self.handle.content.get() else {
             return Ok(Stored::Skipped);
         };
@@ -341,10 +343,7 @@ impl Shared {
         if self.is_done(index) {
             return Ok(Stored::Skipped);
         }
-        let Source::Parent { claimed, .. } = &source else {
-            return Err(DaemonError::BadRequest("origin pieces are written by the origin reader".into()));
-        };
-        let Some(known) = self.digest_of(index, *claimed, self.ctx.opts.piece_timeout).await else {
+        let Some(known) = self.digest_of(index, claimed, self.ctx.opts.piece_timeout).await else {
             return Ok(Stored::Skipped);
         };
         let (file, store, task) = (content.file.clone(), self.ctx.store.clone(), self.handle.id);
@@ -362,7 +361,7 @@ impl Shared {
             Counters::add(&self.ctx.counters.pieces_rejected, 1);
             return Ok(Stored::Mismatch);
         }
-        if !self.accept(index, digest, source) {
+        if !self.accept(index, digest, Source::Parent { host: parent, cost }) {
             return Ok(Stored::Skipped);
         }
         for s in sinks {
@@ -833,9 +832,7 @@ impl TaskRun {
                 self.last_progress = Instant::now();
                 let (parent, cost) = match source {
                     Source::Origin => (String::new(), 0),
-                    Source::Parent { host, cost, .. } => {
-                        (host.to_string(), cost.as_micros().min(u32::MAX as u128) as u32)
-                    }
+                    Source::Parent { host, cost } => (host.to_string(), cost.as_micros().min(u32::MAX as u128) as u32),
                 };
                 self.pending.push(FinishedPiece {
                     index,

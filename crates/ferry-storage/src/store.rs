@@ -151,6 +151,18 @@ impl Store {
         Ok(Db(guard))
     }
 
+    fn write_tx(&self) -> Result<redb::WriteTransaction, StorageError> {
+        self.note(self.db()?.begin_write().map_err(StorageError::from))
+    }
+
+    fn read_tx(&self) -> Result<redb::ReadTransaction, StorageError> {
+        self.note(self.db()?.begin_read().map_err(StorageError::from))
+    }
+
+    fn commit(&self, tx: redb::WriteTransaction) -> Result<(), StorageError> {
+        self.note(tx.commit().map_err(StorageError::from))
+    }
+
     /// Passes `r` on, remembering when it was an I/O error of the database.
     fn note<T>(&self, r: Result<T, StorageError>) -> Result<T, StorageError> {
         if matches!(r, Err(StorageError::DatabaseIo { .. })) {
@@ -161,35 +173,35 @@ impl Store {
 
     /// Records that a request asked for the task now (what least-recently-used means).
     pub fn touch(&self, task: TaskId, now_unix: u64) -> Result<(), StorageError> {
-        let mut tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        let mut tx = self.write_tx()?;
         tx.set_durability(Durability::Eventual);
         tx.open_table(USED)?.insert(&task.0[..], now_unix)?;
-        self.note(tx.commit().map_err(StorageError::from))?;
+        self.commit(tx)?;
         Ok(())
     }
 
     /// Notes that a temporary output file is being written at `path`.
     pub fn output_started(&self, path: &Path) -> Result<(), StorageError> {
-        let mut tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        let mut tx = self.write_tx()?;
         tx.set_durability(Durability::Eventual);
         tx.open_table(OUTPUTS)?.insert(path.to_string_lossy().as_ref(), ())?;
-        self.note(tx.commit().map_err(StorageError::from))?;
+        self.commit(tx)?;
         Ok(())
     }
 
     /// The temporary output at `path` was landed or removed.
     pub fn output_ended(&self, path: &Path) -> Result<(), StorageError> {
-        let mut tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        let mut tx = self.write_tx()?;
         tx.set_durability(Durability::Eventual);
         tx.open_table(OUTPUTS)?.remove(path.to_string_lossy().as_ref())?;
-        self.note(tx.commit().map_err(StorageError::from))?;
+        self.commit(tx)?;
         Ok(())
     }
 
     /// Removes the temporary outputs a previous run left behind (it died before landing
     /// them) and forgets them; returns how many there were.
     pub fn remove_stale_outputs(&self) -> Result<usize, StorageError> {
-        let tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        let tx = self.write_tx()?;
         let mut n = 0;
         {
             let mut table = tx.open_table(OUTPUTS)?;
@@ -200,14 +212,14 @@ impl Store {
                 n += 1;
             }
         }
-        self.note(tx.commit().map_err(StorageError::from))?;
+        self.commit(tx)?;
         Ok(n)
     }
 
     /// Every task with a record, its last use and its size on disk.
     pub fn tasks(&self) -> Result<Vec<StoredTask>, StorageError> {
         use std::os::unix::fs::MetadataExt;
-        let tx = self.note(self.db()?.begin_read().map_err(StorageError::from))?;
+        let tx = self.read_tx()?;
         let (tasks, used) = (tx.open_table(TASKS)?, tx.open_table(USED)?);
         let mut out = vec![];
         for entry in tasks.iter()? {
@@ -239,7 +251,7 @@ impl Store {
     }
 
     fn held_pieces(&self, task: TaskId, layout: &PieceLayout) -> Result<HeldPieces, StorageError> {
-        let tx = self.note(self.db()?.begin_read().map_err(StorageError::from))?;
+        let tx = self.read_tx()?;
         let table = tx.open_table(PIECES)?;
         let mut lo = [0u8; 36];
         lo[..32].copy_from_slice(&task.0);
@@ -276,12 +288,12 @@ impl PieceStore for Store {
                 })
             }
             None => {
-                let tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+                let tx = self.write_tx()?;
                 {
                     let json = serde_json::to_vec(record).expect("record serializes");
                     tx.open_table(TASKS)?.insert(&task.0[..], &json[..])?;
                 }
-                self.note(tx.commit().map_err(StorageError::from))?;
+                self.commit(tx)?;
                 vec![]
             }
         };
@@ -299,12 +311,12 @@ impl PieceStore for Store {
     }
 
     fn record_piece(&self, task: TaskId, index: PieceIndex, digest: PieceDigest) -> Result<(), StorageError> {
-        let mut tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        let mut tx = self.write_tx()?;
         // Eventual: written to the file without fsync; survives a killed process, which is
         // the failure resume must handle. A lost record after power loss costs one refetch.
         tx.set_durability(Durability::Eventual);
         tx.open_table(PIECES)?.insert(&piece_key(task, index)[..], &digest.0[..])?;
-        self.note(tx.commit().map_err(StorageError::from))?;
+        self.commit(tx)?;
         Ok(())
     }
 
@@ -321,7 +333,7 @@ impl PieceStore for Store {
     }
 
     fn task_record(&self, task: TaskId) -> Result<Option<TaskRecord>, StorageError> {
-        let tx = self.note(self.db()?.begin_read().map_err(StorageError::from))?;
+        let tx = self.read_tx()?;
         let table = tx.open_table(TASKS)?;
         let Some(v) = table.get(&task.0[..])? else {
             return Ok(None);
@@ -334,7 +346,7 @@ impl PieceStore for Store {
 
 impl Store {
     fn remove_records(&self, task: TaskId) -> Result<(), StorageError> {
-        let tx = self.note(self.db()?.begin_write().map_err(StorageError::from))?;
+        let tx = self.write_tx()?;
         {
             tx.open_table(TASKS)?.remove(&task.0[..])?;
             tx.open_table(USED)?.remove(&task.0[..])?;
@@ -345,7 +357,7 @@ impl Store {
             hi[32..].copy_from_slice(&[0xff; 4]);
             pieces.retain_in(&lo[..]..=&hi[..], |_, _| false)?;
         }
-        self.note(tx.commit().map_err(StorageError::from))?;
+        self.commit(tx)?;
         Ok(())
     }
 }
