@@ -23,7 +23,7 @@ use ferry_types::{FileDigest, FileHasher, PieceDigest, PieceIndex, PieceLayout};
 use tokio::sync::mpsc;
 
 use crate::retry::Backoff;
-use crate::task::{ContentMeta, Event, Shared, Source};
+use crate::shared::{ContentMeta, Event, Shared, Source};
 use crate::DaemonError;
 
 pub async fn fetch(shared: &Arc<Shared>, piece_size: u32) -> Result<(), DaemonError> {

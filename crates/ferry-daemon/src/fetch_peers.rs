@@ -29,7 +29,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
 use tokio::sync::mpsc;
 
-use crate::task::{Shared, Stored};
+use crate::shared::{Event, Shared, Stored};
 use crate::DaemonError;
 
 /// `RequestAny`s a child keeps waiting at a seed. Two, so the next piece can be on its way
@@ -301,7 +301,7 @@ impl<'a> Worker<'a> {
             Err(e) => {
                 tracing::warn!(parent = %self.parent, index, error = %e, "storing piece failed");
                 release(index);
-                let _ = self.shared.events.send(crate::task::Event::Fatal(e));
+                let _ = self.shared.events.send(Event::Fatal(e));
                 Err(FailReason::Unspecified)
             }
         }

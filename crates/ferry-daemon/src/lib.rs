@@ -3,7 +3,9 @@
 //!
 //! - [`options`]: what an operator can set; [`advertise`]: the address peers reach us on.
 //! - [`schedulers`]: host sessions to every scheduler and the rendezvous pick of a task's one.
-//! - [`task`]: one task's download, shared by every local request for it.
+//! - [`task`]: one task's download, shared by every local request for it; [`shared`]: what
+//!   its driver and piece workers share, and how a verified piece lands in storage.
+//! - [`gc`]: the cache collector; [`workers`]: the background loops and their status.
 //! - [`fetch_origin`], [`fetch_peers`]: the two ways pieces arrive.
 //! - [`api`]: the local API ([`local`]: its client, for CLIs and tools); [`output`]: landing the file at the caller's path.
 
@@ -24,6 +26,7 @@ pub mod registry;
 pub mod retry;
 pub mod run;
 pub mod schedulers;
+pub mod shared;
 pub mod task;
 pub mod workers;
 
