@@ -113,12 +113,7 @@ async fn disk_full_is_reported_and_leaves_no_file() {
     let small = s.cluster.start_daemon("small", false, &[]).await.unwrap();
     s.wait_hosts(10).await;
     let out = s.out("full");
-    let o = tokio::process::Command::new(bin())
-        .args(["get", &s.origin.url("f.bin"), "-O", out.to_str().unwrap(), "--socket"])
-        .arg(&small.socket)
-        .output()
-        .await
-        .unwrap();
+    let o = common::ferry_get(&small.socket, &s.origin.url("f.bin"), &out, &[]).await;
     assert_eq!(o.status.code(), Some(exit::DISK_FULL as i32), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(one_line(&o).contains("No space left"));
     assert!(!out.exists());
@@ -131,12 +126,7 @@ async fn disk_full_is_reported_and_leaves_no_file() {
     assert!(temps.is_empty(), "a failed download left {temps:?}");
     // The failed task's partial file is gone: a small download on the same host works.
     let out = s.out("small-after");
-    let o = tokio::process::Command::new(bin())
-        .args(["get", &s.origin.url("s.bin"), "-O", out.to_str().unwrap(), "--socket"])
-        .arg(&small.socket)
-        .output()
-        .await
-        .unwrap();
+    let o = common::ferry_get(&small.socket, &s.origin.url("s.bin"), &out, &[]).await;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(s.verify("s.bin", &out));
     s.cluster.kill("small").await;

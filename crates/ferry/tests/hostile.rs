@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{bin, download, Setup, Spec};
+use common::{download, Setup, Spec};
 use ferry::exit;
 use ferry_proto::scheduler::scheduler_client::SchedulerClient;
 use ferry_proto::scheduler::{peer_message, FinishedPiece, Host, PeerMessage, PiecesFinished, Register, TaskInfo};
@@ -127,12 +127,7 @@ async fn a_seed_whose_disk_fills_reports_storage_full_to_waiting_peers() {
     let peer = s.cluster.start_daemon("peer", false, &[]).await.unwrap();
     s.wait_hosts(2).await;
     let out = s.out("full");
-    let o = tokio::process::Command::new(bin())
-        .args(["get", &s.origin.url("f.bin"), "-O", out.to_str().unwrap(), "--socket"])
-        .arg(&peer.socket)
-        .output()
-        .await
-        .unwrap();
+    let o = common::ferry_get(&peer.socket, &s.origin.url("f.bin"), &out, &[]).await;
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(exit::DISK_FULL as i32), "{err}");
     assert!(err.contains("No space left"), "{err}");

@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{bin, Setup, Spec};
+use common::{Setup, Spec};
 use ferry::exit;
 use ferry_demo::origin::OriginOptions;
 
@@ -15,18 +15,8 @@ const TOKEN: &str = "right-t0ken-5ecret";
 const WRONG: &str = "wrong-t0ken-5ecret";
 
 async fn get(s: &Setup, peer: usize, url: &str, out: &std::path::Path, extra: &[&str]) -> Output {
-    tokio::process::Command::new(bin())
-        .arg("get")
-        .arg(url)
-        .arg("-O")
-        .arg(out)
-        .args(extra)
-        .arg("--quiet")
-        .arg("--socket")
-        .arg(&s.peers[peer].socket)
-        .output()
-        .await
-        .unwrap()
+    let extra: Vec<&str> = extra.iter().copied().chain(["--quiet"]).collect();
+    common::ferry_get(&s.peers[peer].socket, url, out, &extra).await
 }
 
 fn stderr(o: &Output) -> String {

@@ -126,6 +126,21 @@ impl Setup {
     }
 }
 
+/// `ferry get URL -O OUT EXTRA... --socket SOCKET` as a user runs it.
+pub async fn ferry_get(socket: &Path, url: &str, out: &Path, extra: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(bin())
+        .arg("get")
+        .arg(url)
+        .arg("-O")
+        .arg(out)
+        .args(extra)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .await
+        .unwrap()
+}
+
 /// One download through a daemon's local API; the error is the daemon's status.
 pub async fn download(d: &DaemonInfo, url: &str, out: &Path) -> Result<(), tonic::Status> {
     let mut c = ferry_daemon::local::connect(&d.socket).await.map_err(tonic::Status::unavailable)?;
