@@ -61,28 +61,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("loopback_64MiB");
     g.throughput(Throughput::Bytes(SIZE));
     g.sample_size(20);
-    g.bench_function("ferry_piece_protocol", |b| {
-        b.to_async(&rt).iter(|| async {
-            let (_, mut rd, mut wr) =
-                connect(ferry_addr, TASK, PIECE, std::time::Duration::from_secs(5)).await.unwrap();
-            let count = SIZE.div_ceil(PIECE as u64) as u32;
-            let requests = async move {
-                for i in 0..count {
-                    wr.request(i).await.unwrap();
-                }
-                wr
-            };
-            let receive = async {
-                let mut got = 0u64;
-                while got < SIZE {
-                    if let Some(ParentEvent::Piece { bytes, .. }) = rd.next().await.unwrap() {
-                        got += bytes.len() as u64;
-                    }
-                }
-            };
-            let (_wr, ()) = tokio::join!(requests, receive);
-        })
-    });
+    g.bench_function("ferry_piece_protocol", |b| b.to_async(&rt).iter(|| pull_all(ferry_addr, |_, _| {})));
     // What a child does with each piece besides receiving it: BLAKE3 verification, the
     // positional write into its content file and the piece record in redb.
     let sink_dir = tempfile::tempdir().unwrap();
@@ -97,31 +76,16 @@ fn bench(c: &mut Criterion) {
         b.to_async(&rt).iter(|| async {
             let task = TaskId([round.fetch_add(1, std::sync::atomic::Ordering::Relaxed); 32]);
             let (out, _) = sink.open_task(task, &record).unwrap();
-            let (_, mut rd, mut wr) =
-                connect(ferry_addr, TASK, PIECE, std::time::Duration::from_secs(5)).await.unwrap();
-            let count = SIZE.div_ceil(PIECE as u64) as u32;
-            let requests = async move {
-                for i in 0..count {
-                    wr.request(i).await.unwrap();
-                }
-                wr
-            };
-            let receive = async {
-                let mut got = 0u64;
-                while got < SIZE {
-                    if let Some(ParentEvent::Piece { index, bytes, .. }) = rd.next().await.unwrap() {
-                        got += bytes.len() as u64;
-                        let idx = out.layout().index(index).unwrap();
-                        let (out, sink, want) = (out.clone(), &sink, expected[index as usize]);
-                        tokio::task::block_in_place(|| {
-                            assert_eq!(PieceDigest::of(&bytes), want);
-                            out.write_piece(idx, &bytes).unwrap();
-                            sink.record_piece(task, idx, want).unwrap();
-                        });
-                    }
-                }
-            };
-            let (_wr, ()) = tokio::join!(requests, receive);
+            pull_all(ferry_addr, |index, bytes| {
+                let idx = out.layout().index(index).unwrap();
+                let want = expected[index as usize];
+                tokio::task::block_in_place(|| {
+                    assert_eq!(PieceDigest::of(&bytes), want);
+                    out.write_piece(idx, &bytes).unwrap();
+                    sink.record_piece(task, idx, want).unwrap();
+                });
+            })
+            .await;
             sink.remove_task(task).unwrap();
         })
     });
@@ -155,6 +119,28 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     cancel.cancel();
+}
+
+/// Asks for every piece, pipelined, and hands each to `each` as it arrives.
+async fn pull_all(addr: std::net::SocketAddr, mut each: impl FnMut(u32, Vec<u8>)) {
+    let (_, mut rd, mut wr) = connect(addr, TASK, PIECE, std::time::Duration::from_secs(5)).await.unwrap();
+    let count = SIZE.div_ceil(PIECE as u64) as u32;
+    let requests = async move {
+        for i in 0..count {
+            wr.request(i).await.unwrap();
+        }
+        wr
+    };
+    let receive = async {
+        let mut got = 0u64;
+        while got < SIZE {
+            if let Some(ParentEvent::Piece { index, bytes, .. }) = rd.next().await.unwrap() {
+                got += bytes.len() as u64;
+                each(index, bytes);
+            }
+        }
+    };
+    let (_wr, ()) = tokio::join!(requests, receive);
 }
 
 criterion_group!(benches, bench);
