@@ -58,10 +58,15 @@ async fn a_task_being_downloaded_is_never_collected() {
     let out = s.out("big");
     download(&s.peers[0], &s.origin.url("big.bin"), &out).await.unwrap();
     assert!(s.verify("big.bin", &out));
-    // Collected once done and no longer asked for, never before it completed.
+    // Collected once done and no longer asked for (so the collector did run over the
+    // quota), never before it completed.
+    ferry_testkit::wait_until("the finished task to be collected", std::time::Duration::from_secs(10), || async {
+        s.cluster.log_of("peer-0").contains("removed from the cache").then_some(())
+    })
+    .await;
     let log = s.cluster.log_of("peer-0");
     let complete = log.find("task complete").expect("the task completed");
-    assert!(log.find("removed from the cache").is_none_or(|at| at > complete), "collected while in use:\n{log}");
+    assert!(log.find("removed from the cache").is_some_and(|at| at > complete), "collected while in use:\n{log}");
 }
 
 /// The daemon's background loops answer for themselves in `Stats`.
