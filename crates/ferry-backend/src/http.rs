@@ -75,7 +75,7 @@ impl HttpBackend {
             return Err(BackendError::Status { status: status.as_u16(), url });
         }
         let validators = crate::response::read_head(status.as_u16(), resp.headers(), offset, &url)?;
-        Ok(SourceBody { validators, inner: HttpBody { resp, url } })
+        Ok(SourceBody::new(validators, HttpBody { resp, url }.into_stream()))
     }
 
     /// Asks the origin whether this request may read the object, at the cost of one byte:
@@ -98,17 +98,23 @@ fn connect_error(req: &OriginRequest, e: reqwest::Error) -> BackendError {
     BackendError::Connect { url: req.redacted_url(), reason }
 }
 
-pub(crate) struct HttpBody {
+struct HttpBody {
     resp: reqwest::Response,
     url: String,
 }
 
 impl HttpBody {
-    pub(crate) async fn chunk(&mut self) -> Result<Option<Bytes>, BackendError> {
+    async fn chunk(&mut self) -> Result<Option<Bytes>, BackendError> {
         self.resp
             .chunk()
             .await
             .map_err(|e| BackendError::Read { url: self.url.clone(), reason: error_chain(&e.without_url()) })
+    }
+
+    fn into_stream(self) -> futures::stream::BoxStream<'static, Result<Bytes, BackendError>> {
+        let chunks =
+            futures::stream::try_unfold(self, |mut body| async move { Ok(body.chunk().await?.map(|c| (c, body))) });
+        Box::pin(chunks)
     }
 }
 

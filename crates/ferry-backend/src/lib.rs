@@ -11,6 +11,7 @@ pub use http::{HttpBackend, HttpOptions};
 
 use bytes::Bytes;
 use ferry_types::{OriginRequest, Validators};
+use futures::stream::{BoxStream, StreamExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -55,15 +56,22 @@ impl BackendError {
 }
 
 /// An open object body and the object's validators (its whole length among them).
+///
+/// The body is any stream of chunks, so every backend (and a test's scripted origin) hands
+/// the daemon the same type.
 pub struct SourceBody {
     pub validators: Validators,
-    inner: http::HttpBody,
+    chunks: BoxStream<'static, Result<Bytes, BackendError>>,
 }
 
 impl SourceBody {
+    pub fn new(validators: Validators, chunks: BoxStream<'static, Result<Bytes, BackendError>>) -> Self {
+        Self { validators, chunks }
+    }
+
     /// The next chunk of the body, `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, BackendError> {
-        self.inner.chunk().await
+        self.chunks.next().await.transpose()
     }
 }
 

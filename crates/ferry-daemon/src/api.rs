@@ -23,9 +23,9 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::counters::Counters;
+use crate::ctx::Ctx;
 use crate::output;
 use crate::registry::{Progress, TaskHandle};
-use crate::run::Ctx;
 use crate::DaemonError;
 
 pub struct Api {
@@ -99,7 +99,7 @@ fn progress_message(id: TaskId, handle: &TaskHandle, p: &Progress, done: bool) -
 
 impl Download {
     async fn run(mut self) -> Result<DownloadProgress, DaemonError> {
-        if self.request.credentialed() || self.ctx.opts.always_authorize {
+        if self.request.credentialed() || self.ctx.env.opts.always_authorize {
             let v = self.ctx.authorize(&self.request).await?;
             // Asked anyway: join the task of the content the origin serves now.
             if self.request.digest().is_none() {
@@ -109,7 +109,7 @@ impl Download {
         }
         let mut restarts = 0;
         loop {
-            let piece_size = self.ctx.opts.piece_size.unwrap_or(0);
+            let piece_size = self.ctx.env.opts.piece_size.unwrap_or(0);
             let handle = self.ctx.start_task(self.id, self.request.clone(), false, piece_size);
             self.sink = None;
             let result = match self.wait(&handle).await {
@@ -164,7 +164,7 @@ impl Download {
         if self.link || self.sink.is_some() || !allowed {
             return;
         }
-        match output::OutputSink::create(&self.output, *content.file.layout(), Some(self.ctx.store.clone())) {
+        match output::OutputSink::create(&self.output, *content.file.layout(), Some(self.ctx.env.store.clone())) {
             Ok(sink) => {
                 let sink = Arc::new(sink);
                 handle.sinks.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::downgrade(&sink));
@@ -229,7 +229,7 @@ fn verify_cached(
     content: &crate::registry::Content,
 ) -> Result<(), DaemonError> {
     let layout = *content.file.layout();
-    let held = ctx.store.held(id, &layout)?;
+    let held = ctx.env.store.held(id, &layout)?;
     let ok = held.len() as u32 == layout.piece_count()
         && held.iter().all(|(i, d)| content.file.read_piece(*i).is_ok_and(|b| PieceDigest::of(&b) == *d));
     if ok {
@@ -243,8 +243,8 @@ fn verify_cached(
 /// Drops a task from this host entirely.
 fn forget(ctx: &Ctx, handle: &Arc<TaskHandle>) {
     handle.progress.send_modify(|p| p.outcome = Some(Err(Arc::new(DaemonError::Restart))));
-    ctx.registry.remove(handle);
-    if let Err(e) = ctx.store.remove_task(handle.id) {
+    ctx.env.registry.remove(handle);
+    if let Err(e) = ctx.env.store.remove_task(handle.id) {
         tracing::warn!(error = %e, "could not remove a task's content");
     }
 }
@@ -297,9 +297,10 @@ impl Daemon for Api {
     }
 
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
-        let c = &self.ctx.counters;
+        let c = &self.ctx.env.counters;
         let tasks = self
             .ctx
+            .env
             .registry
             .all()
             .into_iter()
@@ -323,7 +324,7 @@ impl Daemon for Api {
             .map(|(name, status)| ferry_proto::daemon::WorkerInfo { name, status: status.to_string() })
             .collect();
         Ok(Response::new(StatsResponse {
-            host_id: self.ctx.opts.host_id.to_string(),
+            host_id: self.ctx.env.opts.host_id.to_string(),
             bytes_from_origin: Counters::get(&c.bytes_from_origin),
             bytes_from_peers: Counters::get(&c.bytes_from_peers),
             bytes_from_cache: Counters::get(&c.bytes_from_cache),

@@ -3,11 +3,16 @@
 //!
 //! - [`options`]: what an operator can set; [`advertise`]: the address peers reach us on.
 //! - [`schedulers`]: host sessions to every scheduler and the rendezvous pick of a task's one.
-//! - [`task`]: one task's download, shared by every local request for it; [`shared`]: what
-//!   its driver and piece workers share, and how a verified piece lands in storage.
+//! - [`task`]: one task's download, shared by every local request for it: its lifecycle, the
+//!   two ways pieces arrive (from parents, from the origin), and the seams ([`task::env`])
+//!   through which it meets its scheduler, parents and origin.
 //! - [`gc`]: the cache collector; [`workers`]: the background loops and their status.
-//! - [`fetch_origin`], [`fetch_peers`]: the two ways pieces arrive.
-//! - [`api`]: the local API ([`local`]: its client, for CLIs and tools); [`output`]: landing the file at the caller's path.
+//! - [`ctx`]: the running daemon as the local API sees it; [`api`]: the local API
+//!   ([`local`]: its client, for CLIs and tools); [`output`]: landing the file at the caller's path.
+//! - [`run`]: the wiring of all of the above.
+//!
+//! Dependencies run one way: `run` -> `api` -> `ctx` -> `task` -> (`gc`, `registry`,
+//! `output`, `counters`, `options`); `schedulers` implements `task::env::SchedulerLink`.
 
 // `tonic::Status` is the error type at this crate's gRPC edge; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
@@ -15,9 +20,8 @@
 pub mod advertise;
 pub mod api;
 pub mod counters;
+pub mod ctx;
 pub mod error;
-pub mod fetch_origin;
-pub mod fetch_peers;
 pub mod gc;
 pub mod local;
 pub mod options;
@@ -26,7 +30,6 @@ pub mod registry;
 pub mod retry;
 pub mod run;
 pub mod schedulers;
-pub mod shared;
 pub mod task;
 pub mod workers;
 

@@ -5,98 +5,23 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_backend::{Backend, HttpBackend, HttpOptions};
+use ferry_backend::{HttpBackend, HttpOptions};
 use ferry_proto::daemon::daemon_server::DaemonServer;
 use ferry_proto::scheduler::Host;
 use ferry_proto::scheduler::{host_command, FetchFromOrigin};
 use ferry_storage::Store;
 use ferry_transport::{serve, ServerOptions, ServerStats};
-use ferry_types::{FileDigest, OriginRequest, RequestKey, TaskId, TaskIdInput, Validators};
+use ferry_types::{FileDigest, OriginRequest, TaskId, TaskIdInput};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
-use crate::registry::{Registry, TaskHandle};
+use crate::ctx::Ctx;
+use crate::registry::Registry;
 use crate::schedulers::Schedulers;
+use crate::task::env::{Origins, TaskEnv, TcpParents};
 use crate::{DaemonError, DaemonOptions};
-
-/// What every part of a running daemon shares.
-pub struct Ctx {
-    pub opts: DaemonOptions,
-    pub store: Arc<Store>,
-    pub counters: Counters,
-    pub server_stats: Arc<ServerStats>,
-    pub registry: Arc<Registry>,
-    pub gc: Arc<crate::gc::CacheGc>,
-    /// The background loops, with their status (`Stats.workers`).
-    pub workers: Arc<crate::workers::Workers>,
-    pub schedulers: Arc<Schedulers>,
-    pub backend: HttpBackend,
-    pub host_info: Arc<dyn Fn() -> Host + Send + Sync>,
-    pub cancel: CancellationToken,
-    /// Requests that proved their access to the origin lately, with what the origin said.
-    authorized: std::sync::Mutex<std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>>,
-}
-
-/// How long a request's proven access is trusted before the origin is asked again.
-const AUTHORIZED_TTL: Duration = Duration::from_secs(30);
-/// Entries kept at most in the authorization cache.
-const AUTHORIZED_MAX: usize = 4096;
-
-impl Ctx {
-    /// The task's shared download, started if it is not running.
-    pub fn start_task(
-        self: &Arc<Self>,
-        id: TaskId,
-        request: OriginRequest,
-        from_origin: bool,
-        piece_size: u32,
-    ) -> Arc<TaskHandle> {
-        let (handle, new) = self.registry.get_or_insert(id, request);
-        if let Err(e) = self.store.touch(id, crate::gc::now_unix()) {
-            tracing::debug!(error = %e, "could not record the task's use");
-        }
-        if new {
-            tokio::spawn(crate::task::drive(self.clone(), handle.clone(), from_origin, piece_size));
-        } else if matches!(handle.progress.borrow().outcome, Some(Ok(()))) {
-            let len = handle.progress.borrow().content_length;
-            Counters::add(&self.counters.bytes_from_cache, len);
-            Counters::add(&handle.counters.from_cache, len);
-        }
-        handle
-    }
-
-    /// Asks the origin whether `request` may read its object (one small request, cached
-    /// per request for [`AUTHORIZED_TTL`]) and returns the object's validators. The error
-    /// is the origin's answer to this request alone.
-    pub async fn authorize(&self, request: &OriginRequest) -> Result<Validators, DaemonError> {
-        let key = request.key();
-        let now = std::time::Instant::now();
-        if let Some((at, v)) = self.authorized_cache().get(&key) {
-            if now.duration_since(*at) < AUTHORIZED_TTL {
-                return Ok(v.clone());
-            }
-        }
-        let backend = Backend::for_url(request.url(), &self.backend)?;
-        let v = backend.check(request).await?;
-        tracing::debug!(url = %request.redacted_url(), "request proved its access to the origin");
-        let mut cache = self.authorized_cache();
-        if cache.len() >= AUTHORIZED_MAX {
-            cache.retain(|_, (at, _)| now.duration_since(*at) < AUTHORIZED_TTL);
-        }
-        if cache.len() < AUTHORIZED_MAX {
-            cache.insert(key, (now, v.clone()));
-        }
-        Ok(v)
-    }
-
-    fn authorized_cache(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>> {
-        self.authorized.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// Runs the daemon until `cancel` fires. `ready` receives the piece server's address once
 /// everything listens.
@@ -123,20 +48,20 @@ pub async fn run(
     workers.spawn("cache-collector", cancel.clone(), gc.clone().run(cancel.clone()));
     let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
     let host_info = host_info(&opts, advertise, bound, server_stats.clone());
-    let ctx = Arc::new(Ctx {
+    let backend = HttpBackend::new(&HttpOptions { ca_certs: opts.ca_certs.clone(), ..Default::default() })?;
+    let env = Arc::new(TaskEnv {
         opts: opts.clone(),
         store,
         counters: Counters::default(),
-        server_stats: server_stats.clone(),
         registry: registry.clone(),
         gc: gc.clone(),
-        workers: workers.clone(),
-        schedulers: schedulers.clone(),
-        backend: HttpBackend::new(&HttpOptions { ca_certs: opts.ca_certs.clone(), ..Default::default() })?,
         host_info: host_info.clone(),
         cancel: cancel.clone(),
-        authorized: Default::default(),
+        scheduler: schedulers.clone(),
+        parents: Arc::new(TcpParents),
+        origin: Arc::new(Origins(backend.clone())),
     });
+    let ctx = Arc::new(Ctx::new(env, server_stats.clone(), workers.clone(), backend));
 
     let server = serve(
         listener,
@@ -239,7 +164,7 @@ fn on_order(ctx: &Arc<Ctx>, order: host_command::Command) {
         host_command::Command::Fetch(f) => fetch_order(ctx, f),
         host_command::Command::Cancel(c) => {
             let Some(id) = TaskId::from_slice(&c.task_id) else { return };
-            if let Some(h) = ctx.registry.all().into_iter().find(|h| h.id == id) {
+            if let Some(h) = ctx.env.registry.all().into_iter().find(|h| h.id == id) {
                 h.cancel.cancel();
             }
         }
@@ -289,7 +214,7 @@ fn fetch_order(ctx: &Arc<Ctx>, f: FetchFromOrigin) {
             return;
         }
     }
-    let piece_size = ctx.opts.piece_size.unwrap_or(f.piece_size);
+    let piece_size = ctx.env.opts.piece_size.unwrap_or(f.piece_size);
     tracing::info!(task = ?id, url = %request.redacted_url(), "fetching from origin for the scheduler");
     let handle = ctx.start_task(id, request, true, piece_size);
     // Already running as an ordinary download here (a local `get` on the seed host came

@@ -167,3 +167,23 @@ mod tests {
         }
     }
 }
+
+/// A task's session goes to the scheduler that owns it ([`Schedulers::pick`]) at the moment
+/// it registers; registering again may land on another.
+impl crate::task::env::SchedulerLink for Schedulers {
+    fn open(
+        &self,
+        task: TaskId,
+        outbound: mpsc::UnboundedReceiver<ferry_proto::scheduler::PeerMessage>,
+    ) -> futures::future::BoxFuture<'static, (String, Result<crate::task::env::Commands, tonic::Status>)> {
+        let (addr, mut client) = self.pick(&task);
+        Box::pin(async move {
+            let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(outbound);
+            let commands = client.announce_peer(outbound).await.map(|r| {
+                let stream: crate::task::env::Commands = Box::pin(r.into_inner());
+                stream
+            });
+            (addr, commands)
+        })
+    }
+}

@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::frame::RejectCode;
 use ferry_proto::scheduler::FailReason;
-use ferry_transport::{connect, ParentEvent, ParentWriter, TransportError};
+use ferry_transport::{ParentEvent, TransportError};
 use ferry_types::{HostId, PieceDigest};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
-use tokio::sync::mpsc;
 
-use crate::shared::{Event, Shared, Stored};
+use super::env::{ParentConn, ParentEvents, ParentRequests};
+use super::shared::{Event, Shared, Stored};
 use crate::DaemonError;
 
 /// `RequestAny`s a child keeps waiting at a seed. Two, so the next piece can be on its way
@@ -51,12 +51,14 @@ struct Worker<'a> {
     shared: &'a Shared,
     parent: &'a HostId,
     seed: bool,
-    writer: ParentWriter,
+    requests: Box<dyn ParentRequests>,
     /// Asked of the parent, not arrived: (index, when asked).
     inflight: VecDeque<(u32, Instant)>,
     /// Arrived, being verified and stored; drained before the worker ends, so every piece
     /// that holds a picker slot is settled.
     stores: FuturesUnordered<Storing<'a>>,
+    /// The indices in `stores`.
+    storing: Vec<u32>,
     /// What the parent holds.
     has: Vec<bool>,
     rng: rand::rngs::StdRng,
@@ -75,15 +77,13 @@ pub async fn parent_worker(shared: &Shared, parent: &HostId, addr: SocketAddr, s
         Err(reason) => return reason,
     };
     let reason = worker.run(&mut events).await;
-    worker.settle().await;
+    worker.settle(&mut events).await;
     reason
 }
 
 fn held(has: &[bool]) -> impl Iterator<Item = u32> + '_ {
     has.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i as u32)
 }
-
-type Events = mpsc::Receiver<Result<ParentEvent, TransportError>>;
 
 impl<'a> Worker<'a> {
     /// Waits for the task's layout, connects (a parent that does not know the task yet is
@@ -93,8 +93,8 @@ impl<'a> Worker<'a> {
         parent: &'a HostId,
         addr: SocketAddr,
         seed: bool,
-    ) -> Result<(Self, Events, AbortOnDrop), FailReason> {
-        let opts = &shared.ctx.opts;
+    ) -> Result<(Self, ParentEvents, Box<dyn Send>), FailReason> {
+        let opts = &shared.env.opts;
         let mut changed = shared.changed.subscribe();
         while shared.layout().is_none() {
             changed.changed().await.map_err(|_| FailReason::Unspecified)?;
@@ -103,8 +103,8 @@ impl<'a> Worker<'a> {
         // A parent the scheduler offers has registered the task, but may not know its
         // layout yet (it learns it a moment later): "unknown task" is worth a few retries.
         let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(400), Some(25));
-        let (mut has, mut reader, writer) = loop {
-            match connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await {
+        let conn = loop {
+            match shared.env.parents.connect(addr, shared.handle.id, layout.piece_size(), opts.piece_timeout).await {
                 Ok(c) => break c,
                 Err(TransportError::UnknownTask { .. }) => match backoff.next_pause() {
                     Some(pause) => tokio::time::sleep(pause).await,
@@ -119,32 +119,19 @@ impl<'a> Worker<'a> {
                 }
             }
         };
+        let ParentConn { mut has, events, requests, guard } = conn;
         has.resize(layout.piece_count() as usize, false);
         if !seed {
             shared.count_holders(held(&has), 1);
         }
-        let (ev_tx, events) = mpsc::channel(8);
-        let read_task = tokio::spawn(async move {
-            loop {
-                let ev = reader.next().await;
-                let stop = !matches!(ev, Ok(Some(_)));
-                let msg = match ev {
-                    Ok(Some(e)) => Ok(e),
-                    Ok(None) => Err(TransportError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-                    Err(e) => Err(e),
-                };
-                if ev_tx.send(msg).await.is_err() || stop {
-                    return;
-                }
-            }
-        });
         let worker = Self {
             shared,
             parent,
             seed,
-            writer,
+            requests,
             inflight: VecDeque::new(),
             stores: FuturesUnordered::new(),
+            storing: vec![],
             seed_only_since: vec![None; has.len()],
             has,
             rng: rand::rngs::StdRng::from_entropy(),
@@ -152,12 +139,12 @@ impl<'a> Worker<'a> {
             any_waiting: 0,
             exhausted: !seed,
         };
-        Ok((worker, events, AbortOnDrop(read_task)))
+        Ok((worker, events, guard))
     }
 
-    async fn run(&mut self, events: &mut Events) -> FailReason {
+    async fn run(&mut self, events: &mut ParentEvents) -> FailReason {
         let mut changed = self.shared.changed.subscribe();
-        let timeout = self.shared.ctx.opts.piece_timeout;
+        let timeout = self.shared.env.opts.piece_timeout;
         loop {
             if self.shared.complete() {
                 return FailReason::Unspecified;
@@ -187,20 +174,27 @@ impl<'a> Worker<'a> {
     /// when the next seed-only piece comes due, if any.
     async fn ask(&mut self) -> Result<Option<Instant>, FailReason> {
         while !self.exhausted && self.any_waiting < ANY_DEPTH {
-            self.writer.request_any().await.map_err(|_| FailReason::Unreachable)?;
+            self.requests.request_any().await.map_err(|_| FailReason::Unreachable)?;
             self.any_waiting += 1;
         }
         let mut grace_ends = None;
-        while self.inflight.len() < self.shared.ctx.opts.pieces_in_flight {
-            let mask = if self.seed {
+        while self.inflight.len() < self.shared.env.opts.pieces_in_flight {
+            let mut mask = if self.seed {
                 let (mask, next) = self.shared.seed_mask(&self.has, &mut self.seed_only_since);
                 grace_ends = next;
                 mask
             } else {
                 self.has.clone()
             };
+            // In end game the picker hands out pieces already in flight: never one this
+            // parent is sending or has just sent.
+            for i in self.inflight.iter().map(|(i, _)| i).chain(&self.storing) {
+                if let Some(m) = mask.get_mut(*i as usize) {
+                    *m = false;
+                }
+            }
             let Some(index) = self.pick(&mask) else { break };
-            if self.writer.request(index).await.is_err() {
+            if self.requests.request(index).await.is_err() {
                 self.shared.release(index);
                 return Err(FailReason::Unreachable);
             }
@@ -275,6 +269,7 @@ impl<'a> Worker<'a> {
         let (shared, parent, claimed) = (self.shared, self.parent.clone(), claimed.map(PieceDigest));
         let store = async move { (index, by_index, shared.store_piece(index, bytes, parent, cost, claimed).await) };
         self.stores.push(Box::pin(store));
+        self.storing.push(index);
         Ok(())
     }
 
@@ -282,6 +277,9 @@ impl<'a> Worker<'a> {
         &mut self,
         (index, by_index, stored): (u32, bool, Result<Stored, DaemonError>),
     ) -> Result<(), FailReason> {
+        if let Some(pos) = self.storing.iter().position(|i| *i == index) {
+            self.storing.swap_remove(pos);
+        }
         let release = |i| {
             if by_index {
                 self.shared.release(i)
@@ -309,8 +307,15 @@ impl<'a> Worker<'a> {
 
     /// The worker ends: pieces already received are stored even though the parent is
     /// dropped (they are good until verified otherwise, and a seed hands each out only
-    /// once); what was asked and not settled goes back to the picker.
-    async fn settle(mut self) {
+    /// once), including those read off the socket and not yet taken (a failed request
+    /// write ends the worker with them waiting); what was asked and not settled goes back
+    /// to the picker.
+    async fn settle(mut self, events: &mut ParentEvents) {
+        while let Ok(Ok(ParentEvent::Piece { index, bytes, claimed })) = events.try_recv() {
+            if self.on_piece(index, bytes, claimed).is_err() {
+                break;
+            }
+        }
         while let Some(done) = self.stores.next().await {
             let _ = self.on_stored(done);
         }
@@ -327,13 +332,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

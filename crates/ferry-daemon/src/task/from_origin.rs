@@ -17,28 +17,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_backend::{Backend, SourceBody};
+use ferry_backend::SourceBody;
 use ferry_storage::PieceStore;
 use ferry_types::{FileDigest, FileHasher, PieceDigest, PieceIndex, PieceLayout};
 use tokio::sync::mpsc;
 
+use super::shared::{ContentMeta, Event, Shared, Source};
 use crate::retry::Backoff;
-use crate::shared::{ContentMeta, Event, Shared, Source};
 use crate::DaemonError;
 
 pub async fn fetch(shared: &Arc<Shared>, piece_size: u32) -> Result<(), DaemonError> {
-    let ctx = &shared.ctx;
+    let env = &shared.env;
     let request = &shared.handle.request;
-    let backend = Backend::for_url(request.url(), &ctx.backend)?;
     let mut check = request.digest().map(WholeFile::new);
     let mut backoff =
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5), Some(ctx.opts.origin_retries as usize));
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5), Some(env.opts.origin_retries as usize));
     loop {
         let offset = first_missing_offset(shared);
         if offset.is_some_and(|o| shared.layout().is_some_and(|l| o >= l.content_length())) {
             return Ok(());
         }
-        let result = read_from(shared, &backend, offset.unwrap_or(0), piece_size, &mut check).await;
+        let result = read_from(shared, offset.unwrap_or(0), piece_size, &mut check).await;
         match result {
             Ok(()) if shared.complete() => return Ok(()),
             Ok(()) => {}
@@ -149,13 +148,12 @@ const CHUNKS_IN_FLIGHT: usize = 64;
 /// accepted here. Neither thread waits on the other's work.
 async fn read_from(
     shared: &Arc<Shared>,
-    backend: &Backend,
     offset: u64,
     piece_size: u32,
     check: &mut Option<WholeFile>,
 ) -> Result<(), (DaemonError, bool)> {
     let request = &shared.handle.request;
-    let mut body = backend.open(request, offset).await.map_err(|e| (e.into(), false))?;
+    let mut body = shared.env.origin.open(request, offset).await.map_err(|e| (e.into(), false))?;
     let layout = settle_content(shared, &body, piece_size).map_err(|e| (e, false))?;
     if let Some(c) = check.as_mut() {
         c.catch_up(shared, offset).map_err(|e| (e, false))?;
@@ -236,7 +234,7 @@ fn write_pieces(
     mut whole: Option<WholeFile>,
 ) -> Option<WholeFile> {
     let Some(content) = shared.handle.content.get() else { return whole };
-    let (file, store, task) = (&content.file, &shared.ctx.store, shared.handle.id);
+    let (file, store, task) = (&content.file, &shared.env.store, shared.handle.id);
     let mut index = first;
     let mut piece: Option<PieceInProgress> = None;
     // The whole-file hash as of the last finished piece.

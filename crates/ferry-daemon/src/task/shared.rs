@@ -13,9 +13,9 @@ use ferry_transport::Availability;
 use ferry_types::{HostId, PieceDigest, PieceLayout, Validators};
 use tokio::sync::{mpsc, watch};
 
+use super::env::TaskEnv;
 use crate::counters::Counters;
 use crate::registry::{Content, TaskHandle};
-use crate::run::Ctx;
 use crate::DaemonError;
 
 /// Where a stored piece came from.
@@ -93,7 +93,7 @@ impl ContentMeta {
 }
 
 pub struct Shared {
-    pub ctx: Arc<Ctx>,
+    pub env: Arc<TaskEnv>,
     pub handle: Arc<TaskHandle>,
     pub picker: Mutex<Option<PiecePicker>>,
     pub digests: Mutex<HashMap<u32, PieceDigest>>,
@@ -109,9 +109,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, events: mpsc::UnboundedSender<Event>) -> Self {
+    pub fn new(env: Arc<TaskEnv>, handle: Arc<TaskHandle>, events: mpsc::UnboundedSender<Event>) -> Self {
         Self {
-            ctx,
+            env,
             handle,
             picker: Mutex::new(None),
             digests: Mutex::new(HashMap::new()),
@@ -147,11 +147,11 @@ impl Shared {
             last_modified: meta.validators.last_modified.clone(),
             private: meta.private,
         };
-        if self.ctx.store.task_record(self.handle.id)?.is_none() {
+        if self.env.store.task_record(self.handle.id)?.is_none() {
             // A new task: make room for it first, so a bounded cache stays bounded.
-            self.ctx.gc.collect(layout.content_length(), crate::gc::now_unix());
+            self.env.gc.collect(layout.content_length(), crate::gc::now_unix());
         }
-        let (file, held) = self.ctx.store.open_task(self.handle.id, &record)?;
+        let (file, held) = self.env.store.open_task(self.handle.id, &record)?;
         self.install(file, held, meta);
         Ok(())
     }
@@ -164,7 +164,7 @@ impl Shared {
     ) {
         let layout = *file.layout();
         // A seed dispenses: it shows children a piece only once it handed it to one of them.
-        let avail = Arc::new(Availability::new(layout.piece_count(), self.ctx.opts.seed));
+        let avail = Arc::new(Availability::new(layout.piece_count(), self.env.opts.seed));
         let mut picker = PiecePicker::new(layout.piece_count());
         let mut digests = self.digests.lock().expect("not poisoned");
         let mut resumed_bytes = 0;
@@ -180,8 +180,8 @@ impl Shared {
         picker.set_unverified_ok(!self.scheduler_up.load(std::sync::atomic::Ordering::Relaxed));
         drop(digests);
         if !held.is_empty() {
-            Counters::add(&self.ctx.counters.pieces_resumed, held.len() as u64);
-            Counters::add(&self.ctx.counters.bytes_from_cache, resumed_bytes);
+            Counters::add(&self.env.counters.pieces_resumed, held.len() as u64);
+            Counters::add(&self.env.counters.bytes_from_cache, resumed_bytes);
             Counters::add(&self.handle.counters.from_cache, resumed_bytes);
             tracing::info!(pieces = held.len(), "resumed pieces already on disk");
         }
@@ -252,7 +252,7 @@ impl Shared {
     pub fn seed_mask(&self, has: &[bool], since: &mut [Option<Instant>]) -> (Vec<bool>, Option<Instant>) {
         let h = self.peer_holders.lock().expect("not poisoned");
         let now = Instant::now();
-        let grace = self.ctx.opts.seed_grace;
+        let grace = self.env.opts.seed_grace;
         let mut next: Option<Instant> = None;
         let mask = has
             .iter()
@@ -278,7 +278,7 @@ impl Shared {
     /// same piece at the same moment; the first to ask passes it on to the rest.
     fn jitter(&self, index: u32) -> f64 {
         let mut x: u64 = 0xcbf29ce484222325;
-        for b in self.ctx.opts.host_id.as_str().bytes().chain(index.to_be_bytes()) {
+        for b in self.env.opts.host_id.as_str().bytes().chain(index.to_be_bytes()) {
             x = (x ^ b as u64).wrapping_mul(0x100000001b3);
         }
         (x % 1024) as f64 / 512.0
@@ -344,10 +344,10 @@ impl Shared {
         if self.is_done(index) {
             return Ok(Stored::Skipped);
         }
-        let Some(known) = self.digest_of(index, claimed, self.ctx.opts.piece_timeout).await else {
+        let Some(known) = self.digest_of(index, claimed, self.env.opts.piece_timeout).await else {
             return Ok(Stored::Skipped);
         };
-        let (file, store, task) = (content.file.clone(), self.ctx.store.clone(), self.handle.id);
+        let (file, store, task) = (content.file.clone(), self.env.store.clone(), self.handle.id);
         let sinks = self.handle.live_sinks();
         let written = tokio::task::spawn_blocking(move || -> Result<_, DaemonError> {
             let digest = verify_and_write(&file, idx, &bytes, known, &sinks)?;
@@ -359,7 +359,7 @@ impl Shared {
         });
         let (digest, sinks) = written.await.expect("storage does not panic")?;
         if digest != known {
-            Counters::add(&self.ctx.counters.pieces_rejected, 1);
+            Counters::add(&self.env.counters.pieces_rejected, 1);
             return Ok(Stored::Mismatch);
         }
         if !self.accept(index, digest, Source::Parent { host: parent, cost }) {
@@ -383,7 +383,7 @@ impl Shared {
         self.digests.lock().expect("not poisoned").entry(index).or_insert(digest);
         content.avail.insert(index, digest.0);
         let len = content.file.layout().len(idx);
-        let c = &self.ctx.counters;
+        let c = &self.env.counters;
         match &source {
             Source::Origin => {
                 Counters::add(&c.bytes_from_origin, len as u64);

@@ -2,11 +2,24 @@
 //!
 //! [`drive`] owns the task: it registers with the task's scheduler, acts on what it is told
 //! (parents, digests, wait, go to origin), starts the workers that bring pieces
-//! ([`crate::fetch_peers`], [`crate::fetch_origin`]), reports finished pieces in batches, and
-//! after completion keeps the registration open so the task can be served. If the
-//! scheduler goes away it registers again (possibly with another) and reports what it holds.
+//! ([`from_parent`], [`from_origin`]), reports finished pieces in batches, and after
+//! completion keeps the registration open so the task can be served. If the scheduler goes
+//! away it registers again (possibly with another) and reports what it holds.
 //!
-//! What the driver and the workers both touch lives in [`crate::shared`].
+//! A task's lifecycle is one [`Phase`]; every change of phase, and what it sets off, is in
+//! [`TaskRun::enter`]. What the driver and the workers both touch lives in [`shared`]; what
+//! the task needs from the daemon, and its seams to scheduler, parents and origin, in
+//! [`env`]. The unit tests (`tests.rs`) drive it through those seams without a socket.
+
+pub mod env;
+mod from_origin;
+mod from_parent;
+mod phase;
+pub mod shared;
+#[cfg(test)]
+mod tests;
+
+pub use phase::{Phase, Step};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,22 +31,22 @@ use ferry_proto::scheduler::{
 };
 use ferry_storage::PieceStore;
 use ferry_types::{HostId, PieceDigest};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::registry::{Content, TaskHandle};
-use crate::run::Ctx;
 use crate::DaemonError;
-
-use crate::shared::{ContentMeta, Event, Shared, Source};
+use env::{Commands, TaskEnv};
+use shared::{ContentMeta, Event, Shared, Source};
 
 /// Runs a task until the daemon stops; publishes the outcome on the handle's progress.
-pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, piece_size: u32) {
+pub async fn drive(env: Arc<TaskEnv>, handle: Arc<TaskHandle>, from_origin: bool, piece_size: u32) {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared::new(ctx.clone(), handle.clone(), events_tx));
+    let shared = Arc::new(Shared::new(env.clone(), handle.clone(), events_tx));
     let mut run = TaskRun {
         shared: shared.clone(),
+        phase: Phase::Resolving,
         events: events_rx,
         workers: JoinSet::new(),
         parents: HashSet::new(),
@@ -41,16 +54,14 @@ pub async fn drive(ctx: Arc<Ctx>, handle: Arc<TaskHandle>, from_origin: bool, pi
         origin_running: false,
         from_origin,
         piece_size,
-        finished_sent: false,
         pending: vec![],
         last_progress: Instant::now(),
         unwanted_since: None,
     };
     let span = tracing::info_span!("task", task = ?handle.id);
-    let result = tracing::Instrument::instrument(run.run(), span).await;
-    if let Err(e) = result {
-        fail_locally(&shared, e);
-    }
+    let result = tracing::Instrument::instrument(run.run(), span.clone()).await;
+    let _entered = span.enter();
+    run.end(result);
 }
 
 /// Settles a failed task on this host before anyone else hears of it: the outcome is
@@ -74,14 +85,15 @@ fn fail_locally(shared: &Shared, e: Arc<DaemonError>) {
     } else {
         tracing::warn!(error = %e, "task failed");
     }
-    shared.ctx.registry.remove(handle);
-    if let Err(err) = shared.ctx.store.remove_task(handle.id) {
+    shared.env.registry.remove(handle);
+    if let Err(err) = shared.env.store.remove_task(handle.id) {
         tracing::warn!(error = %err, "could not remove the failed task's content");
     }
 }
 
 struct TaskRun {
     shared: Arc<Shared>,
+    phase: Phase,
     events: mpsc::UnboundedReceiver<Event>,
     workers: JoinSet<()>,
     parents: HashSet<HostId>,
@@ -89,7 +101,6 @@ struct TaskRun {
     origin_running: bool,
     from_origin: bool,
     piece_size: u32,
-    finished_sent: bool,
     pending: Vec<FinishedPiece>,
     last_progress: Instant,
     /// Since when an origin read for others has had no one to serve while no scheduler
@@ -107,33 +118,31 @@ enum SessionEnd {
 
 impl TaskRun {
     async fn run(&mut self) -> Result<(), Arc<DaemonError>> {
-        let ctx = self.shared.ctx.clone();
+        let env = self.shared.env.clone();
         let id = self.shared.handle.id;
         if let Some(meta) =
-            ctx.store.task_record(id).map_err(|e| Arc::new(e.into()))?.as_ref().and_then(ContentMeta::from_record)
+            env.store.task_record(id).map_err(|e| Arc::new(e.into()))?.as_ref().and_then(ContentMeta::from_record)
         {
             self.shared.init_content(meta).map_err(Arc::new)?;
         }
-        self.check_complete();
-        if self.from_origin && !self.shared.complete() {
+        self.settle(&|_| {});
+        if self.from_origin && self.phase.fetching() {
             self.start_origin();
         }
         let mut failures = 0u32;
         let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(700), None);
         loop {
-            let (addr, mut client) = ctx.schedulers.pick(&id);
             let (out, out_rx) = mpsc::unbounded_channel();
             let _ = out.send(self.register_message());
-            let inbound = tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
-                r = client.announce_peer(UnboundedReceiverStream::new(out_rx)) => r,
+            let (addr, inbound) = tokio::select! {
+                _ = env.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
+                r = env.scheduler.open(id, out_rx) => r,
             };
             match inbound {
-                Ok(resp) => {
+                Ok(mut inbound) => {
                     failures = 0;
                     backoff.reset();
                     tracing::debug!(scheduler = %addr, "registered");
-                    let mut inbound = resp.into_inner();
                     self.shared.set_scheduler_up(true);
                     self.unwanted_since = None;
                     let end = self.session(&out, &mut inbound).await;
@@ -152,7 +161,7 @@ impl TaskRun {
                     // Parents already known keep feeding this peer without a scheduler;
                     // only a peer with no source at all gives up.
                     let stranded = self.parents.is_empty() && !self.origin_running;
-                    if failures >= 20 && stranded && !self.shared.complete() {
+                    if failures >= 20 && stranded && self.phase.fetching() {
                         return Err(Arc::new(DaemonError::NoScheduler(format!("{addr}: {}", status.message()))));
                     }
                 }
@@ -169,14 +178,14 @@ impl TaskRun {
     /// read deliver meanwhile. Reports to the scheduler are dropped: registering again
     /// tells it every held piece and digest anyway.
     async fn between_sessions(&mut self, pause: Duration) -> Result<(), Arc<DaemonError>> {
-        let ctx = self.shared.ctx.clone();
+        let env = self.shared.env.clone();
         let handle = self.shared.handle.clone();
         let pause = tokio::time::sleep(pause);
         tokio::pin!(pause);
         loop {
             tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
-                _ = handle.cancel.cancelled(), if !self.shared.complete() => return Err(Arc::new(DaemonError::Cancelled)),
+                _ = env.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
+                _ = handle.cancel.cancelled(), if self.phase.fetching() => return Err(Arc::new(DaemonError::Cancelled)),
                 _ = handle.evict.cancelled() => return Ok(()),
                 _ = &mut pause => {
                     if self.unwanted() {
@@ -198,11 +207,11 @@ impl TaskRun {
     fn unwanted(&mut self) -> bool {
         let handle = &self.shared.handle;
         let children = handle.content.get().map_or(0, |c| c.avail.children());
-        if !self.origin_running || self.shared.complete() || children > 0 || handle.progress.receiver_count() > 0 {
+        if !self.origin_running || !self.phase.fetching() || children > 0 || handle.progress.receiver_count() > 0 {
             self.unwanted_since = None;
             return false;
         }
-        self.unwanted_since.get_or_insert_with(Instant::now).elapsed() >= self.shared.ctx.opts.unwanted_read_timeout
+        self.unwanted_since.get_or_insert_with(Instant::now).elapsed() >= self.shared.env.opts.unwanted_read_timeout
     }
 
     /// Settles the failure here first (see [`fail_locally`]), then tells the scheduler, and
@@ -212,7 +221,7 @@ impl TaskRun {
         &mut self,
         e: DaemonError,
         out: mpsc::UnboundedSender<PeerMessage>,
-        mut inbound: tonic::Streaming<ferry_proto::scheduler::PeerCommand>,
+        mut inbound: Commands,
     ) -> Arc<DaemonError> {
         let e = Arc::new(e);
         fail_locally(&self.shared, e.clone());
@@ -224,7 +233,7 @@ impl TaskRun {
             let _ = out.send(PeerMessage { message: Some(failed) });
         }
         drop(out);
-        let drain = async { while let Ok(Some(_)) = inbound.message().await {} };
+        let drain = async { while let Some(Ok(_)) = inbound.next().await {} };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         e
     }
@@ -241,7 +250,7 @@ impl TaskRun {
         PeerMessage {
             message: Some(peer_message::Message::Register(Register {
                 task_id: self.shared.handle.id.0.to_vec(),
-                host: Some((self.shared.ctx.host_info)()),
+                host: Some((self.shared.env.host_info)()),
                 url: request.url().to_string(),
                 headers: request.headers().iter().map(|(n, v)| Header { name: n.clone(), value: v.clone() }).collect(),
                 digest: request.digest().map(|d| d.to_string()).unwrap_or_default(),
@@ -254,13 +263,45 @@ impl TaskRun {
         }
     }
 
-    fn check_complete(&mut self) {
+    /// Takes the steps the shared state shows: the layout is known, every piece is held.
+    fn settle(&mut self, send: &impl Fn(peer_message::Message)) {
+        if self.shared.layout().is_some() {
+            self.enter(Step::Layout, send);
+        }
         if self.shared.complete() {
-            self.shared.handle.progress.send_modify(|p| {
-                if p.outcome.is_none() {
-                    p.outcome = Some(Ok(()));
-                }
-            });
+            self.enter(Step::Complete, send);
+        }
+    }
+
+    /// Moves the task on by `step` (see [`Phase::after`]) and does what the new phase sets
+    /// off. Every change of phase goes through here.
+    fn enter(&mut self, step: Step, send: &impl Fn(peer_message::Message)) {
+        let Some(next) = self.phase.after(step) else { return };
+        tracing::debug!(from = ?self.phase, to = ?next, "task phase");
+        self.phase = next;
+        match next {
+            Phase::Resolving | Phase::Fetching | Phase::Ended => {}
+            Phase::Seeding => {
+                // Between sessions `send` goes nowhere: a new session starts with
+                // `Finished` for a seeding task (see `session`).
+                self.flush(send);
+                send(peer_message::Message::Finished(Finished {}));
+                self.shared.handle.progress.send_modify(|p| {
+                    if p.outcome.is_none() {
+                        p.outcome = Some(Ok(()));
+                    }
+                });
+                tracing::info!("task complete");
+            }
+        }
+    }
+
+    /// The run is over: a failure is settled here (see [`fail_locally`]); an eviction or
+    /// shutdown only ends the phase.
+    fn end(&mut self, result: Result<(), Arc<DaemonError>>) {
+        self.enter(Step::End, &|_| {});
+        if let Err(e) = result {
+            fail_locally(&self.shared, e);
         }
     }
 
@@ -272,7 +313,7 @@ impl TaskRun {
         let shared = self.shared.clone();
         let piece_size = self.piece_size;
         self.workers.spawn(async move {
-            let r = crate::fetch_origin::fetch(&shared, piece_size).await;
+            let r = from_origin::fetch(&shared, piece_size).await;
             let _ = shared.events.send(Event::OriginDone(r));
         });
     }
@@ -281,7 +322,7 @@ impl TaskRun {
         let Ok(host) = HostId::new(p.host_id.clone()) else {
             return;
         };
-        if host == self.shared.ctx.opts.host_id || self.parents.contains(&host) || self.blocked.contains(&host) {
+        if host == self.shared.env.opts.host_id || self.parents.contains(&host) || self.blocked.contains(&host) {
             return;
         }
         let Ok(ip) = p.ip.parse::<std::net::IpAddr>() else {
@@ -291,7 +332,7 @@ impl TaskRun {
         let shared = self.shared.clone();
         let addr = std::net::SocketAddr::new(ip, p.piece_port as u16);
         self.workers.spawn(async move {
-            let reason = crate::fetch_peers::parent_worker(&shared, &host, addr, p.seed).await;
+            let reason = from_parent::parent_worker(&shared, &host, addr, p.seed).await;
             let _ = shared.events.send(Event::ParentGone { parent: host, reason });
         });
     }
@@ -299,7 +340,7 @@ impl TaskRun {
     async fn session(
         &mut self,
         out: &mpsc::UnboundedSender<PeerMessage>,
-        inbound: &mut tonic::Streaming<ferry_proto::scheduler::PeerCommand>,
+        inbound: &mut Commands,
     ) -> Result<SessionEnd, DaemonError> {
         let send = |m: peer_message::Message| {
             let _ = out.send(PeerMessage { message: Some(m) });
@@ -307,10 +348,10 @@ impl TaskRun {
         if let Some(c) = self.shared.handle.content.get() {
             send(peer_message::Message::TaskInfo(content_info(c)));
         }
-        if self.shared.complete() {
+        if self.phase == Phase::Seeding {
             send(peer_message::Message::Finished(Finished {}));
         }
-        let ctx = self.shared.ctx.clone();
+        let env = self.shared.env.clone();
         let handle = self.shared.handle.clone();
         let mut flush = tokio::time::interval(Duration::from_millis(20));
         let mut watchdog = tokio::time::interval(Duration::from_millis(500));
@@ -318,36 +359,36 @@ impl TaskRun {
         self.last_progress = Instant::now();
         loop {
             tokio::select! {
-                _ = ctx.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
-                _ = handle.cancel.cancelled(), if !self.shared.complete() => return Err(DaemonError::Cancelled),
+                _ = env.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
+                _ = handle.cancel.cancelled(), if self.phase.fetching() => return Err(DaemonError::Cancelled),
                 _ = handle.evict.cancelled() => return Ok(SessionEnd::Evicted),
-                cmd = inbound.message() => match cmd {
-                    Ok(Some(c)) => {
+                cmd = inbound.next() => match cmd {
+                    Some(Ok(c)) => {
                         if let Some(c) = c.command {
                             self.on_command(c, &send)?;
                         }
                     }
-                    Ok(None) | Err(_) => return Ok(SessionEnd::Reconnect),
+                    None | Some(Err(_)) => return Ok(SessionEnd::Reconnect),
                 },
                 Some(ev) = self.events.recv() => self.on_event(ev, &send)?,
                 _ = handle.fetch_origin.notified() => {
-                    if !self.shared.complete() {
+                    if self.phase.fetching() {
                         tracing::info!("a scheduler asks this seed to read the origin");
                         self.start_origin();
                     }
                 }
                 _ = flush.tick() => self.flush(&send),
                 _ = watchdog.tick() => {
-                    if self.shared.complete() {
+                    if !self.phase.fetching() {
                         continue;
                     }
                     let idle = self.last_progress.elapsed();
-                    if !self.origin_running && idle >= ctx.opts.back_to_source_after {
+                    if !self.origin_running && idle >= env.opts.back_to_source_after {
                         tracing::info!(?idle, "no progress; asking to read the origin");
                         send(peer_message::Message::NeedParents(NeedParents { want_origin: true }));
                         self.last_progress = Instant::now();
-                    } else if !self.origin_running && self.parents.len() < ctx.opts.want_parents
-                        && last_ask.elapsed() >= ctx.opts.parent_refresh {
+                    } else if !self.origin_running && self.parents.len() < env.opts.want_parents
+                        && last_ask.elapsed() >= env.opts.parent_refresh {
                         // Short of parents: better ones may have joined since we were scheduled.
                         send(peer_message::Message::NeedParents(NeedParents { want_origin: false }));
                         last_ask = Instant::now();
@@ -365,12 +406,7 @@ impl TaskRun {
         match c {
             peer_command::Command::TaskInfo(info) => {
                 self.shared.init_content(ContentMeta::from_info(&info)?)?;
-                self.check_complete();
-                if self.shared.complete() && !self.finished_sent {
-                    self.flush(send);
-                    send(peer_message::Message::Finished(Finished {}));
-                    self.finished_sent = true;
-                }
+                self.settle(send);
             }
             peer_command::Command::Digests(d) => {
                 let pairs = d.index.iter().zip(&d.digest).filter_map(|(i, b)| Some((*i, PieceDigest::from_slice(b)?)));
@@ -389,7 +425,7 @@ impl TaskRun {
                 self.start_origin();
             }
             peer_command::Command::TaskFailed(f) => {
-                if !self.shared.complete() && !self.origin_running {
+                if self.phase.fetching() && !self.origin_running {
                     return Err(match f.yours {
                         true => DaemonError::OriginRemote(f.failure.unwrap_or_default()),
                         // Another request's read failed: what this peer holds may come from
@@ -422,17 +458,11 @@ impl TaskRun {
                     // relayed its digest, so do not wait for the next batch.
                     self.flush(send);
                 }
-                if self.shared.complete() && !self.finished_sent {
-                    self.flush(send);
-                    send(peer_message::Message::Finished(Finished {}));
-                    self.finished_sent = true;
-                    self.check_complete();
-                    tracing::info!("task complete");
-                }
+                self.settle(send);
             }
             Event::ParentGone { parent, reason } => {
                 self.parents.remove(&parent);
-                if !self.shared.complete() {
+                if self.phase.fetching() {
                     tracing::info!(%parent, ?reason, "parent dropped");
                     if reason != FailReason::Unspecified {
                         self.blocked.insert(parent.clone());
@@ -445,7 +475,7 @@ impl TaskRun {
             }
             Event::Layout(meta) => {
                 send(peer_message::Message::TaskInfo(meta.info()));
-                self.check_complete();
+                self.settle(send);
             }
             Event::Fatal(e) => return Err(e),
             Event::OriginDone(r) => {

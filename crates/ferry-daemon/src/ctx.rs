@@ -1,0 +1,94 @@
+//! The running daemon as the local API sees it: the tasks' environment plus what only the
+//! API needs (piece-server statistics, the background workers, the authorization cache).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_backend::{Backend, HttpBackend};
+use ferry_transport::ServerStats;
+use ferry_types::{OriginRequest, RequestKey, TaskId, Validators};
+
+use crate::counters::Counters;
+use crate::registry::TaskHandle;
+use crate::task::env::TaskEnv;
+use crate::DaemonError;
+
+/// What every part of a running daemon shares.
+pub struct Ctx {
+    pub env: Arc<TaskEnv>,
+    pub server_stats: Arc<ServerStats>,
+    /// The background loops, with their status (`Stats.workers`).
+    pub workers: Arc<crate::workers::Workers>,
+    pub backend: HttpBackend,
+    /// Requests that proved their access to the origin lately, with what the origin said.
+    authorized: std::sync::Mutex<std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>>,
+}
+
+/// How long a request's proven access is trusted before the origin is asked again.
+const AUTHORIZED_TTL: Duration = Duration::from_secs(30);
+/// Entries kept at most in the authorization cache.
+const AUTHORIZED_MAX: usize = 4096;
+
+impl Ctx {
+    pub fn new(
+        env: Arc<TaskEnv>,
+        server_stats: Arc<ServerStats>,
+        workers: Arc<crate::workers::Workers>,
+        backend: HttpBackend,
+    ) -> Self {
+        Self { env, server_stats, workers, backend, authorized: Default::default() }
+    }
+
+    /// The task's shared download, started if it is not running.
+    pub fn start_task(
+        self: &Arc<Self>,
+        id: TaskId,
+        request: OriginRequest,
+        from_origin: bool,
+        piece_size: u32,
+    ) -> Arc<TaskHandle> {
+        let env = &self.env;
+        let (handle, new) = env.registry.get_or_insert(id, request);
+        if let Err(e) = env.store.touch(id, crate::gc::now_unix()) {
+            tracing::debug!(error = %e, "could not record the task's use");
+        }
+        if new {
+            tokio::spawn(crate::task::drive(env.clone(), handle.clone(), from_origin, piece_size));
+        } else if matches!(handle.progress.borrow().outcome, Some(Ok(()))) {
+            let len = handle.progress.borrow().content_length;
+            Counters::add(&env.counters.bytes_from_cache, len);
+            Counters::add(&handle.counters.from_cache, len);
+        }
+        handle
+    }
+
+    /// Asks the origin whether `request` may read its object (one small request, cached
+    /// per request for [`AUTHORIZED_TTL`]) and returns the object's validators. The error
+    /// is the origin's answer to this request alone.
+    pub async fn authorize(&self, request: &OriginRequest) -> Result<Validators, DaemonError> {
+        let key = request.key();
+        let now = std::time::Instant::now();
+        if let Some((at, v)) = self.authorized_cache().get(&key) {
+            if now.duration_since(*at) < AUTHORIZED_TTL {
+                return Ok(v.clone());
+            }
+        }
+        let backend = Backend::for_url(request.url(), &self.backend)?;
+        let v = backend.check(request).await?;
+        tracing::debug!(url = %request.redacted_url(), "request proved its access to the origin");
+        let mut cache = self.authorized_cache();
+        if cache.len() >= AUTHORIZED_MAX {
+            cache.retain(|_, (at, _)| now.duration_since(*at) < AUTHORIZED_TTL);
+        }
+        if cache.len() < AUTHORIZED_MAX {
+            cache.insert(key, (now, v.clone()));
+        }
+        Ok(v)
+    }
+
+    fn authorized_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>> {
+        self.authorized.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
