@@ -3,6 +3,7 @@ fn main() {
     std::env::set_var("PROTOC", protoc);
     println!("cargo:rerun-if-changed=proto");
     tonic_build::configure()
+        .codec_path("crate::codec::LeanCodec")
         .compile_protos(&["proto/scheduler.proto", "proto/daemon.proto"], &["proto"])
         .expect("compile protos");
 }

@@ -47,6 +47,17 @@ pub struct TaskHandle {
     pub evict: tokio_util::sync::CancellationToken,
     /// Outputs of local requests written as pieces arrive (see [`crate::output::OutputSink`]).
     pub sinks: Mutex<Vec<std::sync::Weak<crate::output::OutputSink>>>,
+    /// Finished, its driver ended, and kept as a parent by this scheduler without a stream
+    /// (`Park`): where, and in which of its host sessions.
+    pub parked: Mutex<Option<ParkedAt>>,
+}
+
+/// The scheduler a finished task is parked with: its address and the generation of this
+/// daemon's host session with it (a new session means a scheduler that may not know).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkedAt {
+    pub scheduler: String,
+    pub generation: u64,
 }
 
 impl TaskHandle {
@@ -61,6 +72,7 @@ impl TaskHandle {
             cancel: tokio_util::sync::CancellationToken::new(),
             evict: tokio_util::sync::CancellationToken::new(),
             sinks: Mutex::new(vec![]),
+            parked: Mutex::new(None),
         }
     }
 
@@ -71,6 +83,14 @@ impl TaskHandle {
         sinks.iter().filter_map(|w| w.upgrade()).collect()
     }
 
+    pub fn parked_at(&self) -> Option<ParkedAt> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_parked(&self, at: Option<ParkedAt>) {
+        *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
     pub fn failed(&self) -> bool {
         matches!(self.progress.borrow().outcome, Some(Err(_)))
     }
@@ -79,6 +99,9 @@ impl TaskHandle {
 #[derive(Default)]
 pub struct Registry {
     tasks: Mutex<HashMap<TaskId, Arc<TaskHandle>>>,
+    /// Parked tasks forgotten here, by the scheduler they were parked with: the next
+    /// keepalive to it says so (`HostMessage.dropped`).
+    dropped: Mutex<Vec<(String, TaskId)>>,
 }
 
 impl Registry {
@@ -96,12 +119,35 @@ impl Registry {
         (h, true)
     }
 
-    /// Forgets `handle` (a failed task), unless a newer attempt already took its place.
+    /// Forgets `handle` (a failed or collected task), unless a newer attempt already took
+    /// its place.
     pub fn remove(&self, handle: &Arc<TaskHandle>) {
         let mut tasks = self.lock();
         if tasks.get(&handle.id).is_some_and(|h| Arc::ptr_eq(h, handle)) {
             tasks.remove(&handle.id);
+            if let Some(at) = handle.parked.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                self.dropped.lock().unwrap_or_else(|e| e.into_inner()).push((at.scheduler, handle.id));
+            }
         }
+    }
+
+    /// The parked tasks forgotten here that `scheduler` must hear of, at most `max`.
+    pub fn take_dropped(&self, scheduler: &str, max: usize) -> Vec<TaskId> {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken = vec![];
+        dropped.retain(|(s, t)| {
+            let take = s == scheduler && taken.len() < max;
+            if take {
+                taken.push(*t);
+            }
+            !take
+        });
+        taken
+    }
+
+    /// Forgets what `scheduler` was to hear: a new session with it starts from nothing parked.
+    pub fn clear_dropped(&self, scheduler: &str) {
+        self.dropped.lock().unwrap_or_else(|e| e.into_inner()).retain(|(s, _)| s != scheduler);
     }
 
     pub fn all(&self) -> Vec<Arc<TaskHandle>> {

@@ -65,7 +65,7 @@ pub async fn run(
 
     let server = serve(
         listener,
-        registry,
+        registry.clone(),
         ServerOptions {
             #[cfg(feature = "fault-injection")]
             corrupt_uploads: opts.corrupt_uploads,
@@ -76,7 +76,7 @@ pub async fn run(
     );
     workers.spawn("piece-server", cancel.clone(), server);
     let (orders_tx, mut orders_rx) = tokio::sync::mpsc::unbounded_channel();
-    schedulers.spawn_sessions(host_info, orders_tx, &workers, cancel.clone());
+    schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), &workers, cancel.clone());
     let silent = schedulers.settle(Duration::from_secs(5)).await;
     if silent.len() == opts.schedulers.len() {
         tracing::warn!(
@@ -86,6 +86,17 @@ pub async fn run(
         );
     } else if !silent.is_empty() {
         tracing::warn!(schedulers = %silent.join(","), "some schedulers do not answer; using the others");
+    }
+    {
+        // Parked tasks follow the schedulers: one whose owner changed, or whose owner
+        // restarted (a new session), registers again.
+        let (ctx, schedulers) = (ctx.clone(), schedulers.clone());
+        workers.spawn("reannounce-parked", cancel.clone(), async move {
+            let mut topology = schedulers.topology();
+            while topology.changed().await.is_ok() {
+                reannounce_parked(&ctx, &schedulers);
+            }
+        });
     }
     {
         // A seed's orders from schedulers: fetch this task from origin, or stop fetching it.
@@ -156,6 +167,23 @@ fn host_info(
         uploads_active: stats.connections_active.load(Ordering::Relaxed) as u32,
         seed: opts.seed,
     })
+}
+
+/// Registers again every parked task whose owner is no longer the scheduler (or the
+/// session) it parked with.
+fn reannounce_parked(ctx: &Arc<Ctx>, schedulers: &Schedulers) {
+    let mut moved = 0;
+    for handle in ctx.env.registry.all() {
+        let Some(at) = handle.parked_at() else { continue };
+        if schedulers.owner(&handle.id) != at {
+            handle.set_parked(None);
+            tokio::spawn(crate::task::drive(ctx.env.clone(), handle, false, 0));
+            moved += 1;
+        }
+    }
+    if moved > 0 {
+        tracing::info!(tasks = moved, "schedulers changed: registering parked tasks again");
+    }
 }
 
 /// A scheduler's order to this (seed) host.

@@ -17,10 +17,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::registry::{ParkedAt, Registry};
 use crate::retry::Backoff;
+
+/// Most task ids one keepalive names as dropped (the scheduler's limit).
+const MAX_DROPPED: usize = 4096;
 
 pub struct Schedulers {
     entries: Vec<Entry>,
+    /// Bumped whenever a host session comes up or goes down: tasks may change owner, and a
+    /// scheduler that restarted knows none of the tasks parked with it.
+    topology: tokio::sync::watch::Sender<u64>,
 }
 
 struct Entry {
@@ -29,6 +36,8 @@ struct Entry {
     live: AtomicBool,
     /// The first session attempt finished (up or failed): the view of this scheduler is settled.
     tried: AtomicBool,
+    /// How many host sessions with it have come up.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn score(task: &TaskId, addr: &str) -> u64 {
@@ -53,21 +62,37 @@ impl Schedulers {
                     channel: ep.connect_lazy(),
                     live: AtomicBool::new(false),
                     tried: AtomicBool::new(false),
+                    generation: Default::default(),
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
         if entries.is_empty() {
             return Err("no scheduler address given (--scheduler HOST:PORT)".into());
         }
-        Ok(Self { entries })
+        Ok(Self { entries, topology: tokio::sync::watch::Sender::new(0) })
     }
 
     /// The scheduler owning `task`: rendezvous over the live ones, or over all when none is.
     pub fn pick(&self, task: &TaskId) -> (String, SchedulerClient<Channel>) {
+        let e = self.owner_entry(task);
+        (e.addr.clone(), SchedulerClient::new(e.channel.clone()).max_decoding_message_size(64 << 20))
+    }
+
+    fn owner_entry(&self, task: &TaskId) -> &Entry {
         let live: Vec<&Entry> = self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).collect();
         let pool: Vec<&Entry> = if live.is_empty() { self.entries.iter().collect() } else { live };
-        let e = pool.into_iter().max_by_key(|e| score(task, &e.addr)).expect("at least one scheduler");
-        (e.addr.clone(), SchedulerClient::new(e.channel.clone()).max_decoding_message_size(64 << 20))
+        pool.into_iter().max_by_key(|e| score(task, &e.addr)).expect("at least one scheduler")
+    }
+
+    /// Where a finished task would be parked now: its owner and our session generation there.
+    pub fn owner(&self, task: &TaskId) -> ParkedAt {
+        let e = self.owner_entry(task);
+        ParkedAt { scheduler: e.addr.clone(), generation: e.generation.load(Ordering::Relaxed) }
+    }
+
+    /// Changes whenever a host session comes up or goes down.
+    pub fn topology(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.topology.subscribe()
     }
 
     /// Waits (bounded) until every scheduler's first session attempt has finished, so tasks
@@ -88,13 +113,14 @@ impl Schedulers {
         self: &Arc<Self>,
         host: Arc<dyn Fn() -> Host + Send + Sync>,
         fetches: mpsc::UnboundedSender<host_command::Command>,
+        registry: Arc<Registry>,
         workers: &crate::workers::Workers,
         cancel: CancellationToken,
     ) {
         for i in 0..self.entries.len() {
-            let (this, host, fetches) = (self.clone(), host.clone(), fetches.clone());
+            let (this, host, fetches, registry) = (self.clone(), host.clone(), fetches.clone(), registry.clone());
             let name = format!("host-session {}", self.entries[i].addr);
-            workers.spawn(name, cancel.clone(), async move { this.session_worker(i, host, fetches).await });
+            workers.spawn(name, cancel.clone(), async move { this.session_worker(i, host, fetches, registry).await });
         }
     }
 
@@ -103,17 +129,21 @@ impl Schedulers {
         i: usize,
         host: Arc<dyn Fn() -> Host + Send + Sync>,
         fetches: mpsc::UnboundedSender<host_command::Command>,
+        registry: Arc<Registry>,
     ) {
         let e = &self.entries[i];
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), None);
         loop {
             let (ticks, ticks_rx) = mpsc::channel::<HostMessage>(2);
-            let h = host.clone();
+            let (h, registry, addr) = (host.clone(), registry.clone(), e.addr.clone());
+            // A new session: whatever was parked with this scheduler is unknown to it now.
+            registry.clear_dropped(&addr);
             let keepalive = tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(1));
                 loop {
                     every.tick().await;
-                    if ticks.send(HostMessage { host: Some(h()) }).await.is_err() {
+                    let dropped = registry.take_dropped(&addr, MAX_DROPPED).iter().map(|t| t.0.to_vec()).collect();
+                    if ticks.send(HostMessage { host: Some(h()), dropped }).await.is_err() {
                         return;
                     }
                 }
@@ -125,8 +155,10 @@ impl Schedulers {
             }
             match result {
                 Ok(resp) => {
+                    e.generation.fetch_add(1, Ordering::Relaxed);
                     e.live.store(true, Ordering::Relaxed);
                     e.tried.store(true, Ordering::Relaxed);
+                    self.topology.send_modify(|g| *g += 1);
                     tracing::info!(scheduler = %e.addr, "host session up");
                     backoff.reset();
                     let mut cmds = resp.into_inner();
@@ -136,6 +168,7 @@ impl Schedulers {
                         }
                     }
                     e.live.store(false, Ordering::Relaxed);
+                    self.topology.send_modify(|g| *g += 1);
                     tracing::warn!(scheduler = %e.addr, "host session lost");
                 }
                 Err(err) => {
@@ -174,16 +207,21 @@ impl crate::task::env::SchedulerLink for Schedulers {
     fn open(
         &self,
         task: TaskId,
-        outbound: mpsc::UnboundedReceiver<ferry_proto::scheduler::PeerMessage>,
+        outbound: mpsc::UnboundedReceiver<Box<ferry_proto::scheduler::PeerMessage>>,
     ) -> futures::future::BoxFuture<'static, (String, Result<crate::task::env::Commands, tonic::Status>)> {
         let (addr, mut client) = self.pick(&task);
         Box::pin(async move {
-            let outbound = tokio_stream::wrappers::UnboundedReceiverStream::new(outbound);
+            let outbound =
+                futures::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(outbound), |m| *m);
             let commands = client.announce_peer(outbound).await.map(|r| {
                 let stream: crate::task::env::Commands = Box::pin(r.into_inner());
                 stream
             });
             (addr, commands)
         })
+    }
+
+    fn owner(&self, task: TaskId) -> ParkedAt {
+        Schedulers::owner(self, &task)
     }
 }

@@ -1,6 +1,7 @@
 //! Wire formats: the gRPC control plane (generated from `proto/`) and the data-plane frame
 //! codec that peers use to move pieces.
 
+pub mod codec;
 pub mod frame;
 
 // Generated code: message enums are as large as their largest message.

@@ -59,7 +59,7 @@ impl SchedulerService {
 }
 
 fn send(tx: &crate::state::PeerTx, c: peer_command::Command) {
-    let _ = tx.send(Ok(PeerCommand { command: Some(c) }));
+    let _ = tx.send(Box::new(Ok(PeerCommand { command: Some(c) })));
 }
 
 /// Parents a peer gets over the child limits when no parent is within them.
@@ -270,6 +270,7 @@ impl SchedulerService {
                 throughput: None,
                 waiting: false,
                 session,
+                parked: false,
             },
         );
         if !v.from_origin && !complete {
@@ -281,6 +282,9 @@ impl SchedulerService {
 
     /// Applies one message of a peer's stream; an error ends that stream (and only it).
     fn on_message(&self, task_id: &TaskId, peer: &HostId, msg: peer_message::Message) -> Result<(), Status> {
+        if let peer_message::Message::Park(_) = msg {
+            return self.park(task_id, peer);
+        }
         let mut st = self.lock();
         let Some(task) = st.tasks.get_mut(task_id) else {
             return Ok(());
@@ -329,28 +333,69 @@ impl SchedulerService {
             peer_message::Message::Failed(f) => {
                 on_failed(&mut st, task_id, peer, f.failure.unwrap_or_default(), &self.opts)
             }
+            peer_message::Message::Park(_) => unreachable!("handled above"),
         }
         Ok(())
     }
 
-    fn unregister(&self, task_id: &TaskId, peer: &HostId, session: u64) {
+    /// A finished peer closes its stream and stays a parent (see `Park` in the proto).
+    fn park(&self, task_id: &TaskId, peer: &HostId) -> Result<(), Status> {
         let mut st = self.lock();
         let State { tasks, hosts, .. } = &mut *st;
-        let Some(task) = tasks.get_mut(task_id) else {
-            return;
-        };
-        if task.peers.get(peer).is_some_and(|p| p.session == session) {
-            task.release_grant(peer);
-            task.peers.remove(peer);
-            task.dag.remove_node(peer);
-            if task.fetch.as_ref().is_some_and(|f| &f.seed == peer) {
-                task.fetch = None;
-            }
-            task.last_active = Instant::now();
-            cancel_fetch_if_unwanted(task, hosts, task_id);
+        let Some(me) = tasks.get_mut(task_id).and_then(|t| t.peers.get_mut(peer)) else { return Ok(()) };
+        if me.state != PeerState::Succeeded {
+            return Err(Status::invalid_argument("Park from a peer that has not finished the task"));
         }
-        schedule_waiting(&mut st, task_id, &self.opts);
+        let Some(host) = hosts.get_mut(peer) else {
+            // No host session: nothing would tell us when it leaves. Its stream's end
+            // removes it as usual.
+            return Ok(());
+        };
+        me.parked = true;
+        // Commands go nowhere now, and the stream's response side ends as soon as the peer
+        // closes its own (the stream task holds the only other sender).
+        me.tx = mpsc::unbounded_channel().0;
+        host.parked.insert(*task_id);
+        Ok(())
     }
+
+    /// The peer's stream ended. A parked peer stays, as long as its host session does.
+    fn unregister(&self, task_id: &TaskId, peer: &HostId, session: u64) {
+        let mut st = self.lock();
+        let stays = |p: &PeerEntry| p.session != session || p.parked;
+        if st.tasks.get(task_id).and_then(|t| t.peers.get(peer)).is_none_or(stays) {
+            return;
+        }
+        remove_peer(&mut st, task_id, peer, &self.opts);
+    }
+
+    /// A host's parked tasks leave: it dropped them (`dropped`), or its session ended (all).
+    fn unpark(&self, host: &HostId, tasks: impl IntoIterator<Item = TaskId>) {
+        let mut st = self.lock();
+        for task_id in tasks {
+            if let Some(h) = st.hosts.get_mut(host) {
+                h.parked.remove(&task_id);
+            }
+            if st.tasks.get(&task_id).and_then(|t| t.peers.get(host)).is_some_and(|p| p.parked) {
+                remove_peer(&mut st, &task_id, host, &self.opts);
+            }
+        }
+    }
+}
+
+/// Takes a peer out of its task: its grant, its edges, a seed fetch it ran.
+fn remove_peer(st: &mut State, task_id: &TaskId, peer: &HostId, opts: &SchedulerOptions) {
+    let State { tasks, hosts, .. } = &mut *st;
+    let Some(task) = tasks.get_mut(task_id) else { return };
+    task.release_grant(peer);
+    task.peers.remove(peer);
+    task.dag.remove_node(peer);
+    if task.fetch.as_ref().is_some_and(|f| &f.seed == peer) {
+        task.fetch = None;
+    }
+    task.last_active = Instant::now();
+    cancel_fetch_if_unwanted(task, hosts, task_id);
+    schedule_waiting(st, task_id, opts);
 }
 
 /// Records reported pieces: origin digests (relayed to everyone), holdings, parents' speed.
@@ -463,7 +508,7 @@ impl Scheduler for SchedulerService {
             let mut st = self.lock();
             let session = st.session();
             tracing::info!(host = %id, ip = %first.ip, seed = first.seed, "host joined");
-            st.hosts.insert(id.clone(), HostEntry { host: first, tx, last_seen: Instant::now(), session });
+            st.hosts.insert(id.clone(), HostEntry::new(first, tx, session));
             session
         };
         let this = self.clone();
@@ -471,23 +516,35 @@ impl Scheduler for SchedulerService {
         tokio::spawn(
             async move {
                 while let Ok(Some(msg)) = inbound.message().await {
-                    let host = match validate::host(msg.host.as_ref()) {
-                        Ok((sent, h)) if sent == id => h,
+                    let (host, dropped) = match validate::host(msg.host.as_ref()) {
+                        Ok((sent, h)) if sent == id => match validate::task_ids(&msg.dropped) {
+                            Ok(dropped) => (h, dropped),
+                            Err(e) => {
+                                tracing::info!(error = %e.message(), "host sent malformed dropped tasks; closing its session");
+                                break;
+                            }
+                        },
                         _ => {
                             tracing::info!("host sent a malformed keepalive; closing its session");
                             break;
                         }
                     };
-                    let mut st = this.lock();
-                    if let Some(entry) = st.hosts.get_mut(&id) {
+                    if let Some(entry) = this.lock().hosts.get_mut(&id) {
                         entry.host = host;
                         entry.last_seen = Instant::now();
                     }
+                    this.unpark(&id, dropped);
                 }
-                let mut st = this.lock();
-                if st.hosts.get(&id).is_some_and(|h| h.session == session) {
-                    st.hosts.remove(&id);
-                    tracing::info!("host left");
+                let left = {
+                    let mut st = this.lock();
+                    match st.hosts.get(&id).is_some_and(|h| h.session == session) {
+                        true => st.hosts.remove(&id).map(|h| h.parked),
+                        false => None,
+                    }
+                };
+                if let Some(parked) = left {
+                    tracing::info!(parked = parked.len(), "host left");
+                    this.unpark(&id, parked);
                 }
             }
             .instrument(span),
@@ -515,7 +572,7 @@ impl Scheduler for SchedulerService {
                         Some(Ok(PeerMessage { message: Some(m) })) => {
                             if let Err(status) = this.on_message(&task_id, &peer, m) {
                                 tracing::info!(error = %status.message(), "peer sent a malformed message; closing its stream");
-                                let _ = tx.send(Err(status));
+                                let _ = tx.send(Box::new(Err(status)));
                                 break;
                             }
                         }
@@ -531,7 +588,7 @@ impl Scheduler for SchedulerService {
             }
             .instrument(span),
         );
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(|b| *b))))
     }
 
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
@@ -549,10 +606,10 @@ impl Scheduler for SchedulerService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_proto::scheduler::{Failed, FinishedPiece, Host, PiecesFinished, TaskInfo};
+    use ferry_proto::scheduler::{Failed, Finished, FinishedPiece, Host, PiecesFinished, TaskInfo};
     use tokio::sync::mpsc::UnboundedReceiver;
 
-    type Rx = UnboundedReceiver<Result<PeerCommand, Status>>;
+    type Rx = UnboundedReceiver<Box<Result<PeerCommand, Status>>>;
 
     fn join(svc: &SchedulerService, id: &str, from_origin: bool) -> Rx {
         join_with(svc, id, from_origin, "http://origin/f").1
@@ -569,7 +626,7 @@ mod tests {
 
     fn commands(rx: &mut Rx) -> Vec<peer_command::Command> {
         let mut out = vec![];
-        while let Ok(Ok(c)) = rx.try_recv() {
+        while let Ok(Ok(c)) = rx.try_recv().map(|b| *b) {
             out.extend(c.command);
         }
         out
@@ -577,6 +634,39 @@ mod tests {
 
     fn got_back_to_source(rx: &mut Rx) -> bool {
         commands(rx).iter().any(|c| matches!(c, peer_command::Command::BackToSource(_)))
+    }
+
+    #[test]
+    fn a_parked_peer_stays_a_parent_until_its_host_drops_the_task() {
+        let svc = SchedulerService::new(SchedulerOptions::default());
+        let (task, a) = (TaskId([7; 32]), HostId::new("a").unwrap());
+        let (session, _rx) = join_with(&svc, "a", false, "http://origin/f");
+        let host = svc.lock().tasks[&task].peers[&a].host.clone();
+        let (htx, _hrx) = mpsc::unbounded_channel();
+        svc.lock().hosts.insert(a.clone(), HostEntry::new(host, htx, 1));
+        let park = || svc.on_message(&task, &a, peer_message::Message::Park(ferry_proto::scheduler::Park {}));
+        assert!(park().is_err(), "only a finished peer may park");
+        svc.on_message(&task, &a, peer_message::Message::Finished(Finished {})).unwrap();
+        park().unwrap();
+        svc.unregister(&task, &a, session);
+        let holds = |svc: &SchedulerService| svc.lock().tasks.get(&task).is_some_and(|t| t.peers.contains_key(&a));
+        assert!(holds(&svc), "a parked peer's closed stream keeps it as a parent");
+        assert!(svc.lock().hosts[&a].parked.contains(&task));
+        svc.unpark(&a, [task]);
+        assert!(!holds(&svc), "dropped: no longer a parent");
+        assert!(svc.lock().hosts[&a].parked.is_empty());
+    }
+
+    #[test]
+    fn an_unparked_peer_whose_stream_ends_leaves() {
+        let svc = SchedulerService::new(SchedulerOptions::default());
+        let (task, a) = (TaskId([7; 32]), HostId::new("a").unwrap());
+        let (session, _rx) = join_with(&svc, "a", false, "http://origin/f");
+        svc.on_message(&task, &a, peer_message::Message::Finished(Finished {})).unwrap();
+        // No host session here: Park is accepted but cannot hold the peer.
+        svc.on_message(&task, &a, peer_message::Message::Park(ferry_proto::scheduler::Park {})).unwrap();
+        svc.unregister(&task, &a, session);
+        assert!(!svc.lock().tasks.get(&task).is_some_and(|t| t.peers.contains_key(&a)));
     }
 
     #[test]
@@ -624,10 +714,7 @@ mod tests {
         let (htx, mut hrx) = mpsc::unbounded_channel();
         let seed_host =
             Host { id: "seed".into(), ip: "127.0.0.1".into(), piece_port: 1, seed: true, ..Default::default() };
-        svc.lock().hosts.insert(
-            HostId::new("seed").unwrap(),
-            HostEntry { host: seed_host, tx: htx, last_seen: Instant::now(), session: 0 },
-        );
+        svc.lock().hosts.insert(HostId::new("seed").unwrap(), HostEntry::new(seed_host, htx, 0));
         let (session, _a) = join_with(&svc, "a", false, "http://origin/f");
         let fetch = hrx.try_recv().unwrap().unwrap();
         assert!(matches!(fetch.command, Some(host_command::Command::Fetch(_))));
@@ -672,7 +759,7 @@ mod tests {
     /// told to wait.
     fn parents(rx: &mut Rx) -> Option<Vec<String>> {
         let mut out: Option<Vec<String>> = None;
-        while let Ok(Ok(c)) = rx.try_recv() {
+        while let Ok(Ok(c)) = rx.try_recv().map(|b| *b) {
             if let Some(peer_command::Command::Parents(p)) = c.command {
                 out.get_or_insert_default().extend(p.parents.into_iter().map(|p| p.host_id));
             }

@@ -23,7 +23,10 @@ pub fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::Status;
 
-pub type PeerTx = UnboundedSender<Result<PeerCommand, Status>>;
+/// Boxed: a channel allocates its slots in blocks of 32, and a peer's stream lives as long as
+/// the peer holds the task, so 32 unboxed commands (176 bytes each) per finished peer would
+/// be most of what a finished peer costs.
+pub type PeerTx = UnboundedSender<Box<Result<PeerCommand, Status>>>;
 pub type HostTx = UnboundedSender<Result<HostCommand, Status>>;
 
 pub struct HostEntry {
@@ -32,6 +35,15 @@ pub struct HostEntry {
     pub last_seen: Instant,
     /// Distinguishes a host's new session from its old one when both overlap briefly.
     pub session: u64,
+    /// Tasks this host parked here (finished, stream closed, still a parent): they leave
+    /// with the host session.
+    pub parked: std::collections::HashSet<TaskId>,
+}
+
+impl HostEntry {
+    pub fn new(host: Host, tx: HostTx, session: u64) -> Self {
+        Self { host, tx, last_seen: Instant::now(), session, parked: Default::default() }
+    }
 }
 
 pub struct PeerEntry {
@@ -49,6 +61,9 @@ pub struct PeerEntry {
     /// Told to wait; scheduled again when something changes.
     pub waiting: bool,
     pub session: u64,
+    /// Finished, and its stream closed by `Park`: a parent until its host says it dropped
+    /// the task or its host session ends.
+    pub parked: bool,
 }
 
 /// A seed asked to read the origin for a task, and whose request it reads with.
@@ -133,7 +148,7 @@ impl TaskEntry {
     pub fn broadcast(&self, cmd: peer_command::Command, except: Option<&HostId>) {
         for (id, p) in &self.peers {
             if Some(id) != except {
-                let _ = p.tx.send(Ok(PeerCommand { command: Some(cmd.clone()) }));
+                let _ = p.tx.send(Box::new(Ok(PeerCommand { command: Some(cmd.clone()) })));
             }
         }
     }

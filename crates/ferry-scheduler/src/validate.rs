@@ -99,6 +99,17 @@ pub fn register(reg: &Register, known: impl FnOnce(&TaskId) -> Option<PieceLayou
     })
 }
 
+/// Most task ids one host message may name.
+pub const MAX_DROPPED: usize = 4096;
+
+/// Task ids a host names (`HostMessage.dropped`): each 32 bytes, at most [`MAX_DROPPED`].
+pub fn task_ids(ids: &[Vec<u8>]) -> Result<Vec<TaskId>, Status> {
+    if ids.len() > MAX_DROPPED {
+        return Err(invalid(format!("{} task ids in one message; at most {MAX_DROPPED}", ids.len())));
+    }
+    ids.iter().map(|b| TaskId::from_slice(b).ok_or_else(|| invalid("a task id is not 32 bytes"))).collect()
+}
+
 /// A reported piece: its index inside the layout, the origin digest when sent, the parent
 /// it came from (empty: from origin).
 pub struct ValidPiece {

@@ -45,6 +45,16 @@ async fn a_quota_keeps_the_most_recent_tasks_and_stays_under() {
     assert_eq!(last.bytes_from_cache, after.bytes_from_cache, "the oldest task is still cached");
     assert!(s.verify("f0.bin", &s.out("again-0")));
     eprintln!("largest cache seen: {} MiB", most / MIB);
+    // The scheduler no longer counts this host as a parent of the tasks it collected (they
+    // were parked there: the host's keepalive names them as dropped). The seed holds all 10.
+    let held = stats(peer).await.unwrap().tasks.len() as u64;
+    assert!(held < 10, "the peer holds {held} tasks");
+    let sched = s.cluster.schedulers[0].clone();
+    ferry_testkit::wait_until("the scheduler to forget collected tasks", std::time::Duration::from_secs(10), || {
+        let sched = sched.clone();
+        async move { (common::scheduler_stats(&sched).await.peers == 10 + held).then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

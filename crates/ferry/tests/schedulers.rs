@@ -137,3 +137,30 @@ async fn a_seed_without_scheduler_stops_reading_for_nobody() {
     let served = s.origin.bytes_served();
     assert!(served < size as u64 / 2, "the seed read {served} of {size} bytes for nobody");
 }
+
+/// Finished tasks park with their scheduler (no stream each). When that scheduler restarts
+/// it knows nothing; the daemons see a new host session and register their parked tasks
+/// again, so a new peer is served by them and the origin is not read a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_tasks_register_again_when_their_scheduler_restarts() {
+    let size = 4 << 20;
+    let mut s = Setup::start(Spec { files: &[("f.bin", size)], peers: 3, ..Default::default() }).await;
+    let (first, late) = s.peers.split_at(2);
+    let (first, late) = (first.to_vec(), late[0].clone());
+    s.download_verified(&first, "f.bin").await;
+    let sched = s.cluster.schedulers[0].clone();
+    s.cluster.kill("scheduler-0").await;
+    s.cluster.restart("scheduler-0", vec!["scheduler".into(), "--listen".into(), sched.clone()]).await.unwrap();
+    // The seed and both peers hold the task: all three register it with the new scheduler.
+    ferry_testkit::wait_until("parked tasks to register again", std::time::Duration::from_secs(20), || {
+        let sched = sched.clone();
+        async move { (scheduler_stats(&sched).await.peers >= 3).then_some(()) }
+    })
+    .await;
+    let out = s.out("late");
+    download(&late, &s.origin.url("f.bin"), &out).await.unwrap();
+    assert!(s.verify("f.bin", &out));
+    assert_eq!(common::stats(&late).await.unwrap().bytes_from_origin, 0, "the new peer went to origin");
+    let served = s.origin.bytes_served();
+    assert!(served as f64 <= 1.05 * size as f64, "origin read again after the restart: {served}");
+}

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::counters::Counters;
 use crate::gc::CacheGc;
-use crate::registry::Registry;
+use crate::registry::{ParkedAt, Registry};
 use crate::DaemonOptions;
 
 /// What every task on this daemon shares.
@@ -46,15 +46,21 @@ pub struct TaskEnv {
 /// What a scheduler says to a registered peer, until the session ends.
 pub type Commands = BoxStream<'static, Result<PeerCommand, tonic::Status>>;
 
-/// A task's session with the scheduler that owns it.
+/// A task's session with the scheduler that owns it. Outbound messages are boxed: the
+/// channel allocates 32 slots at once and lives as long as the task is held, and an unboxed
+/// `PeerMessage` is 328 bytes.
 pub trait SchedulerLink: Send + Sync {
     /// Opens a session for `task` carrying `outbound` (its first message is the
     /// registration). Returns the scheduler's address, for logs, and its commands.
     fn open(
         &self,
         task: TaskId,
-        outbound: mpsc::UnboundedReceiver<PeerMessage>,
+        outbound: mpsc::UnboundedReceiver<Box<PeerMessage>>,
     ) -> BoxFuture<'static, (String, Result<Commands, tonic::Status>)>;
+
+    /// The scheduler that owns `task` now, and this daemon's session generation there: a
+    /// finished task parks only with its owner, and registers again when this changes.
+    fn owner(&self, task: TaskId) -> ParkedAt;
 }
 
 /// What a parent sends, read off its connection by a task of its own (a frame read must

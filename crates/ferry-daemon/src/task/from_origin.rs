@@ -132,7 +132,7 @@ fn settle_content(shared: &Shared, body: &SourceBody, piece_size: u32) -> Result
     let meta =
         ContentMeta { layout, validators: body.validators.clone(), private: shared.handle.request.credentialed() };
     shared.init_content(meta.clone())?;
-    let _ = shared.events.send(Event::Layout(meta));
+    shared.emit(Event::Layout(meta));
     Ok(layout)
 }
 

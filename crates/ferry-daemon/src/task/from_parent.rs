@@ -299,7 +299,7 @@ impl<'a> Worker<'a> {
             Err(e) => {
                 tracing::warn!(parent = %self.parent, index, error = %e, "storing piece failed");
                 release(index);
-                let _ = self.shared.events.send(Event::Fatal(e));
+                self.shared.emit(Event::Fatal(e));
                 Err(FailReason::Unspecified)
             }
         }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::scheduler::{
     peer_command, peer_message, FailReason, Failed, Finished, FinishedPiece, Header, NeedParents, Parent, ParentFailed,
-    PeerMessage, PiecesFinished, Register, TaskInfo,
+    Park, PeerMessage, PiecesFinished, Register, TaskInfo,
 };
 use ferry_storage::PieceStore;
 use ferry_types::{HostId, PieceDigest};
@@ -55,6 +55,7 @@ pub async fn drive(env: Arc<TaskEnv>, handle: Arc<TaskHandle>, from_origin: bool
         from_origin,
         piece_size,
         pending: vec![],
+        reported: HashSet::new(),
         last_progress: Instant::now(),
         unwanted_since: None,
     };
@@ -94,7 +95,7 @@ fn fail_locally(shared: &Shared, e: Arc<DaemonError>) {
 struct TaskRun {
     shared: Arc<Shared>,
     phase: Phase,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<Box<Event>>,
     workers: JoinSet<()>,
     parents: HashSet<HostId>,
     blocked: HashSet<HostId>,
@@ -102,6 +103,10 @@ struct TaskRun {
     from_origin: bool,
     piece_size: u32,
     pending: Vec<FinishedPiece>,
+    /// Pieces the scheduler of the current session has heard of (in `Register`, or as
+    /// stored): a task parks only when it has heard of all, so no origin digest a child
+    /// needs is left behind in the driver.
+    reported: HashSet<u32>,
     last_progress: Instant,
     /// Since when an origin read for others has had no one to serve while no scheduler
     /// answered (see [`TaskRun::unwanted`]).
@@ -112,6 +117,8 @@ struct TaskRun {
 /// stays open so the task is served; only the daemon's cancellation ends it.
 enum SessionEnd {
     Reconnect,
+    /// Finished and parked with the scheduler: the driver's work is done.
+    Parked,
     /// The cache collector removed the task: stop serving it, quietly.
     Evicted,
 }
@@ -133,7 +140,7 @@ impl TaskRun {
         let mut backoff = crate::retry::Backoff::new(Duration::from_millis(50), Duration::from_millis(700), None);
         loop {
             let (out, out_rx) = mpsc::unbounded_channel();
-            let _ = out.send(self.register_message());
+            let _ = out.send(Box::new(self.register_message()));
             let (addr, inbound) = tokio::select! {
                 _ = env.cancel.cancelled() => return Err(Arc::new(DaemonError::ShuttingDown)),
                 r = env.scheduler.open(id, out_rx) => r,
@@ -145,13 +152,17 @@ impl TaskRun {
                     tracing::debug!(scheduler = %addr, "registered");
                     self.shared.set_scheduler_up(true);
                     self.unwanted_since = None;
-                    let end = self.session(&out, &mut inbound).await;
+                    let end = self.session(&addr, &out, &mut inbound).await;
                     self.shared.set_scheduler_up(false);
                     match end {
                         Ok(SessionEnd::Reconnect) => {
                             tracing::warn!(scheduler = %addr, "scheduler stream lost; registering again")
                         }
                         Ok(SessionEnd::Evicted) => return Ok(()),
+                        Ok(SessionEnd::Parked) => {
+                            close_session(out, inbound).await;
+                            return Ok(());
+                        }
                         Err(e) => return Err(self.report_failure(e, out, inbound).await),
                     }
                 }
@@ -196,7 +207,7 @@ impl TaskRun {
                 }
                 // A completion seen here is reported when a session is up again: `session`
                 // sends `Finished` first thing for a complete task.
-                Some(ev) = self.events.recv() => self.on_event(ev, &|_| {}).map_err(Arc::new)?,
+                Some(ev) = self.events.recv() => self.on_event(*ev, &|_| {}).map_err(Arc::new)?,
             }
         }
     }
@@ -220,29 +231,28 @@ impl TaskRun {
     async fn report_failure(
         &mut self,
         e: DaemonError,
-        out: mpsc::UnboundedSender<PeerMessage>,
-        mut inbound: Commands,
+        out: mpsc::UnboundedSender<Box<PeerMessage>>,
+        inbound: Commands,
     ) -> Arc<DaemonError> {
         let e = Arc::new(e);
         fail_locally(&self.shared, e.clone());
         if !matches!(*e, DaemonError::ShuttingDown | DaemonError::Restart) {
             self.flush(&|m| {
-                let _ = out.send(PeerMessage { message: Some(m) });
+                let _ = out.send(Box::new(PeerMessage { message: Some(m) }));
             });
             let failed = peer_message::Message::Failed(Failed { failure: Some(e.failure()) });
-            let _ = out.send(PeerMessage { message: Some(failed) });
+            let _ = out.send(Box::new(PeerMessage { message: Some(failed) }));
         }
-        drop(out);
-        let drain = async { while let Some(Ok(_)) = inbound.next().await {} };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        close_session(out, inbound).await;
         e
     }
 
-    fn register_message(&self) -> PeerMessage {
+    fn register_message(&mut self) -> PeerMessage {
         let held: Vec<u32> = match self.shared.handle.content.get() {
             Some(c) => (0..c.avail.piece_count()).filter(|i| c.avail.has(*i)).collect(),
             None => vec![],
         };
+        self.reported = held.iter().copied().collect();
         let digests = self.shared.digests.lock().expect("not poisoned");
         let held_digests = held.iter().map(|i| digests.get(i).map(|d| d.0.to_vec()).unwrap_or_default()).collect();
         drop(digests);
@@ -281,6 +291,7 @@ impl TaskRun {
         self.phase = next;
         match next {
             Phase::Resolving | Phase::Fetching | Phase::Ended => {}
+            Phase::Parked => tracing::debug!("parked with the scheduler"),
             Phase::Seeding => {
                 // Between sessions `send` goes nowhere: a new session starts with
                 // `Finished` for a seeding task (see `session`).
@@ -294,6 +305,24 @@ impl TaskRun {
                 tracing::info!("task complete");
             }
         }
+    }
+
+    fn all_reported(&self) -> bool {
+        self.shared.layout().is_some_and(|l| self.reported.len() as u32 >= l.piece_count())
+    }
+
+    /// Parks a seeding task with the scheduler of this session, if it still owns the task
+    /// (else the session's end registers it with the new owner): the scheduler keeps this
+    /// peer as a parent without a stream, and the driver ends. See `Park` in the proto.
+    fn park(&mut self, addr: &str, send: &impl Fn(peer_message::Message)) -> bool {
+        let at = self.shared.env.scheduler.owner(self.shared.handle.id);
+        if at.scheduler != addr {
+            return false;
+        }
+        send(peer_message::Message::Park(Park {}));
+        self.enter(Step::Park, send);
+        self.shared.handle.set_parked(Some(at));
+        true
     }
 
     /// The run is over: a failure is settled here (see [`fail_locally`]); an eviction or
@@ -314,7 +343,7 @@ impl TaskRun {
         let piece_size = self.piece_size;
         self.workers.spawn(async move {
             let r = from_origin::fetch(&shared, piece_size).await;
-            let _ = shared.events.send(Event::OriginDone(r));
+            shared.emit(Event::OriginDone(r));
         });
     }
 
@@ -333,17 +362,18 @@ impl TaskRun {
         let addr = std::net::SocketAddr::new(ip, p.piece_port as u16);
         self.workers.spawn(async move {
             let reason = from_parent::parent_worker(&shared, &host, addr, p.seed).await;
-            let _ = shared.events.send(Event::ParentGone { parent: host, reason });
+            shared.emit(Event::ParentGone { parent: host, reason });
         });
     }
 
     async fn session(
         &mut self,
-        out: &mpsc::UnboundedSender<PeerMessage>,
+        addr: &str,
+        out: &mpsc::UnboundedSender<Box<PeerMessage>>,
         inbound: &mut Commands,
     ) -> Result<SessionEnd, DaemonError> {
         let send = |m: peer_message::Message| {
-            let _ = out.send(PeerMessage { message: Some(m) });
+            let _ = out.send(Box::new(PeerMessage { message: Some(m) }));
         };
         if let Some(c) = self.shared.handle.content.get() {
             send(peer_message::Message::TaskInfo(content_info(c)));
@@ -358,6 +388,9 @@ impl TaskRun {
         let mut last_ask = Instant::now();
         self.last_progress = Instant::now();
         loop {
+            if self.phase == Phase::Seeding && self.all_reported() && self.park(addr, &send) {
+                return Ok(SessionEnd::Parked);
+            }
             tokio::select! {
                 _ = env.cancel.cancelled() => return Err(DaemonError::ShuttingDown),
                 _ = handle.cancel.cancelled(), if self.phase.fetching() => return Err(DaemonError::Cancelled),
@@ -370,7 +403,7 @@ impl TaskRun {
                     }
                     None | Some(Err(_)) => return Ok(SessionEnd::Reconnect),
                 },
-                Some(ev) = self.events.recv() => self.on_event(ev, &send)?,
+                Some(ev) = self.events.recv() => self.on_event(*ev, &send)?,
                 _ = handle.fetch_origin.notified() => {
                     if self.phase.fetching() {
                         tracing::info!("a scheduler asks this seed to read the origin");
@@ -442,6 +475,7 @@ impl TaskRun {
         match ev {
             Event::Stored { index, len, source, digest } => {
                 self.last_progress = Instant::now();
+                self.reported.insert(index);
                 let (parent, cost) = match source {
                     Source::Origin => (String::new(), 0),
                     Source::Parent { host, cost } => (host.to_string(), cost.as_micros().min(u32::MAX as u128) as u32),
@@ -492,6 +526,15 @@ impl TaskRun {
             send(peer_message::Message::Pieces(PiecesFinished { pieces }));
         }
     }
+}
+
+/// Ends a session so that what was sent last reaches the scheduler: close our side, then
+/// wait (bounded) for it to close its own. Dropping both at once could reset the stream
+/// before the scheduler has read our last messages.
+async fn close_session(out: mpsc::UnboundedSender<Box<PeerMessage>>, mut inbound: Commands) {
+    drop(out);
+    let drain = async { while let Some(Ok(_)) = inbound.next().await {} };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
 /// What the scheduler hears of content this daemon holds.

@@ -3,7 +3,7 @@
 //! by the driver in `TaskRun::enter`; this table is kept pure so its rules are tested alone.
 //!
 //! ```text
-//!   Resolving --Layout--> Fetching --Complete--> Seeding
+//!   Resolving --Layout--> Fetching --Complete--> Seeding --Park--> Parked
 //!       |                     |                     |
 //!       +--------End----------+---------End---------+--> Ended
 //! ```
@@ -19,8 +19,12 @@ pub enum Phase {
     Resolving,
     /// Layout known; pieces arriving from parents, the origin, or both.
     Fetching,
-    /// Every piece held and verified: served to other peers until evicted.
+    /// Every piece held and verified: served to other peers, with a stream to the scheduler.
     Seeding,
+    /// Still held and served, but the scheduler keeps this peer as a parent without a stream
+    /// (`Park`), and the driver has ended: thousands of finished tasks cost no stream or
+    /// driver each. A new driver starts if the task must register again.
+    Parked,
     /// Failed, cancelled, evicted, or the daemon stopped. Nothing follows.
     Ended,
 }
@@ -32,6 +36,8 @@ pub enum Step {
     Layout,
     /// Every piece is held and verified.
     Complete,
+    /// The scheduler was told to keep this finished peer without a stream.
+    Park,
     /// A failure this host cannot recover from, a cancel, an eviction, or shutdown.
     End,
 }
@@ -42,8 +48,10 @@ impl Phase {
     /// layout (impossible: pieces exist only under a layout).
     pub fn after(self, step: Step) -> Option<Phase> {
         match (self, step) {
-            (Phase::Ended, _) => None,
+            (Phase::Ended | Phase::Parked, _) => None,
             (_, Step::End) => Some(Phase::Ended),
+            (Phase::Seeding, Step::Park) => Some(Phase::Parked),
+            (Phase::Resolving | Phase::Fetching, Step::Park) => None,
             (Phase::Resolving, Step::Layout) => Some(Phase::Fetching),
             (Phase::Fetching, Step::Complete) => Some(Phase::Seeding),
             (Phase::Resolving, Step::Complete) | (Phase::Fetching | Phase::Seeding, Step::Layout) => None,
@@ -61,7 +69,8 @@ impl Phase {
 mod tests {
     use super::*;
 
-    const ALL: [Phase; 4] = [Phase::Resolving, Phase::Fetching, Phase::Seeding, Phase::Ended];
+    const ALL: [Phase; 5] = [Phase::Resolving, Phase::Fetching, Phase::Seeding, Phase::Parked, Phase::Ended];
+    const STEPS: [Step; 4] = [Step::Layout, Step::Complete, Step::Park, Step::End];
 
     #[test]
     fn the_happy_path_is_resolving_fetching_seeding() {
@@ -71,13 +80,21 @@ mod tests {
     }
 
     #[test]
-    fn every_live_phase_can_end_and_the_end_is_final() {
-        for p in ALL {
-            let want = (p != Phase::Ended).then_some(Phase::Ended);
-            assert_eq!(p.after(Step::End), want, "{p:?}");
-            assert_eq!(Phase::Ended.after(Step::Layout), None);
-            assert_eq!(Phase::Ended.after(Step::Complete), None);
+    fn every_live_phase_can_end_and_the_end_and_parking_are_final() {
+        for p in [Phase::Resolving, Phase::Fetching, Phase::Seeding] {
+            assert_eq!(p.after(Step::End), Some(Phase::Ended), "{p:?}");
         }
+        for s in STEPS {
+            assert_eq!(Phase::Ended.after(s), None);
+            assert_eq!(Phase::Parked.after(s), None);
+        }
+    }
+
+    #[test]
+    fn only_a_seeding_task_parks() {
+        assert_eq!(Phase::Seeding.after(Step::Park), Some(Phase::Parked));
+        assert_eq!(Phase::Resolving.after(Step::Park), None);
+        assert_eq!(Phase::Fetching.after(Step::Park), None);
     }
 
     #[test]
@@ -92,7 +109,7 @@ mod tests {
     fn no_step_leads_back() {
         let rank = |p: Phase| ALL.iter().position(|q| *q == p).unwrap();
         for p in ALL {
-            for s in [Step::Layout, Step::Complete, Step::End] {
+            for s in STEPS {
                 if let Some(q) = p.after(s) {
                     assert!(rank(q) > rank(p), "{p:?} --{s:?}--> {q:?}");
                 }

@@ -105,11 +105,12 @@ pub struct Shared {
     pub peer_holders: Mutex<Vec<u16>>,
     /// Bumped when something a waiting worker could act on changed.
     pub changed: watch::Sender<u64>,
-    pub events: mpsc::UnboundedSender<Event>,
+    /// Boxed: the channel allocates 32 slots at a time and lives as long as the task.
+    events: mpsc::UnboundedSender<Box<Event>>,
 }
 
 impl Shared {
-    pub fn new(env: Arc<TaskEnv>, handle: Arc<TaskHandle>, events: mpsc::UnboundedSender<Event>) -> Self {
+    pub fn new(env: Arc<TaskEnv>, handle: Arc<TaskHandle>, events: mpsc::UnboundedSender<Box<Event>>) -> Self {
         Self {
             env,
             handle,
@@ -122,6 +123,11 @@ impl Shared {
         }
     }
 
+    /// Tells the driver; dropped when it has ended.
+    pub fn emit(&self, ev: Event) {
+        let _ = self.events.send(Box::new(ev));
+    }
+
     pub fn bump(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -132,10 +138,15 @@ impl Shared {
 
     /// Opens storage for the content (once) and seeds the picker with pieces already held.
     pub fn init_content(&self, meta: ContentMeta) -> Result<(), DaemonError> {
-        if let Some(existing) = self.layout() {
+        if self.picker.lock().expect("not poisoned").is_some() {
+            let existing = self.layout().expect("a picker has a layout");
             if existing != meta.layout {
                 tracing::warn!(?existing, layout = ?meta.layout, "peers disagree on the task layout; keeping ours");
             }
+            return Ok(());
+        }
+        if let Some(c) = self.handle.content.get() {
+            self.adopt(c);
             return Ok(());
         }
         let layout = meta.layout;
@@ -192,6 +203,25 @@ impl Shared {
             p.content_length = layout.content_length();
             p.completed_bytes = resumed_bytes;
         });
+        self.bump();
+    }
+
+    /// A new driver for content already open here (a parked task registering again): the
+    /// picker and digests start from what the content holds.
+    fn adopt(&self, c: &Content) {
+        let n = c.avail.piece_count();
+        let mut picker = PiecePicker::new(n);
+        let mut digests = self.digests.lock().expect("not poisoned");
+        for i in (0..n).filter(|i| c.avail.has(*i)) {
+            if let Some(d) = c.avail.digest(i) {
+                digests.insert(i, PieceDigest(d));
+            }
+            picker.mark_done(i);
+            picker.set_verifiable(i);
+        }
+        drop(digests);
+        *self.picker.lock().expect("not poisoned") = Some(picker);
+        *self.peer_holders.lock().expect("not poisoned") = vec![0; n as usize];
         self.bump();
     }
 
@@ -398,7 +428,7 @@ impl Shared {
         }
         self.handle.progress.send_modify(|p| p.completed_bytes += len as u64);
         let origin_digest = matches!(source, Source::Origin).then_some(digest);
-        let _ = self.events.send(Event::Stored { index, len, source, digest: origin_digest });
+        self.emit(Event::Stored { index, len, source, digest: origin_digest });
         true
     }
 

@@ -64,17 +64,21 @@ impl SchedulerLink for Scheduler {
     fn open(
         &self,
         _task: TaskId,
-        outbound: mpsc::UnboundedReceiver<PeerMessage>,
+        outbound: mpsc::UnboundedReceiver<Box<PeerMessage>>,
     ) -> BoxFuture<'static, (String, Result<Commands, tonic::Status>)> {
         let (to_peer, commands) = mpsc::unbounded_channel();
         let _ = self.0.send(Session { from_peer: outbound, to_peer, seen: vec![] });
         let commands: Commands = Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(commands));
         Box::pin(async move { ("scripted".to_owned(), Ok(commands)) })
     }
+
+    fn owner(&self, _task: TaskId) -> crate::registry::ParkedAt {
+        crate::registry::ParkedAt { scheduler: "scripted".into(), generation: 0 }
+    }
 }
 
 struct Session {
-    from_peer: mpsc::UnboundedReceiver<PeerMessage>,
+    from_peer: mpsc::UnboundedReceiver<Box<PeerMessage>>,
     to_peer: mpsc::UnboundedSender<Result<PeerCommand, tonic::Status>>,
     /// Everything the peer sent so far.
     seen: Vec<peer_message::Message>,
@@ -473,6 +477,8 @@ async fn an_origin_that_fails_mid_way_is_read_on_from_the_first_missing_piece() 
     let mut s = h.session().await;
     assert!(s.register().await.from_origin);
     s.finished().await;
+    // It parks only after every piece's digest has gone out: children verify against them.
+    s.expect("Park", |m| matches!(m, peer_message::Message::Park(_))).await;
     outcome(&handle).await.expect("the task completes");
     h.assert_content_is_right(&handle);
     assert_eq!(*h.origin.opens.lock().unwrap(), vec![0, 3 * PIECE as u64], "reopened at the broken piece");
@@ -538,4 +544,33 @@ async fn a_task_cancelled_by_the_user_ends_reports_it_and_is_forgotten() {
     assert!(matches!(*err, DaemonError::Cancelled), "{err}");
     s.expect("Failed", |m| matches!(m, peer_message::Message::Failed(_))).await;
     h.assert_forgotten();
+}
+
+#[tokio::test]
+async fn a_finished_task_parks_and_a_new_driver_registers_it_again_with_everything_held() {
+    let mut h = Harness::new(|_| {});
+    let a = h.parents.add(1001, Script::default());
+    let handle = h.start(false);
+    let mut s = h.session().await;
+    s.register().await;
+    s.task_info();
+    s.digests(&h.data);
+    s.parent(a, false);
+    s.finished().await;
+    s.expect("Park", |m| matches!(m, peer_message::Message::Park(_))).await;
+    let closed = tokio::time::timeout(WAIT, s.from_peer.recv()).await.expect("the stream closes");
+    assert!(closed.is_none(), "nothing after Park: {closed:?}");
+    outcome(&handle).await.expect("complete");
+    assert_eq!(handle.parked_at().map(|p| p.scheduler), Some("scripted".to_owned()));
+    // The scheduler restarted: the daemon drives the task again, from what it holds.
+    handle.set_parked(None);
+    tokio::spawn(super::drive(h.env.clone(), handle.clone(), false, 0));
+    let mut s = h.session().await;
+    let reg = s.register().await;
+    assert_eq!(reg.held, (0..layout().piece_count()).collect::<Vec<_>>(), "registers holding every piece");
+    assert_eq!(reg.held_digests.len(), reg.held.len());
+    s.finished().await;
+    s.expect("Park", |m| matches!(m, peer_message::Message::Park(_))).await;
+    assert!(handle.parked_at().is_some());
+    assert_eq!(h.parents.asked_of(a).len(), layout().piece_count() as usize, "nothing fetched again");
 }
