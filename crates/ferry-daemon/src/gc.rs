@@ -52,6 +52,12 @@ pub struct CacheGc {
     pub store: Arc<Store>,
     pub registry: Arc<Registry>,
     pub policy: GcPolicy,
+    /// Bytes the cache holds as of the last full pass, plus every task admitted since: lets
+    /// [`CacheGc::admit`] skip listing every stored task when there is plainly room (with
+    /// 10,000 tasks cached, a full pass per new task made adding them quadratic).
+    held: std::sync::atomic::AtomicU64,
+    /// No full pass has run yet: `held` means nothing.
+    unknown: std::sync::atomic::AtomicBool,
 }
 
 pub fn now_unix() -> u64 {
@@ -59,6 +65,27 @@ pub fn now_unix() -> u64 {
 }
 
 impl CacheGc {
+    pub fn new(store: Arc<Store>, registry: Arc<Registry>, policy: GcPolicy) -> Self {
+        Self { store, registry, policy, held: Default::default(), unknown: std::sync::atomic::AtomicBool::new(true) }
+    }
+
+    /// Makes room for a new task of `incoming` bytes: a full pass only when the quota or the
+    /// high watermark could be crossed (expired tasks wait for the periodic pass).
+    pub fn admit(&self, incoming: u64, now: u64) -> Collected {
+        use std::sync::atomic::Ordering::Relaxed;
+        let quota_ok =
+            !self.unknown.load(Relaxed) && self.policy.quota.is_none_or(|q| self.held.load(Relaxed) + incoming <= q);
+        let disk_ok = self
+            .store
+            .disk_space()
+            .map_or(true, |d| (d.total - d.available + incoming) as f64 <= self.policy.high_watermark * d.total as f64);
+        if quota_ok && disk_ok {
+            self.held.fetch_add(incoming, Relaxed);
+            return Collected::default();
+        }
+        self.collect(incoming, now)
+    }
+
     /// One pass: expired tasks, then the quota and the watermarks with `incoming` more bytes
     /// about to be written (a task about to start), least recently used first.
     pub fn collect(&self, incoming: u64, now: u64) -> Collected {
@@ -90,6 +117,8 @@ impl CacheGc {
                 self.evict(t, &live, &mut done, "over quota");
             }
         }
+        self.held.store(held + incoming, std::sync::atomic::Ordering::Relaxed);
+        self.unknown.store(false, std::sync::atomic::Ordering::Relaxed);
         if let Ok(space) = self.store.disk_space() {
             let total = space.total as f64;
             let used = |freed: u64| (space.total - space.available).saturating_sub(freed) + incoming;
@@ -127,12 +156,25 @@ impl CacheGc {
                 _ = tick.tick() => {
                     let this = self.clone();
                     let c = tokio::task::spawn_blocking(move || this.collect(0, now_unix())).await.unwrap_or_default();
+                    let closed = self.close_idle_files();
+                    if closed > 0 {
+                        tracing::debug!(files = closed, "closed content files of idle finished tasks");
+                    }
                     if c.tasks > 0 {
                         tracing::info!(tasks = c.tasks, bytes = c.bytes, "cache collector pass");
                     }
                 }
             }
         }
+    }
+}
+
+impl CacheGc {
+    /// Closes the content file of every finished task nobody is using: a descriptor per
+    /// cached task would cap the cache at the open-file limit. The next use opens it again.
+    pub fn close_idle_files(&self) -> usize {
+        let idle = self.registry.all().into_iter().filter(|h| h.succeeded() && !busy(h));
+        idle.filter(|h| h.content.get().is_some_and(|c| c.file.close_if_idle())).count()
     }
 }
 
@@ -174,7 +216,7 @@ mod tests {
     fn gc(store: &Arc<Store>, policy: GcPolicy) -> CacheGc {
         // Watermarks at 100 %: only the quota and the TTL decide here.
         let policy = GcPolicy { high_watermark: 1.0, low_watermark: 1.0, ..policy };
-        CacheGc { store: store.clone(), registry: Arc::default(), policy }
+        CacheGc::new(store.clone(), Arc::default(), policy)
     }
 
     fn left(store: &Store) -> Vec<TaskId> {
@@ -200,5 +242,24 @@ mod tests {
         let c = g.collect(2 << 20, 400);
         assert_eq!((c.tasks, c.bytes), (2, 2 << 20));
         assert_eq!(left(&store), vec![task(3)]);
+    }
+
+    #[test]
+    fn admitting_checks_the_quota_without_a_full_pass_until_it_could_be_crossed() {
+        let (_d, store) = store();
+        let g = gc(&store, GcPolicy { quota: Some(4 << 20), ..Default::default() });
+        // The first admission lists the store: 3 MiB held + 1 MiB fits.
+        assert_eq!(g.admit(1 << 20, 400), Collected::default());
+        assert_eq!(left(&store).len(), 3);
+        // The admitted task lands on disk as task 4.
+        let rec = TaskRecord { url: "u".into(), content_length: 1 << 20, piece_size: 1 << 20, ..Default::default() };
+        let (file, _) = store.open_task(task(4), &rec).unwrap();
+        let idx = PieceLayout::new(1 << 20, 1 << 20).unwrap().index(0).unwrap();
+        file.write_piece(idx, &vec![4; 1 << 20]).unwrap();
+        store.touch(task(4), 400).unwrap();
+        // The estimate is at the quota: the next one takes a full pass, and the oldest goes.
+        let c = g.admit(1 << 20, 500);
+        assert_eq!(c.tasks, 1);
+        assert_eq!(left(&store), vec![task(2), task(3), task(4)]);
     }
 }

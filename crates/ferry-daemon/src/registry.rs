@@ -91,6 +91,10 @@ impl TaskHandle {
         *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 
+    pub fn succeeded(&self) -> bool {
+        matches!(self.progress.borrow().outcome, Some(Ok(())))
+    }
+
     pub fn failed(&self) -> bool {
         matches!(self.progress.borrow().outcome, Some(Err(_)))
     }

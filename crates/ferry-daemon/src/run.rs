@@ -44,7 +44,7 @@ pub async fn run(
     let registry = Arc::new(Registry::default());
 
     let workers = Arc::new(crate::workers::Workers::default());
-    let gc = Arc::new(crate::gc::CacheGc { store: store.clone(), registry: registry.clone(), policy: opts.gc.clone() });
+    let gc = Arc::new(crate::gc::CacheGc::new(store.clone(), registry.clone(), opts.gc.clone()));
     workers.spawn("cache-collector", cancel.clone(), gc.clone().run(cancel.clone()));
     let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
     let host_info = host_info(&opts, advertise, bound, server_stats.clone());

@@ -90,11 +90,15 @@ impl std::ops::Deref for Db<'_> {
     }
 }
 
-/// An open content file; piece reads and writes are positional, so many may run at once.
+/// A task's content file; piece reads and writes are positional, so many may run at once.
+///
+/// The descriptor is opened on first use and closed by [`TaskFile::close_if_idle`] (the
+/// daemon does so for finished tasks nobody is reading), so a daemon holding 10,000 finished
+/// tasks does not hold 10,000 descriptors.
 pub struct TaskFile {
     task: TaskId,
     path: PathBuf,
-    file: File,
+    file: std::sync::Mutex<Option<Arc<File>>>,
     layout: PieceLayout,
 }
 
@@ -307,6 +311,7 @@ impl PieceStore for Store {
             .and_then(|f| f.set_len(record.content_length).map(|_| f))
             .map_err(|source| StorageError::OpenContent { task, source })?;
         tracing::debug!(?task, held = held.len(), "opened task content");
+        let file = std::sync::Mutex::new(Some(Arc::new(file)));
         Ok((Arc::new(TaskFile { task, path, file, layout }), held))
     }
 
@@ -371,13 +376,41 @@ impl TaskFile {
         &self.path
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The open file, opened again if it was closed while idle.
+    pub fn file(&self) -> Result<Arc<File>, StorageError> {
+        let mut slot = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = slot.as_ref() {
+            return Ok(f.clone());
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map(Arc::new)
+            .map_err(|source| StorageError::OpenContent { task: self.task, source })?;
+        *slot = Some(f.clone());
+        Ok(f)
+    }
+
+    /// Closes the descriptor if no read or write holds it now; the next use opens it again.
+    /// True when it was closed.
+    pub fn close_if_idle(&self) -> bool {
+        let mut slot = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|f| Arc::strong_count(f) == 1) {
+            *slot = None;
+            return true;
+        }
+        false
+    }
+
+    /// Whether the descriptor is open now.
+    pub fn is_open(&self) -> bool {
+        self.file.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     pub fn write_piece(&self, index: PieceIndex, bytes: &[u8]) -> Result<(), StorageError> {
         debug_assert_eq!(bytes.len(), self.layout.len(index) as usize);
-        self.file.write_all_at(bytes, self.layout.offset(index)).map_err(|source| StorageError::WritePiece {
+        self.file()?.write_all_at(bytes, self.layout.offset(index)).map_err(|source| StorageError::WritePiece {
             task: self.task,
             index: index.get(),
             source,
@@ -389,7 +422,7 @@ impl TaskFile {
     pub fn write_slice(&self, index: PieceIndex, at: u64, bytes: &[u8]) -> Result<(), StorageError> {
         debug_assert!(at >= self.layout.offset(index));
         debug_assert!(at + bytes.len() as u64 <= self.layout.offset(index) + self.layout.len(index) as u64);
-        self.file.write_all_at(bytes, at).map_err(|source| StorageError::WritePiece {
+        self.file()?.write_all_at(bytes, at).map_err(|source| StorageError::WritePiece {
             task: self.task,
             index: index.get(),
             source,
@@ -398,7 +431,7 @@ impl TaskFile {
 
     pub fn read_piece(&self, index: PieceIndex) -> Result<Vec<u8>, StorageError> {
         let mut buf = vec![0u8; self.layout.len(index) as usize];
-        self.file.read_exact_at(&mut buf, self.layout.offset(index)).map_err(|source| StorageError::ReadPiece {
+        self.file()?.read_exact_at(&mut buf, self.layout.offset(index)).map_err(|source| StorageError::ReadPiece {
             task: self.task,
             index: index.get(),
             source,

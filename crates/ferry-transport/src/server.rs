@@ -347,7 +347,8 @@ impl Writer<'_> {
             self.stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
             return Ok(());
         }
-        sendfile_all(wr.as_ref(), file.file(), layout.offset(idx), len as usize).await?;
+        let content = file.file().map_err(|e| std::io::Error::other(e.to_string()))?;
+        sendfile_all(wr.as_ref(), &content, layout.offset(idx), len as usize).await?;
         self.stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }

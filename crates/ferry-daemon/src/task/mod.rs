@@ -321,7 +321,12 @@ impl TaskRun {
         }
         send(peer_message::Message::Park(Park {}));
         self.enter(Step::Park, send);
-        self.shared.handle.set_parked(Some(at));
+        let handle = &self.shared.handle;
+        handle.set_parked(Some(at));
+        if let Some(c) = handle.content.get().filter(|c| c.avail.children() == 0) {
+            // Nobody reads it now; the next child or request opens it again.
+            c.file.close_if_idle();
+        }
         true
     }
 

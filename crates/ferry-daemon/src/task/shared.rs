@@ -160,7 +160,7 @@ impl Shared {
         };
         if self.env.store.task_record(self.handle.id)?.is_none() {
             // A new task: make room for it first, so a bounded cache stays bounded.
-            self.env.gc.collect(layout.content_length(), crate::gc::now_unix());
+            self.env.gc.admit(layout.content_length(), crate::gc::now_unix());
         }
         let (file, held) = self.env.store.open_task(self.handle.id, &record)?;
         self.install(file, held, meta);

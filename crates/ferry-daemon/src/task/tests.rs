@@ -335,7 +335,7 @@ impl Harness {
         tune(&mut opts);
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let registry = Arc::new(Registry::default());
-        let gc = Arc::new(CacheGc { store: store.clone(), registry: registry.clone(), policy: GcPolicy::default() });
+        let gc = Arc::new(CacheGc::new(store.clone(), registry.clone(), GcPolicy::default()));
         let (sessions_tx, sessions) = mpsc::unbounded_channel();
         let parents = Arc::new(ScriptedParents {
             data: data.clone(),
