@@ -75,38 +75,10 @@ pub async fn run(
         cancel.clone(),
     );
     workers.spawn("piece-server", cancel.clone(), server);
-    let (orders_tx, mut orders_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (orders_tx, orders_rx) = tokio::sync::mpsc::unbounded_channel();
     schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), &workers, cancel.clone());
-    let silent = schedulers.settle(Duration::from_secs(5)).await;
-    if silent.len() == opts.schedulers.len() {
-        tracing::warn!(
-            schedulers = %silent.join(","),
-            "no scheduler answers: downloads will wait for one and fail with 'no scheduler' if none comes; \
-             check --scheduler and that a `ferry scheduler` runs there"
-        );
-    } else if !silent.is_empty() {
-        tracing::warn!(schedulers = %silent.join(","), "some schedulers do not answer; using the others");
-    }
-    {
-        // Parked tasks follow the schedulers: one whose owner changed, or whose owner
-        // restarted (a new session), registers again.
-        let (ctx, schedulers) = (ctx.clone(), schedulers.clone());
-        workers.spawn("reannounce-parked", cancel.clone(), async move {
-            let mut topology = schedulers.topology();
-            while topology.changed().await.is_ok() {
-                reannounce_parked(&ctx, &schedulers);
-            }
-        });
-    }
-    {
-        // A seed's orders from schedulers: fetch this task from origin, or stop fetching it.
-        let ctx = ctx.clone();
-        workers.spawn("scheduler-orders", cancel.clone(), async move {
-            while let Some(order) = orders_rx.recv().await {
-                on_order(&ctx, order);
-            }
-        });
-    }
+    warn_if_silent(&schedulers).await;
+    spawn_order_workers(&ctx, &schedulers, orders_rx, &cancel);
     tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, "daemon ready");
     if let Some(r) = ready {
         let _ = r.send(bound);
@@ -122,6 +94,44 @@ pub async fn run(
         addr: opts.socket.display().to_string(),
         source: std::io::Error::other(e),
     })
+}
+
+/// Waits (bounded) for a first answer from every scheduler and says which are silent.
+async fn warn_if_silent(schedulers: &Schedulers) {
+    let silent = schedulers.settle(Duration::from_secs(5)).await;
+    if silent.len() == schedulers.count() {
+        tracing::warn!(
+            schedulers = %silent.join(","),
+            "no scheduler answers: downloads will wait for one and fail with 'no scheduler' if none comes; \
+             check --scheduler and that a `ferry scheduler` runs there"
+        );
+    } else if !silent.is_empty() {
+        tracing::warn!(schedulers = %silent.join(","), "some schedulers do not answer; using the others");
+    }
+}
+
+/// The workers that act on what schedulers say and do: a seed's orders (fetch this task
+/// from origin, stop fetching it), and parked tasks following the schedulers (one whose
+/// owner changed, or whose owner restarted, registers again).
+fn spawn_order_workers(
+    ctx: &Arc<Ctx>,
+    schedulers: &Arc<Schedulers>,
+    mut orders: tokio::sync::mpsc::UnboundedReceiver<host_command::Command>,
+    cancel: &CancellationToken,
+) {
+    let (c, s) = (ctx.clone(), schedulers.clone());
+    ctx.workers.spawn("reannounce-parked", cancel.clone(), async move {
+        let mut topology = s.topology();
+        while topology.changed().await.is_ok() {
+            reannounce_parked(&c, &s);
+        }
+    });
+    let c = ctx.clone();
+    ctx.workers.spawn("scheduler-orders", cancel.clone(), async move {
+        while let Some(order) = orders.recv().await {
+            on_order(&c, order);
+        }
+    });
 }
 
 /// Lifts the soft limit on open files to the hard one: every connection and every cached

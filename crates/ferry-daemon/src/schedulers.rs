@@ -72,6 +72,11 @@ impl Schedulers {
         Ok(Self { entries, topology: tokio::sync::watch::Sender::new(0) })
     }
 
+    /// How many schedulers this daemon was given.
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// The scheduler owning `task`: rendezvous over the live ones, or over all when none is.
     pub fn pick(&self, task: &TaskId) -> (String, SchedulerClient<Channel>) {
         let e = self.owner_entry(task);
