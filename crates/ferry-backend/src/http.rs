@@ -56,6 +56,12 @@ impl HttpBackend {
         Ok(Self { client })
     }
 
+    /// The client itself (its TLS roots and `User-Agent`), for callers that forward requests
+    /// as they are (the registry mirror's pass-through).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     async fn send(&self, req: &OriginRequest, range: Option<String>) -> Result<reqwest::Response, BackendError> {
         let mut rb = self.client.get(req.url().clone()).header(ACCEPT_ENCODING, "identity");
         for (k, v) in req.headers() {

@@ -78,7 +78,7 @@ impl CacheGc {
         let disk_ok = self
             .store
             .disk_space()
-            .map_or(true, |d| (d.total - d.available + incoming) as f64 <= self.policy.high_watermark * d.total as f64);
+            .map_or(true, |d| (d.used() + incoming) as f64 <= self.policy.high_watermark * d.capacity() as f64);
         if quota_ok && disk_ok {
             self.held.fetch_add(incoming, Relaxed);
             return Collected::default();
@@ -120,8 +120,8 @@ impl CacheGc {
         self.held.store(held + incoming, std::sync::atomic::Ordering::Relaxed);
         self.unknown.store(false, std::sync::atomic::Ordering::Relaxed);
         if let Ok(space) = self.store.disk_space() {
-            let total = space.total as f64;
-            let used = |freed: u64| (space.total - space.available).saturating_sub(freed) + incoming;
+            let total = space.capacity() as f64;
+            let used = |freed: u64| space.used().saturating_sub(freed) + incoming;
             if used(done.bytes) as f64 > self.policy.high_watermark * total {
                 while used(done.bytes) as f64 > self.policy.low_watermark * total && !rest.is_empty() {
                     let t = rest.remove(0);

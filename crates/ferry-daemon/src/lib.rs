@@ -9,9 +9,10 @@
 //! - [`gc`]: the cache collector; [`workers`]: the background loops and their status.
 //! - [`ctx`]: the running daemon as the local API sees it; [`api`]: the local API
 //!   ([`local`]: its client, for CLIs and tools); [`output`]: landing the file at the caller's path.
+//! - [`mirror`]: the OCI registry mirror (blobs and manifests by digest through P2P).
 //! - [`run`]: the wiring of all of the above.
 //!
-//! Dependencies run one way: `run` -> `api` -> `ctx` -> `task` -> (`gc`, `registry`,
+//! Dependencies run one way: `run` -> `api`, `mirror` -> `ctx` -> `task` -> (`gc`, `registry`,
 //! `output`, `counters`, `options`); `schedulers` implements `task::env::SchedulerLink`.
 
 // `tonic::Status` is the error type at this crate's gRPC edge; boxing it would only add noise.
@@ -24,6 +25,7 @@ pub mod ctx;
 pub mod error;
 pub mod gc;
 pub mod local;
+pub mod mirror;
 pub mod options;
 pub mod output;
 pub mod registry;
@@ -35,4 +37,4 @@ pub mod workers;
 
 pub use error::DaemonError;
 pub use options::DaemonOptions;
-pub use run::run;
+pub use run::{run, Ready};

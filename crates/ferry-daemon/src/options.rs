@@ -52,6 +52,8 @@ pub struct DaemonOptions {
     /// Make every request prove its access to the origin before it gets bytes, even for
     /// tasks first read without credentials.
     pub always_authorize: bool,
+    /// The OCI registry mirror; `None`: not served.
+    pub mirror: Option<crate::mirror::MirrorOptions>,
 }
 
 impl DaemonOptions {
@@ -82,6 +84,7 @@ impl DaemonOptions {
             corrupt_uploads: false,
             ca_certs: vec![],
             always_authorize: false,
+            mirror: None,
         }
     }
 }

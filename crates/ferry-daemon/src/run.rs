@@ -23,12 +23,19 @@ use crate::schedulers::Schedulers;
 use crate::task::env::{Origins, TaskEnv, TcpParents};
 use crate::{DaemonError, DaemonOptions};
 
+/// Where a started daemon listens.
+#[derive(Clone, Copy, Debug)]
+pub struct Ready {
+    pub pieces: SocketAddr,
+    pub mirror: Option<SocketAddr>,
+}
+
 /// Runs the daemon until `cancel` fires. `ready` receives the piece server's address once
 /// everything listens.
 pub async fn run(
     opts: DaemonOptions,
     cancel: CancellationToken,
-    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> Result<(), DaemonError> {
     raise_fd_limit();
     let store = Arc::new(Store::open(&opts.data_dir)?);
@@ -79,9 +86,18 @@ pub async fn run(
     schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), &workers, cancel.clone());
     warn_if_silent(&schedulers).await;
     spawn_order_workers(&ctx, &schedulers, orders_rx, &cancel);
-    tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, "daemon ready");
+    let mirror = match &opts.mirror {
+        Some(m) => {
+            let (listener, addr) = crate::mirror::bind(m.listen).await?;
+            let serve = crate::mirror::serve(listener, ctx.clone(), m.clone(), cancel.clone());
+            workers.spawn("registry-mirror", cancel.clone(), serve);
+            Some(addr)
+        }
+        None => None,
+    };
+    tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, mirror = ?mirror, "daemon ready");
     if let Some(r) = ready {
-        let _ = r.send(bound);
+        let _ = r.send(Ready { pieces: bound, mirror });
     }
     let api = DaemonServer::new(crate::api::Api { ctx: ctx.clone() });
     let result = tonic::transport::Server::builder()

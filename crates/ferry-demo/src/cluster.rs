@@ -27,6 +27,8 @@ pub struct Proc {
     child: Child,
     args: Vec<String>,
     pub addr: String,
+    /// A daemon's registry mirror, `IP:PORT`.
+    pub mirror: Option<String>,
     pub log: PathBuf,
 }
 
@@ -37,6 +39,8 @@ pub struct DaemonInfo {
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     pub piece_addr: String,
+    /// The daemon's OCI registry mirror, `IP:PORT`.
+    pub mirror_addr: String,
 }
 
 impl Cluster {
@@ -79,9 +83,10 @@ impl Cluster {
         };
         let v: serde_json::Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
         let addr = v["addr"].as_str().unwrap_or_default().to_owned();
+        let mirror = v["mirror"].as_str().map(str::to_owned);
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.procs.insert(name.to_owned(), Proc { child, args, addr, log });
+        self.procs.insert(name.to_owned(), Proc { child, args, addr, mirror, log });
         Ok(&self.procs[name])
     }
 
@@ -103,6 +108,7 @@ impl Cluster {
             name: name.to_owned(),
             socket: data_dir.join("ferry.sock"),
             piece_addr: self.procs.get(name).map(|p| p.addr.clone()).unwrap_or_default(),
+            mirror_addr: self.procs.get(name).and_then(|p| p.mirror.clone()).unwrap_or_default(),
             data_dir,
         }
     }
@@ -148,6 +154,9 @@ impl Cluster {
             self.schedulers.join(","),
             "--piece-port".into(),
             "0".into(),
+            // Many daemons share this host: each mirror on a port of its own.
+            "--mirror-listen".into(),
+            "127.0.0.1:0".into(),
         ];
         if seed {
             args.push("--seed".into());

@@ -5,8 +5,12 @@
 //!   (private, gzip, shifted ranges, content that changes) and a byte counter;
 //! - [`cluster`]: schedulers and daemons as real processes of a given `ferry` binary, each
 //!   with its own directory, killed and removed when dropped;
-//! - [`data`]: deterministic file contents.
+//! - [`data`]: deterministic file contents;
+//! - [`registry`]: a real registry (`docker-registry`) as a child process; [`oci`]: image
+//!   layouts to push to it.
 
 pub mod cluster;
 pub mod data;
+pub mod oci;
 pub mod origin;
+pub mod registry;

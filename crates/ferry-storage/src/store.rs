@@ -56,7 +56,24 @@ pub struct StoredTask {
 #[derive(Clone, Copy, Debug)]
 pub struct DiskSpace {
     pub total: u64,
+    /// Free blocks, those reserved for root included.
+    pub free: u64,
+    /// What an unprivileged writer may still take.
     pub available: u64,
+}
+
+impl DiskSpace {
+    /// Bytes in use.
+    pub fn used(&self) -> u64 {
+        self.total.saturating_sub(self.free)
+    }
+
+    /// What the disk can hold as `df` counts it: used plus available. Blocks reserved for
+    /// root are not capacity: on a filesystem with a large reserve, `total` would make a
+    /// full disk look 10 % emptier than it is (or a half-empty one look full).
+    pub fn capacity(&self) -> u64 {
+        self.used() + self.available
+    }
 }
 
 /// The piece-store seam: what the daemon needs from wherever pieces live.
@@ -247,7 +264,9 @@ impl Store {
             return Err(std::io::Error::last_os_error());
         }
         let frsize = st.f_frsize as u64;
-        Ok(DiskSpace { total: st.f_blocks as u64 * frsize, available: st.f_bavail as u64 * frsize })
+        let (total, free, available) =
+            (st.f_blocks as u64 * frsize, st.f_bfree as u64 * frsize, st.f_bavail as u64 * frsize);
+        Ok(DiskSpace { total, free, available })
     }
 
     fn content_path(&self, task: TaskId) -> PathBuf {

@@ -136,6 +136,17 @@ pub struct DaemonArgs {
     /// handed bytes, also for tasks first read without credentials.
     #[arg(long, env = "FERRY_ALWAYS_AUTHORIZE")]
     pub always_authorize: bool,
+    /// Where the OCI registry mirror listens, IP:PORT (port 0 picks one), or `off`.
+    #[arg(long, default_value = "127.0.0.1:4001", env = "FERRY_MIRROR_LISTEN")]
+    pub mirror_listen: String,
+    /// The registry the mirror serves when a request names none (`X-Ferry-Registry`
+    /// header, containerd's `ns=`).
+    #[arg(long, default_value = "https://registry-1.docker.io", env = "FERRY_MIRROR_UPSTREAM")]
+    pub mirror_upstream: String,
+    /// Registry host[:port] the mirror reaches over plain HTTP when a request names it by
+    /// host; repeat or separate with commas.
+    #[arg(long = "mirror-insecure", value_delimiter = ',')]
+    pub mirror_insecure: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -68,6 +68,16 @@ pub async fn shutdown_signal() {
 }
 
 /// Prints the line a parent process waits for before using a freshly started role.
+/// The daemon's ready line also says where its registry mirror listens.
+pub fn announce_daemon_ready(ready: &ferry_daemon::Ready) {
+    use std::io::Write;
+    let mirror = ready.mirror.map(|m| m.to_string());
+    let line = serde_json::json!({ "ready": "daemon", "addr": ready.pieces.to_string(), "mirror": mirror });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 pub fn announce_ready(role: &str, addr: &str) {
     use std::io::Write;
     let line = serde_json::json!({ "ready": role, "addr": addr });

@@ -48,6 +48,7 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     };
     o.ca_certs = a.ca_certs;
     o.always_authorize = a.always_authorize;
+    o.mirror = mirror_options(&a.mirror_listen, &a.mirror_upstream, a.mirror_insecure).map_err(usage)?;
     if let Some(ps) = a.piece_size {
         let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
         PieceLayout::new(0, ps32).map_err(|e| usage(format!("--piece-size: {e}")))?;
@@ -56,13 +57,32 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     Ok(o)
 }
 
+fn mirror_options(
+    listen: &str,
+    upstream: &str,
+    insecure: Vec<String>,
+) -> Result<Option<ferry_daemon::mirror::MirrorOptions>, String> {
+    if listen == "off" {
+        return Ok(None);
+    }
+    let listen =
+        listen.parse().map_err(|_| format!("--mirror-listen `{listen}` is not IP:PORT (or `off` for no mirror)"))?;
+    let upstream = url::Url::parse(upstream)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| {
+            format!("--mirror-upstream `{upstream}` is not an http(s) URL, e.g. https://registry-1.docker.io")
+        })?;
+    Ok(Some(ferry_daemon::mirror::MirrorOptions { listen, upstream, insecure }))
+}
+
 pub async fn run(a: DaemonArgs) -> Result<(), Exit> {
     let opts = options(a)?;
     let cancel = CancellationToken::new();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let daemon = tokio::spawn(ferry_daemon::run(opts.clone(), cancel.clone(), Some(ready_tx)));
-    if let Ok(addr) = ready_rx.await {
-        crate::announce_ready("daemon", &addr.to_string());
+    if let Ok(ready) = ready_rx.await {
+        crate::announce_daemon_ready(&ready);
     }
     let stop = cancel.clone();
     tokio::spawn(async move {

@@ -1,0 +1,147 @@
+//! The registry mirror: a pull-through mirror speaking the OCI distribution API on
+//! `127.0.0.1:4001` (by default), so a container runtime pulls through its local daemon.
+//!
+//! - Blobs, and manifests named by digest, go through P2P ([`content`]): the digest is the
+//!   task id, so one layer is one task whatever registry, repository or tag it came through,
+//!   and the bytes are verified against that digest end to end.
+//! - Everything else (`/v2/`, manifests by tag, uploads, tag lists) is passed to the
+//!   upstream registry as it is ([`passthrough`]), the client's `Authorization` included, and
+//!   its answer (a `401` with its challenge too) comes back unchanged: runtimes run the token
+//!   flow they already know.
+//! - A blob first read with credentials is private: a client gets its bytes only after the
+//!   upstream confirmed, with this client's own credentials, that it may read it.
+//!
+//! Errors are the spec's JSON body with an `X-Ferry-Error-Type` header saying which layer
+//! failed: `upstream`, `mirror` or `p2p`.
+
+mod content;
+pub mod oci;
+mod passthrough;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::ctx::Ctx;
+use crate::DaemonError;
+use oci::Route;
+
+#[derive(Clone, Debug)]
+pub struct MirrorOptions {
+    pub listen: SocketAddr,
+    /// The registry requests go to unless they name one (`X-Ferry-Registry`, `ns=`).
+    pub upstream: url::Url,
+    /// Registry hosts (`host[:port]`) reached over plain HTTP when named by host alone.
+    pub insecure: Vec<String>,
+}
+
+impl Default for MirrorOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4001)),
+            upstream: url::Url::parse("https://registry-1.docker.io").expect("a valid URL"),
+            insecure: vec![],
+        }
+    }
+}
+
+pub struct Mirror {
+    ctx: Arc<Ctx>,
+    opts: MirrorOptions,
+    client: reqwest::Client,
+}
+
+/// Which layer failed, for `X-Ferry-Error-Type`.
+#[derive(Clone, Copy, Debug)]
+pub enum ErrorType {
+    Upstream,
+    Mirror,
+    P2p,
+}
+
+impl ErrorType {
+    fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Upstream => "upstream",
+            ErrorType::Mirror => "mirror",
+            ErrorType::P2p => "p2p",
+        }
+    }
+}
+
+/// An error answer in the spec's shape.
+pub fn error(status: StatusCode, code: &str, message: &str, kind: ErrorType) -> Response {
+    let mut r = (status, oci::error_body(code, message)).into_response();
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    h.insert("x-ferry-error-type", HeaderValue::from_static(kind.as_str()));
+    r
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), DaemonError> {
+    let bind_err = |source| DaemonError::Bind { what: "registry mirror", addr: addr.to_string(), source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, bound))
+}
+
+/// Serves the mirror on `listener` until `cancel` fires.
+pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, opts: MirrorOptions, cancel: CancellationToken) {
+    let client = ctx.backend.client().clone();
+    let mirror = Arc::new(Mirror { ctx, opts, client });
+    let app = axum::Router::new().fallback(handle).with_state(mirror);
+    let served = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await;
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "registry mirror stopped");
+    }
+}
+
+async fn handle(State(m): State<Arc<Mirror>>, req: Request) -> Response {
+    let span = tracing::info_span!("mirror", method = %req.method(), path = %req.uri().path());
+    async move {
+        let r = route_request(&m, req).await;
+        tracing::debug!(status = %r.status(), "answered");
+        r
+    }
+    .instrument(span)
+    .await
+}
+
+async fn route_request(m: &Arc<Mirror>, req: Request) -> Response {
+    let Some(route) = oci::route(req.uri().path()) else {
+        return error(StatusCode::NOT_FOUND, "UNSUPPORTED", "not an OCI distribution path", ErrorType::Mirror);
+    };
+    let header = ["x-ferry-registry", "x-dragonfly-registry"]
+        .iter()
+        .find_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()));
+    let upstream = match oci::upstream(header, req.uri().query(), &m.opts.upstream, &m.opts.insecure) {
+        Ok(u) => u,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e, ErrorType::Mirror),
+    };
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    match route {
+        Err(invalid) => {
+            let status = if read { StatusCode::BAD_REQUEST } else { StatusCode::NOT_FOUND };
+            error(status, invalid.code(), &invalid.message(), ErrorType::Mirror)
+        }
+        Ok(Route::Blob { name, digest }) if read => {
+            content::serve(m, &upstream, content::Kind::Blob, &name, &digest, req).await
+        }
+        Ok(Route::Manifest { name, reference: oci::Reference::Digest(digest) }) if read => {
+            content::serve(m, &upstream, content::Kind::Manifest, &name, &digest, req).await
+        }
+        Ok(_) => passthrough::forward(m, &upstream, req).await,
+    }
+}
+
+fn empty(status: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = status;
+    r
+}

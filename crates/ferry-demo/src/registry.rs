@@ -1,0 +1,108 @@
+//! A real registry for tests and the testbed: the CNCF distribution server (`docker-registry`
+//! in Debian) as a child process on loopback, with filesystem storage in a temporary
+//! directory, optionally behind htpasswd basic auth, and its access log to count what it
+//! served.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// htpasswd basic auth: the file's path (bcrypt entries, as the registry requires).
+pub struct BasicAuth {
+    pub htpasswd: PathBuf,
+}
+
+impl Registry {
+    /// Starts `docker-registry` and waits until `/v2/` answers.
+    pub async fn start(auth: Option<&BasicAuth>) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let auth = match auth {
+            Some(a) => format!("auth:\n  htpasswd:\n    realm: ferry-test\n    path: {}\n", a.htpasswd.display()),
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
+             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = dir.path().join("registry.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::other(format!("start docker-registry (apt-get install docker-registry): {e}"))
+            })?;
+        let r = Self { child, addr, log, _dir: dir };
+        r.wait_ready().await?;
+        Ok(r)
+    }
+
+    async fn wait_ready(&self) -> std::io::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(&self.addr).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(std::io::Error::other(format!("docker-registry did not listen on {}; log:\n{}", self.addr, self.log())))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many times the registry answered a `GET` of `digest` (blob or manifest) with its
+    /// whole body (status 200; the mirror's one-byte access checks are 206).
+    pub fn full_gets(&self, digest: &str) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2/") && l.contains(digest) && l.contains("HTTP/1.1\" 200 "))
+            .count()
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+/// Writes an htpasswd file with one bcrypt entry (via `htpasswd` from apache2-utils).
+pub async fn htpasswd(dir: &Path, user: &str, password: &str) -> std::io::Result<BasicAuth> {
+    let path = dir.join("htpasswd");
+    let status = Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&path)
+        .args([user, password])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .map_err(|e| std::io::Error::other(format!("run htpasswd (apt-get install apache2-utils): {e}")))?;
+    if !status.success() {
+        return Err(std::io::Error::other("htpasswd failed"));
+    }
+    Ok(BasicAuth { htpasswd: path })
+}

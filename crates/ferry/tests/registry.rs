@@ -1,0 +1,238 @@
+//! Container images through the daemons' registry mirrors, against a real registry
+//! (`docker-registry`, the CNCF distribution server) and a real client (`skopeo`), both from
+//! Debian's packages (`scripts/test` installs them).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Setup, Spec};
+use ferry_demo::data;
+use ferry_demo::oci::{Blob, Image, Layout};
+use ferry_demo::registry::{htpasswd, Registry};
+
+const MIB: usize = 1 << 20;
+
+/// A two-platform image: amd64 with a 64 MiB, a 3 MiB and a 1000-byte layer; arm64 sharing
+/// the 3 MiB layer and adding a 2 MiB one.
+fn image() -> Layout {
+    let shared = Blob::new(data::generate(2, 3 * MIB));
+    let amd64 = Image {
+        architecture: "amd64".into(),
+        layers: vec![Blob::new(data::generate(1, 64 * MIB)), shared.clone(), Blob::new(data::generate(3, 1000))],
+    };
+    let arm64 = Image { architecture: "arm64".into(), layers: vec![shared, Blob::new(data::generate(4, 2 * MIB))] };
+    Layout::new(&[amd64, arm64])
+}
+
+async fn skopeo(args: &[&str]) -> std::process::Output {
+    let out = tokio::process::Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .output()
+        .await
+        .expect("run skopeo (apt-get install skopeo)");
+    out
+}
+
+fn ok(out: &std::process::Output, what: &str) {
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Pushes `layout` to `registry` as `test/app:v1`.
+async fn push(layout: &Layout, dir: &Path, registry: &Registry, creds: Option<&str>) {
+    layout.write(dir, "v1").unwrap();
+    let src = format!("oci:{}:v1", dir.display());
+    let dst = format!("docker://{}/test/app:v1", registry.addr);
+    let mut args = vec!["copy", "--all", "--dest-tls-verify=false", &src, &dst];
+    if let Some(c) = creds {
+        args.extend(["--dest-creds", c]);
+    }
+    ok(&skopeo(&args).await, "push");
+}
+
+/// Pulls `test/app:v1` through a mirror into an OCI layout at `out`.
+async fn pull(mirror: &str, out: &Path, creds: Option<&str>) -> std::process::Output {
+    let src = format!("docker://{mirror}/test/app:v1");
+    let dst = format!("oci:{}:v1", out.display());
+    let mut args = vec!["copy", "--all", "--src-tls-verify=false", "--retry-times", "0", &src, &dst];
+    if let Some(c) = creds {
+        args.extend(["--src-creds", c]);
+    }
+    skopeo(&args).await
+}
+
+/// The blobs of a pulled layout at `out`, by digest. (What the registry holds is not what was
+/// pushed: skopeo compresses layers on the way in.)
+fn blobs(out: &Path) -> Vec<Blob> {
+    let mut v: Vec<Blob> = std::fs::read_dir(out.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| Blob::new(std::fs::read(e.unwrap().path()).unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.digest.cmp(&b.digest));
+    v
+}
+
+/// Pulls straight from the registry: what every mirror must hand out.
+async fn reference(registry: &Registry, out: &Path, creds: Option<&str>) -> Vec<Blob> {
+    ok(&pull(&registry.addr, out, creds).await, "pull from the registry");
+    blobs(out)
+}
+
+fn same(want: &[Blob], out: &Path) -> bool {
+    let got = blobs(out);
+    got.len() == want.len() && got.iter().zip(want).all(|(g, w)| g.digest == w.digest && g.bytes == w.bytes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_mirrors_pull_one_image_and_the_registry_serves_each_blob_once() {
+    let registry = Registry::start(None).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layout = image();
+    push(&layout, &work.path().join("src"), &registry, None).await;
+    let want = reference(&registry, &work.path().join("ref"), None).await;
+    let before: Vec<usize> = want.iter().map(|b| registry.full_gets(&b.digest)).collect();
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str()];
+    let s = Setup::start(Spec {
+        peers: 8,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let pulls = s.peers.iter().map(|p| {
+        let out = work.path().join(&p.name);
+        async move { (pull(&p.mirror_addr, &out, None).await, out) }
+    });
+    for (p, (result, out)) in s.peers.iter().zip(futures::future::join_all(pulls).await) {
+        ok(&result, &format!("pull through {}", p.name));
+        assert!(same(&want, &out), "{}: the image differs from the registry's", p.name);
+    }
+    // Layers, configs and per-platform manifests are named by digest: one read each, for
+    // all eight hosts. (The index is asked for by tag, which always goes upstream.)
+    assert_eq!(want.len(), 9, "index, 2 manifests, 2 configs, 4 distinct layers");
+    for (b, before) in want.iter().zip(before) {
+        let by_tag = b.bytes.starts_with(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index"#);
+        let served = registry.full_gets(&b.digest) - before;
+        if !by_tag {
+            assert_eq!(served, 1, "{} ({} bytes) served {served} times for 8 hosts", b.digest, b.bytes.len());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_refuses_clients_without_credentials_even_for_cached_blobs() {
+    let work = tempfile::tempdir().unwrap();
+    let auth = htpasswd(work.path(), "alice", "s3cret").await.unwrap();
+    let registry = Registry::start(Some(&auth)).await.unwrap();
+    let layout = Layout::new(&[Image {
+        architecture: "amd64".into(),
+        layers: vec![Blob::new(data::generate(7, 4 * MIB)), Blob::new(data::generate(8, 100))],
+    }]);
+    push(&layout, &work.path().join("src"), &registry, Some("alice:s3cret")).await;
+    let want = reference(&registry, &work.path().join("ref"), Some("alice:s3cret")).await;
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str()];
+    let s = Setup::start(Spec {
+        peers: 2,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let (a, b) = (&s.peers[0], &s.peers[1]);
+    // A client with credentials pulls through host A: every blob is now cached in the cluster.
+    let out = work.path().join("a");
+    ok(&pull(&a.mirror_addr, &out, Some("alice:s3cret")).await, "pull with credentials");
+    assert!(same(&want, &out));
+    // Host B, without or with wrong credentials: the registry's 401 and its challenge, fast.
+    for creds in [None, Some("alice:wrong")] {
+        let started = std::time::Instant::now();
+        let r = pull(&b.mirror_addr, &work.path().join("b-refused"), creds).await;
+        assert!(!r.status.success(), "pulled with {creds:?}");
+        let err = String::from_utf8_lossy(&r.stderr).to_lowercase();
+        assert!(err.contains("unauthorized") || err.contains("401"), "{creds:?}: {err}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{creds:?} took {:?}", started.elapsed());
+    }
+    // The cached layer itself, asked for directly: refused without credentials, with the
+    // registry's challenge; served with them.
+    let big = want.iter().max_by_key(|l| l.bytes.len()).unwrap();
+    let layer = &big.digest;
+    let before = registry.full_gets(layer);
+    let url = format!("http://{}/v2/test/app/blobs/{layer}", b.mirror_addr);
+    let http = reqwest::Client::new();
+    let r = tokio::time::timeout(Duration::from_secs(20), http.get(&url).send()).await.expect("not a hang").unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some_and(|v| v.to_str().unwrap().contains("Basic")));
+    let r = http.get(&url).basic_auth("alice", Some("wrong")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "wrong password");
+    let r = http.get(&url).basic_auth("alice", Some("s3cret")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), big.bytes);
+    assert_eq!(registry.full_gets(layer), before, "the cached layer came from the cluster, not the registry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_oci_errors_and_nothing_invalid_is_served() {
+    let registry = Registry::start(None).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layout = image_small();
+    push(&layout, &work.path().join("src"), &registry, None).await;
+    let want = reference(&registry, &work.path().join("ref"), None).await;
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str()];
+    let s = Setup::start(Spec {
+        peers: 1,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let m = &s.peers[0].mirror_addr;
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let url = format!("http://{m}{path}");
+        async move {
+            let r =
+                tokio::time::timeout(Duration::from_secs(20), http.get(url).send()).await.expect("bounded").unwrap();
+            let status = r.status().as_u16();
+            let kind = r.headers().get("x-ferry-error-type").map(|v| v.to_str().unwrap().to_owned());
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body["errors"][0]["code"].as_str().unwrap_or_default().to_owned(), kind)
+        }
+    };
+    let unknown = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(get(format!("/v2/test/app/blobs/{unknown}")).await.0, 404, "unknown digest");
+    let (status, code, kind) = get("/v2/test/app/blobs/sha256:abc".into()).await;
+    assert_eq!((status, code.as_str(), kind.as_deref()), (400, "DIGEST_INVALID", Some("mirror")));
+    let (status, code, _) = get(format!("/v2/Bad_Name/blobs/{unknown}")).await;
+    assert_eq!((status, code.as_str()), (400, "NAME_INVALID"));
+    // A blob whose registry is down: an upstream error, not a hang.
+    let down = reqwest::Client::new()
+        .get(format!("http://{m}/v2/test/app/manifests/v1"))
+        .header("X-Ferry-Registry", "http://127.0.0.1:9")
+        .send();
+    let r = tokio::time::timeout(Duration::from_secs(40), down).await.expect("bounded").unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-ferry-error-type"], "upstream");
+    // A range of a layer (lazy-pulling snapshotters).
+    let layer = want.iter().max_by_key(|l| l.bytes.len()).unwrap();
+    let r = http
+        .get(format!("http://{m}/v2/test/app/blobs/{}", layer.digest))
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap(), layer.bytes.slice(100..200));
+}
+
+fn image_small() -> Layout {
+    Layout::new(&[Image { architecture: "amd64".into(), layers: vec![Blob::new(data::generate(5, 2 * MIB))] }])
+}
