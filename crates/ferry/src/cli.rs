@@ -26,6 +26,76 @@ pub enum Command {
     Get(GetArgs),
     /// Start a whole cluster on loopback, download one file on every peer, report, clean up.
     Demo(DemoArgs),
+    /// Point a container runtime (containerd, CRI-O/Podman/skopeo, Docker) at the local
+    /// daemon's registry mirror.
+    #[command(subcommand)]
+    Init(InitCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InitCommand {
+    /// Write containerd's hosts.toml for each registry (the mirror first, the registry as
+    /// fallback) and set `config_path` in its config if missing (backing the file up).
+    Containerd(ContainerdInitArgs),
+    /// Write a registries.conf.d drop-in (CRI-O, Podman, skopeo) with the mirror for each registry.
+    Crio(CrioInitArgs),
+    /// Add the mirror to Docker's daemon.json `registry-mirrors` (Docker Hub only).
+    Docker(DockerInitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitCommon {
+    /// The local daemon's registry mirror.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    pub mirror: String,
+    /// Print what would be written instead of writing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ContainerdInitArgs {
+    #[command(flatten)]
+    pub common: InitCommon,
+    /// containerd's config file.
+    #[arg(long, default_value = "/etc/containerd/config.toml")]
+    pub config: PathBuf,
+    /// Directory of hosts.toml files, when the config names none [default: /etc/containerd/certs.d].
+    #[arg(long)]
+    pub hosts_dir: Option<PathBuf>,
+    /// Registries to mirror: a host (docker.io, ghcr.io; reached over HTTPS) or a URL
+    /// (http://registry.local:5000); repeat or separate with commas.
+    #[arg(long = "registry", value_delimiter = ',', default_value = "docker.io")]
+    pub registries: Vec<String>,
+    /// Also write `_default/hosts.toml`: every other registry through the mirror too.
+    #[arg(long)]
+    pub default: bool,
+    /// Check containerd's effective configuration (`containerd config dump`), the files and
+    /// the mirror, say what is wrong, and write nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CrioInitArgs {
+    #[command(flatten)]
+    pub common: InitCommon,
+    /// The registries.conf.d directory the drop-in goes to.
+    #[arg(long, default_value = "/etc/containers/registries.conf.d")]
+    pub dir: PathBuf,
+    /// Registries to mirror (host[:port]); repeat or separate with commas. The mirror serves
+    /// its configured upstream for these (CRI-O does not say which registry it mirrors).
+    #[arg(long = "registry", value_delimiter = ',', default_value = "docker.io")]
+    pub registries: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DockerInitArgs {
+    #[command(flatten)]
+    pub common: InitCommon,
+    /// Docker's daemon.json.
+    #[arg(long, default_value = "/etc/docker/daemon.json")]
+    pub config: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -39,7 +39,7 @@ pub mod exit {
 
 pub fn init_tracing(cli: &Cli) {
     let default = match &cli.command {
-        Command::Get(_) | Command::Demo(_) => "warn",
+        Command::Get(_) | Command::Demo(_) | Command::Init(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -55,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Daemon(a) => commands::daemon::run(a).await,
         Command::Get(a) => commands::get::run(a).await,
         Command::Demo(a) => commands::demo::run(a).await,
+        Command::Init(c) => commands::init::run(c).await,
     }
 }
 

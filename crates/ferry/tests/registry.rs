@@ -236,3 +236,141 @@ async fn bad_requests_get_oci_errors_and_nothing_invalid_is_served() {
 fn image_small() -> Layout {
     Layout::new(&[Image { architecture: "amd64".into(), layers: vec![Blob::new(data::generate(5, 2 * MIB))] }])
 }
+
+/// containerd needs root; under CI a test that cannot run must fail, not pass.
+fn root_or_skip(what: &str) -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{what} needs root, and CI runs as root");
+    eprintln!("skipping {what}: not root");
+    false
+}
+
+/// A containerd of its own (root, state and socket under `dir`), killed when dropped.
+async fn containerd(dir: &Path) -> (tokio::process::Child, std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (config, sock) = (dir.join("config.toml"), dir.join("containerd.sock"));
+    let text = format!(
+        "version = 2\nroot = \"{}\"\nstate = \"{}\"\n[grpc]\n  address = \"{}\"\n",
+        dir.join("root").display(),
+        dir.join("state").display(),
+        sock.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let child = tokio::process::Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run containerd (apt-get install containerd)");
+    ferry_testkit::wait_until("containerd to listen", Duration::from_secs(20), || {
+        let sock = sock.clone();
+        async move { tokio::net::UnixStream::connect(&sock).await.ok().map(|_| ()) }
+    })
+    .await;
+    (child, config, sock)
+}
+
+async fn ferry(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(common::bin()).args(args).output().await.unwrap()
+}
+
+async fn ctr_fetch(sock: &Path, hosts: &Path, image: &str) -> std::process::Output {
+    tokio::process::Command::new("ctr")
+        .arg("--address")
+        .arg(sock)
+        .args(["-n", "ferry-test", "content", "fetch", "--hosts-dir"])
+        .arg(hosts)
+        .arg(image)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_pulls_through_the_hosts_toml_ferry_init_writes_and_falls_back_without_it() {
+    if !root_or_skip("containerd") {
+        return;
+    }
+    let registry = Registry::start(None).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    push(&image_small(), &work.path().join("src"), &registry, None).await;
+    let want = reference(&registry, &work.path().join("ref"), None).await;
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str()];
+    let mut s = Setup::start(Spec {
+        peers: 1,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let peer = s.peers[0].clone();
+    let (ctrd, config, sock) = containerd(&work.path().join("containerd")).await;
+    let hosts = work.path().join("certs.d");
+    let mirror = format!("http://{}", peer.mirror_addr);
+    let init =
+        ["init", "containerd", "--config", config.to_str().unwrap(), "--registry", &upstream, "--mirror", &mirror];
+    let hosts_arg = ["--hosts-dir", hosts.to_str().unwrap()];
+    ok(&ferry(&[&init[..], &hosts_arg[..]].concat()).await, "ferry init containerd");
+    assert!(hosts.join(&registry.addr).join("hosts.toml").exists());
+    // The check reads containerd's effective configuration and asks the mirror.
+    let check = ferry(&[&init[..], &["--check"][..]].concat()).await;
+    ok(&check, "ferry init containerd --check");
+    let image = format!("{}/test/app:v1", registry.addr);
+    let layer = want.iter().max_by_key(|b| b.bytes.len()).unwrap();
+    let before = registry.full_gets(&layer.digest);
+    ok(&ctr_fetch(&sock, &hosts, &image).await, "ctr content fetch through the mirror");
+    assert_eq!(registry.full_gets(&layer.digest), before + 1, "one read of the layer: the seed's");
+    let tasks = common::stats(&peer).await.unwrap().tasks.len();
+    assert!(tasks >= 2, "the mirror served the config and the layer ({tasks} tasks)");
+    drop(ctrd);
+    // The daemon is gone: a fresh containerd still pulls, straight from the registry.
+    s.cluster.kill(&peer.name).await;
+    let (_ctrd, _, sock) = containerd(&work.path().join("containerd-2")).await;
+    ok(&ctr_fetch(&sock, &hosts, &image).await, "ctr content fetch with the daemon stopped");
+    assert_eq!(registry.full_gets(&layer.digest), before + 2, "the fallback read the registry");
+    let check = ferry(&[&init[..], &["--check"][..]].concat()).await;
+    assert!(!check.status.success(), "--check notices the mirror is down");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("nothing answers"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_through_the_drop_in_ferry_init_crio_writes() {
+    let registry = Registry::start(None).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    push(&image_small(), &work.path().join("src"), &registry, None).await;
+    let want = reference(&registry, &work.path().join("ref"), None).await;
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str()];
+    let s = Setup::start(Spec {
+        peers: 1,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let dir = work.path().join("registries.conf.d");
+    let mirror = format!("http://{}", s.peers[0].mirror_addr);
+    let init =
+        ["init", "crio", "--dir", dir.to_str().unwrap(), "--registry", registry.addr.as_str(), "--mirror", &mirror];
+    ok(&ferry(&init).await, "ferry init crio");
+    let conf = dir.join("ferry.conf");
+    let layer = want.iter().max_by_key(|b| b.bytes.len()).unwrap();
+    let before = registry.full_gets(&layer.digest);
+    let out = work.path().join("pulled");
+    let src = format!("docker://{}/test/app:v1", registry.addr);
+    let dst = format!("oci:{}:v1", out.display());
+    let conf_arg = conf.to_str().unwrap();
+    let r = skopeo(&["--registries-conf", conf_arg, "copy", "--all", "--src-tls-verify=false", &src, &dst]).await;
+    ok(&r, "skopeo through the drop-in");
+    assert!(same(&want, &out));
+    assert_eq!(registry.full_gets(&layer.digest), before + 1, "one read of the layer: the seed's");
+    assert!(!common::stats(&s.peers[0]).await.unwrap().tasks.is_empty(), "the mirror served it");
+}

@@ -3,4 +3,5 @@
 pub mod daemon;
 pub mod demo;
 pub mod get;
+pub mod init;
 pub mod scheduler;
