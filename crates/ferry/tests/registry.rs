@@ -374,3 +374,42 @@ async fn skopeo_pulls_through_the_drop_in_ferry_init_crio_writes() {
     assert_eq!(registry.full_gets(&layer.digest), before + 1, "one read of the layer: the seed's");
     assert!(!common::stats(&s.peers[0]).await.unwrap().tasks.is_empty(), "the mirror served it");
 }
+
+/// One host, warm cache: how long a 1 KiB blob takes through the mirror, over 200 requests
+/// on one connection. Printed, not asserted (timing belongs to measurements); the README
+/// quotes a release build's run (`FERRY_BIN=target/release/ferry`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_small_blob_through_the_mirror_latency() {
+    let registry = Registry::start(None).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layout =
+        Layout::new(&[Image { architecture: "amd64".into(), layers: vec![Blob::new(data::generate(9, 1024))] }]);
+    push(&layout, &work.path().join("src"), &registry, None).await;
+    let want = reference(&registry, &work.path().join("ref"), None).await;
+    let blob = want.iter().find(|b| b.bytes.len() < 2048 && !b.bytes.starts_with(b"{")).expect("the 1 KiB layer");
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str()];
+    let s = Setup::start(Spec {
+        peers: 1,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let url = format!("http://{}/v2/test/app/blobs/{}", s.peers[0].mirror_addr, blob.digest);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&url).send().await.unwrap().bytes().await.unwrap(), blob.bytes, "warm-up");
+    let mut times = vec![];
+    for _ in 0..200 {
+        let t = std::time::Instant::now();
+        let body = http.get(&url).send().await.unwrap().bytes().await.unwrap();
+        times.push(t.elapsed());
+        assert_eq!(body.len(), blob.bytes.len());
+    }
+    times.sort();
+    eprintln!(
+        "1 KiB blob through the mirror, warm, 200 requests: p50 {:?}, p99 {:?}, max {:?}",
+        times[100], times[198], times[199]
+    );
+}

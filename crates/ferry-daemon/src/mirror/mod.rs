@@ -96,7 +96,12 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, opts: Mirro
     let client = ctx.backend.client().clone();
     let mirror = Arc::new(Mirror { ctx, opts, client });
     let app = axum::Router::new().fallback(handle).with_state(mirror);
-    let served = axum::serve(listener, app).with_graceful_shutdown(async move { cancel.cancelled().await }).await;
+    // No Nagle: a small blob's head and body are separate writes, and waiting for the
+    // client's delayed ACK cost 40 ms a request (measured: p50 44 ms -> see the README).
+    let served = axum::serve(listener, app)
+        .tcp_nodelay(true)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await;
     if let Err(e) = served {
         tracing::warn!(error = %e, "registry mirror stopped");
     }

@@ -26,8 +26,10 @@ pub struct Setup {
     pub peers: Vec<DaemonInfo>,
 }
 
+/// The `ferry` binary under test: this build's, or `FERRY_BIN` (e.g. a release build, to
+/// measure what users run).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ferry"))
+    std::env::var_os("FERRY_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ferry")))
 }
 
 pub struct Spec<'a> {
