@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::daemon::daemon_server::Daemon;
-use ferry_proto::daemon::{DownloadProgress, DownloadRequest, StatsRequest, StatsResponse, TaskStats};
+use ferry_proto::daemon::{
+    DownloadProgress, DownloadRequest, PreheatImageRequest, PreheatImageResponse, PreheatedBlob, StatsRequest,
+    StatsResponse, TaskStats,
+};
 use ferry_storage::PieceStore;
 use ferry_types::{FileDigest, OriginRequest, PieceDigest, TaskId, TaskIdInput, Validators};
 use futures::Stream;
@@ -336,5 +339,19 @@ impl Daemon for Api {
             tasks,
             workers,
         }))
+    }
+
+    async fn preheat_image(&self, req: Request<PreheatImageRequest>) -> Result<Response<PreheatImageResponse>, Status> {
+        let req = req.into_inner();
+        let image = crate::mirror::preheat::parse_reference(&req.reference, req.insecure).map_err(bad)?;
+        let platform = if req.platform.is_empty() { "linux/amd64" } else { req.platform.as_str() };
+        let headers: Vec<(String, String)> = req.headers.into_iter().map(|h| (h.name, h.value)).collect();
+        let span = tracing::info_span!("preheat", reference = %req.reference, %platform);
+        let blobs = crate::mirror::preheat::preheat_image(&self.ctx, &image, platform, &headers)
+            .instrument(span)
+            .await
+            .map_err(|e| e.to_status())?;
+        let blobs = blobs.into_iter().map(|(d, size)| PreheatedBlob { digest: d.to_string(), size }).collect();
+        Ok(Response::new(PreheatImageResponse { blobs }))
     }
 }

@@ -12,7 +12,7 @@
 //! - [`mirror`]: the OCI registry mirror (blobs and manifests by digest through P2P).
 //! - [`run`]: the wiring of all of the above.
 //!
-//! Dependencies run one way: `run` -> `api`, `mirror` -> `ctx` -> `task` -> (`gc`, `registry`,
+//! Dependencies run one way: `run` -> `api` -> `mirror` -> `ctx` -> `task` -> (`gc`, `registry`,
 //! `output`, `counters`, `options`); `schedulers` implements `task::env::SchedulerLink`.
 
 // `tonic::Status` is the error type at this crate's gRPC edge; boxing it would only add noise.

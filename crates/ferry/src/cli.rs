@@ -30,6 +30,33 @@ pub enum Command {
     /// daemon's registry mirror.
     #[command(subcommand)]
     Init(InitCommand),
+    /// Fetch content into the cluster ahead of time, writing no output.
+    #[command(subcommand)]
+    Preheat(PreheatCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PreheatCommand {
+    /// Every blob of a container image (one platform) into the cluster.
+    Image(PreheatImageArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PreheatImageArgs {
+    /// `registry/repository:tag` or `...@sha256:...` (`ubuntu:22.04` means Docker Hub).
+    pub reference: String,
+    /// `os/architecture[/variant]` of the manifest to take from an index.
+    #[arg(long, default_value = "linux/amd64")]
+    pub platform: String,
+    /// Reach the registry over plain HTTP.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Header for the registry, "Name: value" (e.g. an `Authorization`); repeatable.
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// The local daemon's API socket.
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
+    pub socket: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

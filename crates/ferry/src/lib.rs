@@ -39,7 +39,7 @@ pub mod exit {
 
 pub fn init_tracing(cli: &Cli) {
     let default = match &cli.command {
-        Command::Get(_) | Command::Demo(_) | Command::Init(_) => "warn",
+        Command::Get(_) | Command::Demo(_) | Command::Init(_) | Command::Preheat(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -56,6 +56,7 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Get(a) => commands::get::run(a).await,
         Command::Demo(a) => commands::demo::run(a).await,
         Command::Init(c) => commands::init::run(c).await,
+        Command::Preheat(c) => commands::preheat::run(c).await,
     }
 }
 

@@ -413,3 +413,70 @@ async fn a_cached_small_blob_through_the_mirror_latency() {
         times[100], times[198], times[199]
     );
 }
+
+/// The digests one platform of a pulled image needs: its manifest, config and layers.
+fn platform_blobs(want: &[Blob], arch: &str) -> Vec<String> {
+    let json = |b: &Blob| serde_json::from_slice::<serde_json::Value>(&b.bytes).ok();
+    let index = want.iter().filter_map(json).find(|v| v.get("manifests").is_some()).expect("an index");
+    let manifest_digest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == arch)
+        .map(|m| m["digest"].as_str().unwrap().to_owned())
+        .expect("the platform");
+    let manifest = want.iter().find(|b| b.digest == manifest_digest).and_then(json).unwrap();
+    let mut out = vec![manifest_digest, manifest["config"]["digest"].as_str().unwrap().to_owned()];
+    out.extend(manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_owned()));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preheating_an_image_puts_one_platforms_blobs_in_the_cluster() {
+    let registry = Registry::start(None).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let layout = Layout::new(&[
+        Image { architecture: "amd64".into(), layers: vec![Blob::new(data::generate(11, 2 * MIB))] },
+        Image {
+            architecture: "arm64".into(),
+            layers: vec![Blob::new(data::generate(12, MIB)), Blob::new(data::generate(13, 10))],
+        },
+    ]);
+    push(&layout, &work.path().join("src"), &registry, None).await;
+    let want = reference(&registry, &work.path().join("ref"), None).await;
+    let (arm, amd) = (platform_blobs(&want, "arm64"), platform_blobs(&want, "amd64"));
+    let before = |d: &String| registry.full_gets(d);
+    let (arm_before, amd_before): (Vec<usize>, Vec<usize>) =
+        (arm.iter().map(before).collect(), amd.iter().map(before).collect());
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str()];
+    let s = Setup::start(Spec {
+        peers: 1,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let image = format!("{}/test/app:v1", registry.addr);
+    let socket = s.peers[0].socket.to_str().unwrap().to_owned();
+    let out =
+        ferry(&["preheat", "image", &image, "--platform", "linux/arm64", "--insecure", "--socket", &socket]).await;
+    ok(&out, "ferry preheat image");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("4 blobs"), "{}", String::from_utf8_lossy(&out.stdout));
+    for (d, b) in arm.iter().zip(&arm_before) {
+        assert_eq!(registry.full_gets(d), b + 1, "arm64 blob {d} read once");
+    }
+    for (d, b) in amd.iter().zip(&amd_before) {
+        assert_eq!(registry.full_gets(d), *b, "amd64 blob {d} left alone");
+    }
+    // A pull of the preheated platform now comes from the cluster.
+    let src = format!("docker://{}/test/app:v1", s.peers[0].mirror_addr);
+    let dst = format!("oci:{}:v1", work.path().join("arm").display());
+    ok(&skopeo(&["--override-arch", "arm64", "copy", "--src-tls-verify=false", &src, &dst]).await, "pull arm64");
+    for (d, b) in arm.iter().zip(&arm_before) {
+        assert_eq!(registry.full_gets(d), b + 1, "arm64 blob {d} not read again");
+    }
+    let bad = ferry(&["preheat", "image", "Bad Ref", "--socket", &socket]).await;
+    assert_eq!(bad.status.code(), Some(2), "a malformed reference is bad input");
+}

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use ferry_types::{FileDigest, OriginRequest, PieceDigest, TaskId, TaskIdInput};
 
 use super::{empty, error, passthrough, ErrorType, Mirror};
+use crate::ctx::Ctx;
 use crate::registry::TaskHandle;
 use crate::DaemonError;
 
@@ -28,7 +29,8 @@ pub enum Kind {
 }
 
 /// Every manifest and index type a client may ask for by digest.
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+pub(super) const MANIFEST_TYPES: &str =
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
      application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// A manifest served by digest is read whole to find its media type; none is this large.
@@ -66,7 +68,7 @@ pub async fn serve(
         authorized = true;
     }
     let id = TaskId::derive(&TaskIdInput { digest: Some(digest), ..Default::default() });
-    let handle = match complete(m, id, &request).await {
+    let handle = match complete(&m.ctx, id, &request).await {
         Ok(h) => h,
         Err(e) => return refused(m, upstream, req, &path, &e).await,
     };
@@ -145,8 +147,11 @@ fn origin_request(
 }
 
 /// Joins (or starts) the digest's task and waits until it is complete.
-async fn complete(m: &Mirror, id: TaskId, request: &OriginRequest) -> Result<Arc<TaskHandle>, Arc<DaemonError>> {
-    let ctx = &m.ctx;
+pub(super) async fn complete(
+    ctx: &Arc<Ctx>,
+    id: TaskId,
+    request: &OriginRequest,
+) -> Result<Arc<TaskHandle>, Arc<DaemonError>> {
     let mut restarts = 0;
     loop {
         let piece_size = ctx.env.opts.piece_size.unwrap_or(0);
@@ -266,7 +271,7 @@ fn read_checked(handle: &TaskHandle, at: u64, end: u64) -> Result<Bytes, String>
     Ok(Bytes::from(piece).slice(from..to))
 }
 
-async fn read_range(handle: Arc<TaskHandle>, start: u64, end: u64) -> Result<Vec<u8>, String> {
+pub(super) async fn read_range(handle: Arc<TaskHandle>, start: u64, end: u64) -> Result<Vec<u8>, String> {
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::with_capacity((end - start) as usize);
         let mut at = start;

@@ -17,6 +17,7 @@
 mod content;
 pub mod oci;
 mod passthrough;
+pub mod preheat;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

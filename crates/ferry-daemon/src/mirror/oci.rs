@@ -92,7 +92,7 @@ fn blob(name: &str, digest: &str) -> Result<Route, Invalid> {
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`, at most 255
 /// characters.
-fn valid_name(name: &str) -> Result<String, Invalid> {
+pub(crate) fn valid_name(name: &str) -> Result<String, Invalid> {
     let component_ok = |c: &str| {
         let b = c.as_bytes();
         let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
@@ -125,7 +125,7 @@ fn valid_name(name: &str) -> Result<String, Invalid> {
 }
 
 /// `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
-fn valid_tag(tag: &str) -> bool {
+pub(crate) fn valid_tag(tag: &str) -> bool {
     let b = tag.as_bytes();
     let first = |x: u8| x.is_ascii_alphanumeric() || x == b'_';
     let rest = |x: u8| first(x) || x == b'.' || x == b'-';
@@ -134,7 +134,7 @@ fn valid_tag(tag: &str) -> bool {
 
 /// Only `sha256:` digests name content here: that is what registries address blobs by, and
 /// what the task is verified against end to end.
-fn valid_digest(d: &str) -> Result<FileDigest, Invalid> {
+pub(crate) fn valid_digest(d: &str) -> Result<FileDigest, Invalid> {
     let bad = || Invalid::Digest(d.chars().take(100).collect());
     let hex = d.strip_prefix("sha256:").ok_or_else(bad)?;
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {

@@ -4,4 +4,5 @@ pub mod daemon;
 pub mod demo;
 pub mod get;
 pub mod init;
+pub mod preheat;
 pub mod scheduler;
