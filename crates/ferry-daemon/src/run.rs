@@ -86,15 +86,7 @@ pub async fn run(
     schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), &workers, cancel.clone());
     warn_if_silent(&schedulers).await;
     spawn_order_workers(&ctx, &schedulers, orders_rx, &cancel);
-    let mirror = match &opts.mirror {
-        Some(m) => {
-            let (listener, addr) = crate::mirror::bind(m.listen).await?;
-            let serve = crate::mirror::serve(listener, ctx.clone(), m.clone(), cancel.clone());
-            workers.spawn("registry-mirror", cancel.clone(), serve);
-            Some(addr)
-        }
-        None => None,
-    };
+    let mirror = start_mirror(&ctx, &opts, &cancel).await?;
     tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, mirror = ?mirror, "daemon ready");
     if let Some(r) = ready {
         let _ = r.send(Ready { pieces: bound, mirror });
@@ -110,6 +102,19 @@ pub async fn run(
         addr: opts.socket.display().to_string(),
         source: std::io::Error::other(e),
     })
+}
+
+/// Binds and serves the registry mirror, if configured; returns where it listens.
+async fn start_mirror(
+    ctx: &Arc<Ctx>,
+    opts: &DaemonOptions,
+    cancel: &CancellationToken,
+) -> Result<Option<SocketAddr>, DaemonError> {
+    let Some(m) = &opts.mirror else { return Ok(None) };
+    let (listener, addr) = crate::mirror::bind(m.listen).await?;
+    let serve = crate::mirror::serve(listener, ctx.clone(), m.clone(), cancel.clone());
+    ctx.workers.spawn("registry-mirror", cancel.clone(), serve);
+    Ok(Some(addr))
 }
 
 /// Waits (bounded) for a first answer from every scheduler and says which are silent.

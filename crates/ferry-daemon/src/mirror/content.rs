@@ -79,7 +79,13 @@ pub async fn serve(
             return refused(m, upstream, req, &path, &e).await;
         }
     }
-    let len = content.file.layout().content_length();
+    answer(handle, kind, digest, req).await
+}
+
+/// The response for a complete task that this client may read: headers, and the body (or
+/// the asked range of it) from the cache.
+async fn answer(handle: Arc<TaskHandle>, kind: Kind, digest: &FileDigest, req: &Parts) -> Response {
+    let len = handle.content.get().expect("a complete task has content").file.layout().content_length();
     let media_type = match kind {
         Kind::Blob => "application/octet-stream".to_owned(),
         Kind::Manifest if len > MAX_MANIFEST => {
@@ -91,24 +97,19 @@ pub async fn serve(
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &e, ErrorType::P2p),
         },
     };
-    let range = match req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let range = match req.headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(|r| parse_range(r, len)) {
         None => None,
-        Some(r) => match parse_range(r, len) {
-            Ok(r) => r,
-            Err(()) => {
-                let mut resp =
-                    error(StatusCode::RANGE_NOT_SATISFIABLE, "UNKNOWN", "range not satisfiable", ErrorType::Mirror);
-                resp.headers_mut().insert(header::CONTENT_RANGE, header_value(&format!("bytes */{len}")));
-                return resp;
-            }
-        },
+        Some(Ok(r)) => r,
+        Some(Err(())) => {
+            let mut resp =
+                error(StatusCode::RANGE_NOT_SATISFIABLE, "UNKNOWN", "range not satisfiable", ErrorType::Mirror);
+            resp.headers_mut().insert(header::CONTENT_RANGE, header_value(&format!("bytes */{len}")));
+            return resp;
+        }
     };
     let (start, end) = range.unwrap_or((0, len));
-    let mut resp = if req.method == Method::HEAD {
-        empty(StatusCode::OK)
-    } else {
-        Response::new(body(handle.clone(), start, end))
-    };
+    let mut resp =
+        if req.method == Method::HEAD { empty(StatusCode::OK) } else { Response::new(body(handle, start, end)) };
     if let Some((s, e)) = range {
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         resp.headers_mut().insert(header::CONTENT_RANGE, header_value(&format!("bytes {s}-{}/{len}", e - 1)));
