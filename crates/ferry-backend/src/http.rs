@@ -19,13 +19,16 @@ use crate::{BackendError, SourceBody};
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
     pub connect_timeout: Duration,
+    /// A response that sends nothing for this long fails (retryably): an origin that
+    /// stalls must not hold a task, and its waiting clients, for ever.
+    pub read_timeout: Duration,
     /// PEM files of extra CA certificates to trust (a private CA), on top of the system's.
     pub ca_certs: Vec<PathBuf>,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(10), ca_certs: vec![] }
+        Self { connect_timeout: Duration::from_secs(10), read_timeout: Duration::from_secs(30), ca_certs: vec![] }
     }
 }
 
@@ -38,6 +41,7 @@ impl HttpBackend {
     pub fn new(opts: &HttpOptions) -> Result<Self, BackendError> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
+            .read_timeout(opts.read_timeout)
             .tcp_nodelay(true)
             .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
         for path in &opts.ca_certs {

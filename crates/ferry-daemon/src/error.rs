@@ -31,6 +31,9 @@ pub enum DaemonError {
     WriteOutput { path: String, source: std::io::Error },
     #[error("download timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// Nothing came from the origin (no layout, no byte) for this long.
+    #[error("the origin did not answer within {0:?}")]
+    OriginSilent(std::time::Duration),
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("nobody waits for this task any more")]
@@ -67,6 +70,7 @@ impl DaemonError {
             Self::DigestMismatch { .. } => FailureCode::DigestMismatch,
             Self::OriginChanged(_) => FailureCode::OriginChanged,
             Self::Timeout(_) => FailureCode::Timeout,
+            Self::OriginSilent(_) => FailureCode::OriginUnreachable,
             Self::ShuttingDown | Self::Cancelled | Self::Restart => FailureCode::Cancelled,
             _ => FailureCode::Internal,
         }

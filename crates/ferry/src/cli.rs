@@ -21,7 +21,7 @@ pub enum Command {
     /// Run a scheduler: tells peers whom to pull pieces from.
     Scheduler(SchedulerArgs),
     /// Run a daemon (one per host): downloads, stores and serves pieces.
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Download a URL through the local daemon.
     Get(GetArgs),
     /// Start a whole cluster on loopback, download one file on every peer, report, clean up.
@@ -244,6 +244,10 @@ pub struct DaemonArgs {
     /// host; repeat or separate with commas.
     #[arg(long = "mirror-insecure", value_delimiter = ',')]
     pub mirror_insecure: Vec<String>,
+    /// A registry that takes longer than this to answer, or a download by digest without
+    /// progress for this long, gets the client a 504.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub mirror_timeout: Duration,
 }
 
 #[derive(Args, Debug)]

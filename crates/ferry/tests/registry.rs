@@ -184,7 +184,7 @@ async fn bad_requests_get_oci_errors_and_nothing_invalid_is_served() {
     push(&layout, &work.path().join("src"), &registry, None).await;
     let want = reference(&registry, &work.path().join("ref"), None).await;
     let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str()];
+    let args = ["--mirror-upstream", upstream.as_str(), "--mirror-timeout", "3s"];
     let s = Setup::start(Spec {
         peers: 1,
         files: &[("unused", 1)],
@@ -221,6 +221,39 @@ async fn bad_requests_get_oci_errors_and_nothing_invalid_is_served() {
     let r = tokio::time::timeout(Duration::from_secs(40), down).await.expect("bounded").unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-ferry-error-type"], "upstream");
+    // Registries that misbehave, for a blob: one that is down, one that accepts and never
+    // answers, one that gzips the blob. Each gets an upstream error quickly, and nothing is
+    // stored or served.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let gzip = gzip_registry().await;
+    for (registry, what, hex) in [
+        ("http://127.0.0.1:9".to_owned(), "down", "c1"),
+        (format!("http://{silent_addr}"), "silent", "c2"),
+        (format!("http://{gzip}"), "gzip", "c3"),
+    ] {
+        // A digest of its own per case: one digest is one task, whichever registry asks.
+        let blob = format!("sha256:{}", hex.repeat(32));
+        let started = std::time::Instant::now();
+        let req = http.get(format!("http://{m}/v2/test/app/blobs/{blob}")).header("X-Ferry-Registry", &registry).send();
+        let r = tokio::time::timeout(Duration::from_secs(40), req)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: a hang"))
+            .unwrap();
+        assert!(matches!(r.status().as_u16(), 502 | 504), "{what}: {}", r.status());
+        assert_eq!(r.headers()["x-ferry-error-type"], "upstream", "{what}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(body["errors"][0]["code"].is_string(), "{what}: {body}");
+        eprintln!("{what}: {} in {:?}", body["errors"][0]["code"], started.elapsed());
+    }
+    let held = common::stats(&s.peers[0]).await.unwrap().tasks;
+    assert!(held.iter().all(|t| t.complete), "nothing partial or invalid is kept: {held:?}");
     // A range of a layer (lazy-pulling snapshotters).
     let layer = want.iter().max_by_key(|l| l.bytes.len()).unwrap();
     let r = http
@@ -231,6 +264,20 @@ async fn bad_requests_get_oci_errors_and_nothing_invalid_is_served() {
         .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap(), layer.bytes.slice(100..200));
+}
+
+/// A registry that answers every request with a gzip-encoded body.
+async fn gzip_registry() -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [("content-encoding", "gzip"), ("content-type", "application/octet-stream")],
+            vec![0x1f_u8, 0x8b, 8, 0, 1, 2, 3],
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
 }
 
 fn image_small() -> Layout {

@@ -36,9 +36,6 @@ pub(super) const MANIFEST_TYPES: &str =
 /// A manifest served by digest is read whole to find its media type; none is this large.
 const MAX_MANIFEST: u64 = 4 << 20;
 
-/// A download that makes no progress for this long answers 504.
-const IDLE: Duration = Duration::from_secs(60);
-
 /// How often one request starts over after another request's failure reset the task.
 const MAX_RESTARTS: usize = 3;
 
@@ -68,7 +65,7 @@ pub async fn serve(
         authorized = true;
     }
     let id = TaskId::derive(&TaskIdInput { digest: Some(digest), ..Default::default() });
-    let handle = match complete(&m.ctx, id, &request).await {
+    let handle = match complete(&m.ctx, id, &request, m.opts.timeout).await {
         Ok(h) => h,
         Err(e) => return refused(m, upstream, req, &path, &e).await,
     };
@@ -152,12 +149,13 @@ pub(super) async fn complete(
     ctx: &Arc<Ctx>,
     id: TaskId,
     request: &OriginRequest,
+    idle: Duration,
 ) -> Result<Arc<TaskHandle>, Arc<DaemonError>> {
     let mut restarts = 0;
     loop {
         let piece_size = ctx.env.opts.piece_size.unwrap_or(0);
         let handle = ctx.start_task(id, request.clone(), false, piece_size);
-        match wait(&handle).await {
+        match wait(&handle, idle).await {
             Ok(()) => return Ok(handle),
             Err(e) if matches!(*e, DaemonError::Restart) && restarts < MAX_RESTARTS => restarts += 1,
             Err(e) if e.is_request_specific() && handle.request.key() != request.key() && restarts < MAX_RESTARTS => {
@@ -170,17 +168,19 @@ pub(super) async fn complete(
     }
 }
 
-/// Waits for the task's outcome; gives up after [`IDLE`] without progress.
-async fn wait(handle: &TaskHandle) -> Result<(), Arc<DaemonError>> {
+/// Waits for the task's outcome; gives up after `idle` without progress.
+async fn wait(handle: &TaskHandle, idle: Duration) -> Result<(), Arc<DaemonError>> {
     let mut watch = handle.progress.subscribe();
     loop {
         if let Some(o) = watch.borrow_and_update().outcome.clone() {
             return o;
         }
-        match tokio::time::timeout(IDLE, watch.changed()).await {
+        match tokio::time::timeout(idle, watch.changed()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(Arc::new(DaemonError::ShuttingDown)),
-            Err(_) => return Err(Arc::new(DaemonError::Timeout(IDLE))),
+            // Nothing at all yet: the registry has not answered. Else the download stalled.
+            Err(_) if handle.content.get().is_none() => return Err(Arc::new(DaemonError::OriginSilent(idle))),
+            Err(_) => return Err(Arc::new(DaemonError::Timeout(idle))),
         }
     }
 }
@@ -206,6 +206,7 @@ async fn refused(m: &Mirror, upstream: &url::Url, req: &Parts, path: &str, e: &D
             &format!("the upstream's content does not match its digest: {msg}"),
             ErrorType::Upstream,
         ),
+        DaemonError::OriginSilent(_) => error(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", &msg, ErrorType::Upstream),
         DaemonError::Timeout(_) => error(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", &msg, ErrorType::P2p),
         _ => error(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", &msg, ErrorType::P2p),
     }

@@ -40,6 +40,9 @@ pub struct MirrorOptions {
     pub upstream: url::Url,
     /// Registry hosts (`host[:port]`) reached over plain HTTP when named by host alone.
     pub insecure: Vec<String>,
+    /// How long the registry may take to start answering a passed-through request, and a
+    /// download by digest may go without progress, before the client gets a 504.
+    pub timeout: std::time::Duration,
 }
 
 impl Default for MirrorOptions {
@@ -48,6 +51,7 @@ impl Default for MirrorOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 4001)),
             upstream: url::Url::parse("https://registry-1.docker.io").expect("a valid URL"),
             insecure: vec![],
+            timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -2,8 +2,6 @@
 //! (method, path, query, body, the client's headers but hop-by-hop ones), and its answer
 //! comes back as it is: status, headers (a `WWW-Authenticate` challenge too) and body.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
@@ -11,9 +9,6 @@ use axum::response::Response;
 use futures::TryStreamExt;
 
 use super::{error, ErrorType, Mirror};
-
-/// How long the upstream may take to start answering.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Headers that belong to one connection, or that the mirror sets itself.
 const HOP_BY_HOP: &[&str] = &[
@@ -63,7 +58,8 @@ pub async fn forward(m: &Mirror, upstream: &url::Url, req: Request) -> Response 
     copy_headers(&parts.headers, &mut headers);
     let body = reqwest::Body::wrap_stream(body.into_data_stream());
     let send = m.client.request(parts.method.clone(), url.clone()).headers(headers).body(body).send();
-    let resp = match tokio::time::timeout(HEAD_TIMEOUT, send).await {
+    let limit = m.opts.timeout;
+    let resp = match tokio::time::timeout(limit, send).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             tracing::info!(upstream = %url.host_str().unwrap_or_default(), error = %e, "upstream unreachable");
@@ -71,10 +67,8 @@ pub async fn forward(m: &Mirror, upstream: &url::Url, req: Request) -> Response 
             return error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &msg, ErrorType::Upstream);
         }
         Err(_) => {
-            let msg = format!(
-                "upstream registry {} did not answer within {HEAD_TIMEOUT:?}",
-                url.host_str().unwrap_or_default()
-            );
+            let msg =
+                format!("upstream registry {} did not answer within {limit:?}", url.host_str().unwrap_or_default());
             return error(StatusCode::GATEWAY_TIMEOUT, "UNAVAILABLE", &msg, ErrorType::Upstream);
         }
     };
@@ -94,7 +88,7 @@ pub async fn upstream_answer(m: &Mirror, upstream: &url::Url, req_headers: &Head
     let mut headers = HeaderMap::new();
     copy_headers(req_headers, &mut headers);
     let send = m.client.head(url).headers(headers).send();
-    let resp = tokio::time::timeout(HEAD_TIMEOUT, send).await.ok()?.ok()?;
+    let resp = tokio::time::timeout(m.opts.timeout, send).await.ok()?.ok()?;
     let status = StatusCode::from_u16(resp.status().as_u16()).ok()?;
     let mut out =
         super::error(status, code_for(status), &format!("upstream registry answered {status}"), ErrorType::Upstream);

@@ -173,7 +173,8 @@ async fn task(
         ctx.authorize(&request).await?;
     }
     let id = TaskId::derive(&TaskIdInput { digest: Some(digest), ..Default::default() });
-    complete(ctx, id, &request)
+    // A preheat waits as long as the download makes progress at all.
+    complete(ctx, id, &request, std::time::Duration::from_secs(300))
         .await
         .map_err(|e| Arc::try_unwrap(e).unwrap_or_else(|e| DaemonError::BadRequest(e.to_string())))
 }

@@ -49,6 +49,9 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     o.ca_certs = a.ca_certs;
     o.always_authorize = a.always_authorize;
     o.mirror = mirror_options(&a.mirror_listen, &a.mirror_upstream, a.mirror_insecure).map_err(usage)?;
+    if let Some(m) = o.mirror.as_mut() {
+        m.timeout = a.mirror_timeout;
+    }
     if let Some(ps) = a.piece_size {
         let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
         PieceLayout::new(0, ps32).map_err(|e| usage(format!("--piece-size: {e}")))?;
@@ -73,7 +76,7 @@ fn mirror_options(
         .ok_or_else(|| {
             format!("--mirror-upstream `{upstream}` is not an http(s) URL, e.g. https://registry-1.docker.io")
         })?;
-    Ok(Some(ferry_daemon::mirror::MirrorOptions { listen, upstream, insecure }))
+    Ok(Some(ferry_daemon::mirror::MirrorOptions { listen, upstream, insecure, ..Default::default() }))
 }
 
 pub async fn run(a: DaemonArgs) -> Result<(), Exit> {
