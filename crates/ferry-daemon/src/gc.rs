@@ -4,8 +4,10 @@
 //! used first, while the cache is over `--cache-quota` or the data directory's filesystem is
 //! fuller than `--disk-high-watermark` (then down to `--disk-low-watermark`). A task in use
 //! is never taken: one still downloading, one a local request waits on or is landing, one a
-//! child is pulling from. What storage forgets, the registry forgets too, and the task's
-//! scheduler session ends so the scheduler stops offering this host as its parent. Failed
+//! child is pulling from. What storage forgets, the registry forgets too, and the scheduler
+//! stops offering this host as its parent (a live task's session ends; a parked task is
+//! named in the next keepalive's `dropped`). Content files of idle finished tasks are closed
+//! ([`CacheGc::close_idle_files`]). Failed
 //! tasks are removed where they fail (`task::fail_locally`), not here.
 
 use std::collections::HashMap;

@@ -2,9 +2,11 @@
 //!
 //! [`drive`] owns the task: it registers with the task's scheduler, acts on what it is told
 //! (parents, digests, wait, go to origin), starts the workers that bring pieces
-//! ([`from_parent`], [`from_origin`]), reports finished pieces in batches, and after
-//! completion keeps the registration open so the task can be served. If the scheduler goes
-//! away it registers again (possibly with another) and reports what it holds.
+//! ([`from_parent`], [`from_origin`]), and reports finished pieces in batches. Once every
+//! piece is held and reported it *parks*: tells the scheduler to keep this peer as a parent
+//! without a stream, and ends (the daemon starts a new driver if the task must register
+//! again). If the scheduler goes away mid-download it registers again (possibly with
+//! another) and reports what it holds.
 //!
 //! A task's lifecycle is one [`Phase`]; every change of phase, and what it sets off, is in
 //! [`TaskRun::enter`]. What the driver and the workers both touch lives in [`shared`]; what
@@ -113,8 +115,7 @@ struct TaskRun {
     unwanted_since: Option<Instant>,
 }
 
-/// How a scheduler session ended when it did not fail. After completion the registration
-/// stays open so the task is served; only the daemon's cancellation ends it.
+/// How a scheduler session ended when it did not fail.
 enum SessionEnd {
     Reconnect,
     /// Finished and parked with the scheduler: the driver's work is done.
