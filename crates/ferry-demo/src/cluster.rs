@@ -157,6 +157,13 @@ impl Cluster {
             // Many daemons share this host: each mirror on a port of its own.
             "--mirror-listen".into(),
             "127.0.0.1:0".into(),
+            // The data directories share the machine's disk, which build artifacts fill: at
+            // the default 90 % every daemon would empty its cache mid-test. Tests of the
+            // collector set a quota instead.
+            "--disk-high-watermark".into(),
+            "99".into(),
+            "--disk-low-watermark".into(),
+            "98".into(),
         ];
         if seed {
             args.push("--seed".into());

@@ -7,10 +7,11 @@
 //!   with its own directory, killed and removed when dropped;
 //! - [`data`]: deterministic file contents;
 //! - [`registry`]: a real registry (`docker-registry`) as a child process; [`oci`]: image
-//!   layouts to push to it.
+//!   layouts to push to it; [`token`]: a token issuer for registries behind bearer tokens.
 
 pub mod cluster;
 pub mod data;
 pub mod oci;
 pub mod origin;
 pub mod registry;
+pub mod token;

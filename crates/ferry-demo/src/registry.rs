@@ -24,13 +24,19 @@ pub struct BasicAuth {
 impl Registry {
     /// Starts `docker-registry` and waits until `/v2/` answers.
     pub async fn start(auth: Option<&BasicAuth>) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr = format!("127.0.0.1:{port}");
         let auth = match auth {
             Some(a) => format!("auth:\n  htpasswd:\n    realm: ferry-test\n    path: {}\n", a.htpasswd.display()),
             None => String::new(),
         };
+        Self::start_with_auth(&auth).await
+    }
+
+    /// Starts `docker-registry` with `auth` as its config's `auth:` section (e.g. a
+    /// [`crate::token::TokenIssuer`]'s).
+    pub async fn start_with_auth(auth: &str) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
              rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",

@@ -527,3 +527,44 @@ async fn preheating_an_image_puts_one_platforms_blobs_in_the_cluster() {
     let bad = ferry(&["preheat", "image", "Bad Ref", "--socket", &socket]).await;
     assert_eq!(bad.status.code(), Some(2), "a malformed reference is bad input");
 }
+
+/// A registry behind bearer tokens (the Docker token flow, as Docker Hub, GHCR or Harbor run
+/// it): clients fetch their token from the issuer themselves, the mirror passes it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_registry_serves_clients_with_tokens_and_refuses_anonymous_ones() {
+    let work = tempfile::tempdir().unwrap();
+    let issuer = ferry_demo::token::TokenIssuer::start(work.path(), "alice", "s3cret").await.unwrap();
+    let registry = Registry::start_with_auth(&issuer.registry_config()).await.unwrap();
+    let layout = image_small();
+    push(&layout, &work.path().join("src"), &registry, Some("alice:s3cret")).await;
+    let want = reference(&registry, &work.path().join("ref"), Some("alice:s3cret")).await;
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str()];
+    let s = Setup::start(Spec {
+        peers: 2,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let (a, b) = (&s.peers[0], &s.peers[1]);
+    let out = work.path().join("a");
+    ok(&pull(&a.mirror_addr, &out, Some("alice:s3cret")).await, "pull with a token");
+    assert!(same(&want, &out));
+    for creds in [None, Some("alice:wrong")] {
+        let started = std::time::Instant::now();
+        let r = pull(&b.mirror_addr, &work.path().join("b"), creds).await;
+        assert!(!r.status.success(), "pulled with {creds:?}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{creds:?} took {:?}", started.elapsed());
+    }
+    // The layer host A cached, asked of host B without a token: the registry's Bearer challenge.
+    let big = want.iter().max_by_key(|l| l.bytes.len()).unwrap();
+    let before = registry.full_gets(&big.digest);
+    let url = format!("http://{}/v2/test/app/blobs/{}", b.mirror_addr, big.digest);
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(challenge.starts_with("Bearer") && challenge.contains(&issuer.addr.to_string()), "{challenge}");
+    assert_eq!(registry.full_gets(&big.digest), before, "nothing read for a refused client");
+}
