@@ -125,28 +125,7 @@ async fn check(
     default: bool,
 ) -> Result<(), Exit> {
     let mut problems = vec![];
-    let dump =
-        tokio::process::Command::new("containerd").arg("--config").arg(config).args(["config", "dump"]).output().await;
-    let effective = match dump {
-        Ok(out) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            match text.parse::<DocumentMut>() {
-                Ok(d) => config_path(&d),
-                Err(e) => {
-                    problems.push(format!("`containerd config dump` printed no valid TOML: {e}"));
-                    None
-                }
-            }
-        }
-        Ok(out) => {
-            problems.push(format!("`containerd config dump` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
-            config_path(doc)
-        }
-        Err(e) => {
-            problems.push(format!("cannot run containerd ({e}); checking the file alone"));
-            config_path(doc)
-        }
-    };
+    let effective = effective_config_path(config, doc, &mut problems).await;
     match &effective {
         None => problems.push(
             "containerd has no registry config_path: it ignores hosts.toml files (run `ferry init containerd` \
@@ -181,6 +160,30 @@ async fn check(
         println!("problem: {p}");
     }
     Err(Exit::new(exit::FAILURE, format!("{} problem(s) with containerd's configuration", problems.len())))
+}
+
+/// `config_path` as containerd will use it: from `containerd config dump` (its defaults and
+/// imports applied), else from the file alone, saying why.
+async fn effective_config_path(config: &Path, doc: &DocumentMut, problems: &mut Vec<String>) -> Option<PathBuf> {
+    let dump =
+        tokio::process::Command::new("containerd").arg("--config").arg(config).args(["config", "dump"]).output().await;
+    match dump {
+        Ok(out) if out.status.success() => match String::from_utf8_lossy(&out.stdout).parse::<DocumentMut>() {
+            Ok(d) => config_path(&d),
+            Err(e) => {
+                problems.push(format!("`containerd config dump` printed no valid TOML: {e}"));
+                None
+            }
+        },
+        Ok(out) => {
+            problems.push(format!("`containerd config dump` failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            config_path(doc)
+        }
+        Err(e) => {
+            problems.push(format!("cannot run containerd ({e}); checking the file alone"));
+            config_path(doc)
+        }
+    }
 }
 
 /// Whether an HTTP server answers `GET /v2/` at `mirror` (any status).
