@@ -336,6 +336,9 @@ impl Daemon for Api {
             pieces_from_peers: Counters::get(&c.pieces_from_peers),
             pieces_resumed: Counters::get(&c.pieces_resumed),
             pieces_rejected: Counters::get(&c.pieces_rejected),
+            mirror_p2p: Counters::get(&c.mirror_p2p),
+            mirror_passed_through: Counters::get(&c.mirror_passed_through),
+            mirror_failed: Counters::get(&c.mirror_failed),
             tasks,
             workers,
         }))

@@ -12,6 +12,10 @@ pub struct Counters {
     pub pieces_from_peers: AtomicU64,
     pub pieces_resumed: AtomicU64,
     pub pieces_rejected: AtomicU64,
+    /// Registry-mirror requests answered from P2P, passed to the registry, or failed.
+    pub mirror_p2p: AtomicU64,
+    pub mirror_passed_through: AtomicU64,
+    pub mirror_failed: AtomicU64,
 }
 
 impl Counters {

@@ -110,6 +110,10 @@ async fn eight_mirrors_pull_one_image_and_the_registry_serves_each_blob_once() {
     for (p, (result, out)) in s.peers.iter().zip(futures::future::join_all(pulls).await) {
         ok(&result, &format!("pull through {}", p.name));
         assert!(same(&want, &out), "{}: the image differs from the registry's", p.name);
+        let st = common::stats(p).await.unwrap();
+        // 2 manifests, 2 configs, 4 layers by digest; the index by tag, /v2/ and the like passed through.
+        assert_eq!((st.mirror_p2p, st.mirror_failed), (8, 0), "{}", p.name);
+        assert!(st.mirror_passed_through >= 1, "{}", p.name);
     }
     // Layers, configs and per-platform manifests are named by digest: one read each, for
     // all eight hosts. (The index is asked for by tag, which always goes upstream.)
@@ -252,8 +256,11 @@ async fn bad_requests_get_oci_errors_and_nothing_invalid_is_served() {
         assert!(body["errors"][0]["code"].is_string(), "{what}: {body}");
         eprintln!("{what}: {} in {:?}", body["errors"][0]["code"], started.elapsed());
     }
-    let held = common::stats(&s.peers[0]).await.unwrap().tasks;
-    assert!(held.iter().all(|t| t.complete), "nothing partial or invalid is kept: {held:?}");
+    let st = common::stats(&s.peers[0]).await.unwrap();
+    assert!(st.tasks.iter().all(|t| t.complete), "nothing partial or invalid is kept: {:?}", st.tasks);
+    // The unknown digest (the registry's own 404) passed through; two malformed paths, the
+    // unreachable registry for a tag and three bad registries for blobs failed.
+    assert_eq!((st.mirror_passed_through, st.mirror_failed), (1, 6), "{st:?}");
     // A range of a layer (lazy-pulling snapshotters).
     let layer = want.iter().max_by_key(|l| l.bytes.len()).unwrap();
     let r = http

@@ -115,7 +115,8 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, opts: Mirro
 async fn handle(State(m): State<Arc<Mirror>>, req: Request) -> Response {
     let span = tracing::info_span!("mirror", method = %req.method(), path = %req.uri().path());
     async move {
-        let r = route_request(&m, req).await;
+        let (r, p2p) = route_request(&m, req).await;
+        m.count(&r, p2p);
         tracing::debug!(status = %r.status(), "answered");
         r
     }
@@ -123,30 +124,50 @@ async fn handle(State(m): State<Arc<Mirror>>, req: Request) -> Response {
     .await
 }
 
-async fn route_request(m: &Arc<Mirror>, req: Request) -> Response {
+/// The answer, and whether the request was one for P2P (content by digest).
+async fn route_request(m: &Arc<Mirror>, req: Request) -> (Response, bool) {
     let Some(route) = oci::route(req.uri().path()) else {
-        return error(StatusCode::NOT_FOUND, "UNSUPPORTED", "not an OCI distribution path", ErrorType::Mirror);
+        let r = error(StatusCode::NOT_FOUND, "UNSUPPORTED", "not an OCI distribution path", ErrorType::Mirror);
+        return (r, false);
     };
     let header = ["x-ferry-registry", "x-dragonfly-registry"]
         .iter()
         .find_map(|h| req.headers().get(*h).and_then(|v| v.to_str().ok()));
     let upstream = match oci::upstream(header, req.uri().query(), &m.opts.upstream, &m.opts.insecure) {
         Ok(u) => u,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e, ErrorType::Mirror),
+        Err(e) => return (error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e, ErrorType::Mirror), false),
     };
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     match route {
         Err(invalid) => {
             let status = if read { StatusCode::BAD_REQUEST } else { StatusCode::NOT_FOUND };
-            error(status, invalid.code(), &invalid.message(), ErrorType::Mirror)
+            (error(status, invalid.code(), &invalid.message(), ErrorType::Mirror), false)
         }
         Ok(Route::Blob { name, digest }) if read => {
-            content::serve(m, &upstream, content::Kind::Blob, &name, &digest, req).await
+            (content::serve(m, &upstream, content::Kind::Blob, &name, &digest, req).await, true)
         }
         Ok(Route::Manifest { name, reference: oci::Reference::Digest(digest) }) if read => {
-            content::serve(m, &upstream, content::Kind::Manifest, &name, &digest, req).await
+            (content::serve(m, &upstream, content::Kind::Manifest, &name, &digest, req).await, true)
         }
-        Ok(_) => passthrough::forward(m, &upstream, req).await,
+        Ok(_) => (passthrough::forward(m, &upstream, req).await, false),
+    }
+}
+
+impl Mirror {
+    /// Counts a request by outcome: P2P, passed through (the registry's own answers, a
+    /// refusal from P2P's access check included), or failed here.
+    fn count(&self, r: &Response, p2p: bool) {
+        let c = &self.ctx.env.counters;
+        let ours = r.headers().get("x-ferry-error-type").and_then(|v| v.to_str().ok());
+        let counter = match ours {
+            // An error made here, or the registry unreachable from here.
+            Some("mirror" | "p2p") => &c.mirror_failed,
+            Some(_) if r.status().is_server_error() => &c.mirror_failed,
+            None if p2p && r.status().is_success() => &c.mirror_p2p,
+            // The registry's own answer (its 401 challenge too).
+            _ => &c.mirror_passed_through,
+        };
+        crate::counters::Counters::add(counter, 1);
     }
 }
 
