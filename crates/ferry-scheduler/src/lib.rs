@@ -9,6 +9,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod gc;
+mod schedule;
 pub mod service;
 pub mod state;
 pub mod validate;
