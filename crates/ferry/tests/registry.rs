@@ -40,6 +40,24 @@ fn ok(out: &std::process::Output, what: &str) {
     assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A seed and `peers` peers whose mirrors serve `registry` unless told otherwise.
+async fn mirrors(registry: &Registry, peers: usize, extra: &[&str]) -> Setup {
+    let upstream = registry.url();
+    let args: Vec<&str> = ["--mirror-upstream", upstream.as_str()].into_iter().chain(extra.iter().copied()).collect();
+    Setup::start(Spec { peers, files: &[("unused", 1)], peer_args: &args, seed_args: &args, ..Default::default() })
+        .await
+}
+
+/// Pulls through `mirror` with `creds` and checks the pull is refused, and quickly (not a
+/// hang); returns skopeo's error output.
+async fn refused(mirror: &str, out: &Path, creds: Option<&str>) -> String {
+    let started = std::time::Instant::now();
+    let r = pull(mirror, out, creds).await;
+    assert!(!r.status.success(), "pulled with {creds:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{creds:?} took {:?}", started.elapsed());
+    String::from_utf8_lossy(&r.stderr).to_lowercase()
+}
+
 /// Pushes `layout` to `registry` as `test/app:v1`.
 async fn push(layout: &Layout, dir: &Path, registry: &Registry, creds: Option<&str>) {
     layout.write(dir, "v1").unwrap();
@@ -93,16 +111,7 @@ async fn eight_mirrors_pull_one_image_and_the_registry_serves_each_blob_once() {
     push(&layout, &work.path().join("src"), &registry, None).await;
     let want = reference(&registry, &work.path().join("ref"), None).await;
     let before: Vec<usize> = want.iter().map(|b| registry.full_gets(&b.digest)).collect();
-    let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str()];
-    let s = Setup::start(Spec {
-        peers: 8,
-        files: &[("unused", 1)],
-        peer_args: &args,
-        seed_args: &args,
-        ..Default::default()
-    })
-    .await;
+    let s = mirrors(&registry, 8, &[]).await;
     let pulls = s.peers.iter().map(|p| {
         let out = work.path().join(&p.name);
         async move { (pull(&p.mirror_addr, &out, None).await, out) }
@@ -138,16 +147,7 @@ async fn a_private_registry_refuses_clients_without_credentials_even_for_cached_
     }]);
     push(&layout, &work.path().join("src"), &registry, Some("alice:s3cret")).await;
     let want = reference(&registry, &work.path().join("ref"), Some("alice:s3cret")).await;
-    let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str()];
-    let s = Setup::start(Spec {
-        peers: 2,
-        files: &[("unused", 1)],
-        peer_args: &args,
-        seed_args: &args,
-        ..Default::default()
-    })
-    .await;
+    let s = mirrors(&registry, 2, &[]).await;
     let (a, b) = (&s.peers[0], &s.peers[1]);
     // A client with credentials pulls through host A: every blob is now cached in the cluster.
     let out = work.path().join("a");
@@ -155,12 +155,8 @@ async fn a_private_registry_refuses_clients_without_credentials_even_for_cached_
     assert!(same(&want, &out));
     // Host B, without or with wrong credentials: the registry's 401 and its challenge, fast.
     for creds in [None, Some("alice:wrong")] {
-        let started = std::time::Instant::now();
-        let r = pull(&b.mirror_addr, &work.path().join("b-refused"), creds).await;
-        assert!(!r.status.success(), "pulled with {creds:?}");
-        let err = String::from_utf8_lossy(&r.stderr).to_lowercase();
+        let err = refused(&b.mirror_addr, &work.path().join("b-refused"), creds).await;
         assert!(err.contains("unauthorized") || err.contains("401"), "{creds:?}: {err}");
-        assert!(started.elapsed() < Duration::from_secs(20), "{creds:?} took {:?}", started.elapsed());
     }
     // The cached layer itself, asked for directly: refused without credentials, with the
     // registry's challenge; served with them.
@@ -187,16 +183,7 @@ async fn bad_requests_get_oci_errors_and_nothing_invalid_is_served() {
     let layout = image_small();
     push(&layout, &work.path().join("src"), &registry, None).await;
     let want = reference(&registry, &work.path().join("ref"), None).await;
-    let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str(), "--mirror-timeout", "3s"];
-    let s = Setup::start(Spec {
-        peers: 1,
-        files: &[("unused", 1)],
-        peer_args: &args,
-        seed_args: &args,
-        ..Default::default()
-    })
-    .await;
+    let s = mirrors(&registry, 1, &["--mirror-timeout", "3s"]).await;
     let m = &s.peers[0].mirror_addr;
     let http = reqwest::Client::new();
     let get = |path: String| {
@@ -354,22 +341,21 @@ async fn containerd_pulls_through_the_hosts_toml_ferry_init_writes_and_falls_bac
     let work = tempfile::tempdir().unwrap();
     push(&image_small(), &work.path().join("src"), &registry, None).await;
     let want = reference(&registry, &work.path().join("ref"), None).await;
-    let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str()];
-    let mut s = Setup::start(Spec {
-        peers: 1,
-        files: &[("unused", 1)],
-        peer_args: &args,
-        seed_args: &args,
-        ..Default::default()
-    })
-    .await;
+    let mut s = mirrors(&registry, 1, &[]).await;
     let peer = s.peers[0].clone();
     let (ctrd, config, sock) = containerd(&work.path().join("containerd")).await;
     let hosts = work.path().join("certs.d");
     let mirror = format!("http://{}", peer.mirror_addr);
-    let init =
-        ["init", "containerd", "--config", config.to_str().unwrap(), "--registry", &upstream, "--mirror", &mirror];
+    let init = [
+        "init",
+        "containerd",
+        "--config",
+        config.to_str().unwrap(),
+        "--registry",
+        &registry.url(),
+        "--mirror",
+        &mirror,
+    ];
     let hosts_arg = ["--hosts-dir", hosts.to_str().unwrap()];
     ok(&ferry(&[&init[..], &hosts_arg[..]].concat()).await, "ferry init containerd");
     assert!(hosts.join(&registry.addr).join("hosts.toml").exists());
@@ -400,16 +386,7 @@ async fn skopeo_pulls_through_the_drop_in_ferry_init_crio_writes() {
     let work = tempfile::tempdir().unwrap();
     push(&image_small(), &work.path().join("src"), &registry, None).await;
     let want = reference(&registry, &work.path().join("ref"), None).await;
-    let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str()];
-    let s = Setup::start(Spec {
-        peers: 1,
-        files: &[("unused", 1)],
-        peer_args: &args,
-        seed_args: &args,
-        ..Default::default()
-    })
-    .await;
+    let s = mirrors(&registry, 1, &[]).await;
     let dir = work.path().join("registries.conf.d");
     let mirror = format!("http://{}", s.peers[0].mirror_addr);
     let init =
@@ -441,16 +418,7 @@ async fn a_cached_small_blob_through_the_mirror_latency() {
     push(&layout, &work.path().join("src"), &registry, None).await;
     let want = reference(&registry, &work.path().join("ref"), None).await;
     let blob = want.iter().find(|b| b.bytes.len() < 2048 && !b.bytes.starts_with(b"{")).expect("the 1 KiB layer");
-    let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str()];
-    let s = Setup::start(Spec {
-        peers: 1,
-        files: &[("unused", 1)],
-        peer_args: &args,
-        seed_args: &args,
-        ..Default::default()
-    })
-    .await;
+    let s = mirrors(&registry, 1, &[]).await;
     let url = format!("http://{}/v2/test/app/blobs/{}", s.peers[0].mirror_addr, blob.digest);
     let http = reqwest::Client::new();
     assert_eq!(http.get(&url).send().await.unwrap().bytes().await.unwrap(), blob.bytes, "warm-up");
@@ -502,16 +470,7 @@ async fn preheating_an_image_puts_one_platforms_blobs_in_the_cluster() {
     let before = |d: &String| registry.full_gets(d);
     let (arm_before, amd_before): (Vec<usize>, Vec<usize>) =
         (arm.iter().map(before).collect(), amd.iter().map(before).collect());
-    let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str()];
-    let s = Setup::start(Spec {
-        peers: 1,
-        files: &[("unused", 1)],
-        peer_args: &args,
-        seed_args: &args,
-        ..Default::default()
-    })
-    .await;
+    let s = mirrors(&registry, 1, &[]).await;
     let image = format!("{}/test/app:v1", registry.addr);
     let socket = s.peers[0].socket.to_str().unwrap().to_owned();
     let out =
@@ -545,25 +504,13 @@ async fn a_token_registry_serves_clients_with_tokens_and_refuses_anonymous_ones(
     let layout = image_small();
     push(&layout, &work.path().join("src"), &registry, Some("alice:s3cret")).await;
     let want = reference(&registry, &work.path().join("ref"), Some("alice:s3cret")).await;
-    let upstream = registry.url();
-    let args = ["--mirror-upstream", upstream.as_str()];
-    let s = Setup::start(Spec {
-        peers: 2,
-        files: &[("unused", 1)],
-        peer_args: &args,
-        seed_args: &args,
-        ..Default::default()
-    })
-    .await;
+    let s = mirrors(&registry, 2, &[]).await;
     let (a, b) = (&s.peers[0], &s.peers[1]);
     let out = work.path().join("a");
     ok(&pull(&a.mirror_addr, &out, Some("alice:s3cret")).await, "pull with a token");
     assert!(same(&want, &out));
     for creds in [None, Some("alice:wrong")] {
-        let started = std::time::Instant::now();
-        let r = pull(&b.mirror_addr, &work.path().join("b"), creds).await;
-        assert!(!r.status.success(), "pulled with {creds:?}");
-        assert!(started.elapsed() < Duration::from_secs(20), "{creds:?} took {:?}", started.elapsed());
+        refused(&b.mirror_addr, &work.path().join("b"), creds).await;
     }
     // The layer host A cached, asked of host B without a token: the registry's Bearer challenge.
     let big = want.iter().max_by_key(|l| l.bytes.len()).unwrap();

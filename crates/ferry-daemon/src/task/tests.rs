@@ -121,11 +121,18 @@ impl Session {
         }));
     }
 
-    /// The digests of every piece of `data`, except that piece `wrong` (if any) gets a wrong one.
+    /// The digests of every piece of `data`.
     fn digests(&self, data: &[u8]) {
         let index: Vec<u32> = (0..layout().piece_count()).collect();
         let digest = index.iter().map(|i| PieceDigest::of(piece(data, *i)).0.to_vec()).collect();
         self.send(peer_command::Command::Digests(PieceDigests { index, digest }));
+    }
+
+    /// What a scheduler that knows the task tells a new peer: layout, digests, one parent.
+    fn everything_and_parent(&self, data: &[u8], addr: SocketAddr) {
+        self.task_info();
+        self.digests(data);
+        self.parent(addr, false);
     }
 
     fn parent(&self, addr: SocketAddr, seed: bool) {
@@ -431,9 +438,7 @@ async fn a_parent_that_fails_mid_piece_is_reported_and_another_finishes_the_task
     let mut s = h.session().await;
     let reg = s.register().await;
     assert!(reg.held.is_empty() && !reg.from_origin);
-    s.task_info();
-    s.digests(&h.data);
-    s.parent(a, false);
+    s.everything_and_parent(&h.data, a);
     assert_eq!(s.parent_failed(a).await, FailReason::Unreachable);
     s.parent(b, false);
     s.finished().await;
@@ -535,9 +540,7 @@ async fn a_task_cancelled_by_the_user_ends_reports_it_and_is_forgotten() {
     let handle = h.start(false);
     let mut s = h.session().await;
     s.register().await;
-    s.task_info();
-    s.digests(&h.data);
-    s.parent(a, false);
+    s.everything_and_parent(&h.data, a);
     until("two pieces are stored", || h.env.store.held(h.id, &layout()).unwrap().len() == 2).await;
     handle.cancel.cancel();
     let err = outcome(&handle).await.expect_err("cancelled");
@@ -553,9 +556,7 @@ async fn a_finished_task_parks_and_a_new_driver_registers_it_again_with_everythi
     let handle = h.start(false);
     let mut s = h.session().await;
     s.register().await;
-    s.task_info();
-    s.digests(&h.data);
-    s.parent(a, false);
+    s.everything_and_parent(&h.data, a);
     s.finished().await;
     s.expect("Park", |m| matches!(m, peer_message::Message::Park(_))).await;
     let closed = tokio::time::timeout(WAIT, s.from_peer.recv()).await.expect("the stream closes");
