@@ -100,8 +100,4 @@ impl Layout {
         d["annotations"] = serde_json::json!({ "org.opencontainers.image.ref.name": tag });
         std::fs::write(dir.join("index.json"), serde_json::json!({ "schemaVersion": 2, "manifests": [d] }).to_string())
     }
-
-    pub fn layers(&self) -> impl Iterator<Item = &Blob> {
-        self.blobs.iter().filter(|b| serde_json::from_slice::<serde_json::Value>(&b.bytes).is_err())
-    }
 }

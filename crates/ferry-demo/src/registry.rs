@@ -10,7 +10,8 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 
 pub struct Registry {
-    child: Child,
+    /// Killed when the registry is dropped (`kill_on_drop`).
+    _child: Child,
     pub addr: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -57,7 +58,7 @@ impl Registry {
             .map_err(|e| {
                 std::io::Error::other(format!("start docker-registry (apt-get install docker-registry): {e}"))
             })?;
-        let r = Self { child, addr, log, _dir: dir };
+        let r = Self { _child: child, addr, log, _dir: dir };
         r.wait_ready().await?;
         Ok(r)
     }
@@ -88,10 +89,6 @@ impl Registry {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
     }
 }
 

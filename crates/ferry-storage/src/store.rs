@@ -422,11 +422,6 @@ impl TaskFile {
         false
     }
 
-    /// Whether the descriptor is open now.
-    pub fn is_open(&self) -> bool {
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-
     pub fn write_piece(&self, index: PieceIndex, bytes: &[u8]) -> Result<(), StorageError> {
         debug_assert_eq!(bytes.len(), self.layout.len(index) as usize);
         self.file()?.write_all_at(bytes, self.layout.offset(index)).map_err(|source| StorageError::WritePiece {
