@@ -39,9 +39,6 @@ fn bad(msg: String) -> Status {
     DaemonError::BadRequest(msg).to_status()
 }
 
-/// How often one request starts over after failures that were not its own.
-const MAX_RESTARTS: usize = 3;
-
 /// Validates a request into what the task needs, and its id.
 fn parse(req: &DownloadRequest) -> Result<(TaskId, OriginRequest, PathBuf), Status> {
     let url = url::Url::parse(&req.url).map_err(|e| bad(format!("malformed URL `{}`: {e}", req.url)))?;
@@ -120,10 +117,7 @@ impl Download {
                 Err(e) => Err(e),
             };
             let retry = match &result {
-                Err(e) if restarts < MAX_RESTARTS => {
-                    matches!(**e, DaemonError::Restart)
-                        || (e.is_request_specific() && handle.request.key() != self.request.key())
-                }
+                Err(e) if restarts < crate::ctx::MAX_RESTARTS => crate::ctx::not_its_own(e, &handle, &self.request),
                 _ => false,
             };
             if !retry {

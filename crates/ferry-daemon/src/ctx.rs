@@ -24,6 +24,16 @@ pub struct Ctx {
     authorized: std::sync::Mutex<std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>>,
 }
 
+/// How often one request starts over after failures that were not its own.
+pub const MAX_RESTARTS: usize = 3;
+
+/// Whether `request`, which joined `handle`'s task, should start over after `e`: the task was
+/// reset by another request's failure, or failed with another request's own error (its
+/// credentials, say), which says nothing of this one.
+pub fn not_its_own(e: &DaemonError, handle: &TaskHandle, request: &OriginRequest) -> bool {
+    matches!(e, DaemonError::Restart) || (e.is_request_specific() && handle.request.key() != request.key())
+}
+
 /// How long a request's proven access is trusted before the origin is asked again.
 const AUTHORIZED_TTL: Duration = Duration::from_secs(30);
 /// Entries kept at most in the authorization cache.

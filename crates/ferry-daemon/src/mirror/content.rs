@@ -36,9 +36,6 @@ pub(super) const MANIFEST_TYPES: &str =
 /// A manifest served by digest is read whole to find its media type; none is this large.
 const MAX_MANIFEST: u64 = 4 << 20;
 
-/// How often one request starts over after another request's failure reset the task.
-const MAX_RESTARTS: usize = 3;
-
 pub async fn serve(
     m: &Arc<Mirror>,
     upstream: &url::Url,
@@ -157,11 +154,8 @@ pub(super) async fn complete(
         let handle = ctx.start_task(id, request.clone(), false, piece_size);
         match wait(&handle, idle).await {
             Ok(()) => return Ok(handle),
-            Err(e) if matches!(*e, DaemonError::Restart) && restarts < MAX_RESTARTS => restarts += 1,
-            Err(e) if e.is_request_specific() && handle.request.key() != request.key() && restarts < MAX_RESTARTS => {
-                // Another client's request failed the task (its credentials, say): this one
-                // deserves its own read.
-                restarts += 1;
+            Err(e) if restarts < crate::ctx::MAX_RESTARTS && crate::ctx::not_its_own(&e, &handle, request) => {
+                restarts += 1
             }
             Err(e) => return Err(e),
         }
