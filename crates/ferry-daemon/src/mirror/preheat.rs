@@ -80,7 +80,7 @@ pub async fn preheat_image(
         .filter_map(|d| Some((valid_digest(d["digest"].as_str()?).ok()?, d["size"].as_u64().unwrap_or(0))))
         .collect();
     let fetched = futures::stream::iter(wanted.iter().cloned())
-        .map(|(digest, size)| async move { fetch_blob(ctx, image, &digest, headers).await.map(|_| (digest, size)) })
+        .map(|(digest, size)| async move { task(ctx, image, "blobs", &digest, headers).await.map(|_| (digest, size)) })
         .buffer_unordered(PARALLEL)
         .collect::<Vec<_>>()
         .await;
@@ -130,15 +130,6 @@ fn platform_manifest(top: &[u8], platform: &str) -> Result<Option<FileDigest>, D
     valid_digest(digest).map(Some).map_err(|e| DaemonError::BadRequest(e.message()))
 }
 
-async fn fetch_blob(
-    ctx: &Arc<Ctx>,
-    image: &ImageRef,
-    digest: &FileDigest,
-    headers: &[(String, String)],
-) -> Result<(), DaemonError> {
-    task(ctx, image, "blobs", digest, headers).await.map(|_| ())
-}
-
 /// A manifest by digest, through P2P, read back from the cache.
 async fn fetch(
     ctx: &Arc<Ctx>,
@@ -152,6 +143,7 @@ async fn fetch(
     read_range(handle, 0, len).await.map_err(DaemonError::BadRequest)
 }
 
+/// The content named by `digest` (a blob or a manifest) as a P2P task, complete.
 async fn task(
     ctx: &Arc<Ctx>,
     image: &ImageRef,
