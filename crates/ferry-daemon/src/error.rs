@@ -44,6 +44,9 @@ pub enum DaemonError {
     Restart,
     #[error("bind {what} at {addr}: {source}")]
     Bind { what: &'static str, addr: String, source: std::io::Error },
+    /// The HTTPS proxy could not be set up (its CA, a host's certificate).
+    #[error("{0}")]
+    Proxy(String),
     #[error("a daemon already listens on {0}")]
     AlreadyRunning(String),
 }

@@ -24,10 +24,12 @@ use crate::task::env::{Origins, TaskEnv, TcpParents};
 use crate::{DaemonError, DaemonOptions};
 
 /// Where a started daemon listens.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Ready {
     pub pieces: SocketAddr,
     pub mirror: Option<SocketAddr>,
+    /// The CA certificate the mirror's proxy clients must trust, if it serves as a proxy.
+    pub proxy_ca: Option<std::path::PathBuf>,
 }
 
 /// Runs the daemon until `cancel` fires. `ready` receives the piece server's address once
@@ -86,10 +88,10 @@ pub async fn run(
     schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), &workers, cancel.clone());
     warn_if_silent(&schedulers).await;
     spawn_order_workers(&ctx, &schedulers, orders_rx, &cancel);
-    let mirror = start_mirror(&ctx, &opts, &cancel).await?;
-    tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, mirror = ?mirror, "daemon ready");
+    let (mirror, proxy_ca) = start_mirror(&ctx, &opts, &cancel).await?;
+    tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, mirror = ?mirror, proxy = proxy_ca.is_some(), "daemon ready");
     if let Some(r) = ready {
-        let _ = r.send(Ready { pieces: bound, mirror });
+        let _ = r.send(Ready { pieces: bound, mirror, proxy_ca });
     }
     let api = DaemonServer::new(crate::api::Api { ctx: ctx.clone() });
     let result = tonic::transport::Server::builder()
@@ -104,17 +106,18 @@ pub async fn run(
     })
 }
 
-/// Binds and serves the registry mirror, if configured; returns where it listens.
+/// Binds and serves the registry mirror (and proxy), if configured; returns where it
+/// listens and the proxy's CA certificate.
 async fn start_mirror(
     ctx: &Arc<Ctx>,
     opts: &DaemonOptions,
     cancel: &CancellationToken,
-) -> Result<Option<SocketAddr>, DaemonError> {
-    let Some(m) = &opts.mirror else { return Ok(None) };
+) -> Result<(Option<SocketAddr>, Option<std::path::PathBuf>), DaemonError> {
+    let Some(m) = &opts.mirror else { return Ok((None, None)) };
     let (listener, addr) = crate::mirror::bind(m.listen).await?;
-    let serve = crate::mirror::serve(listener, ctx.clone(), m.clone(), cancel.clone());
+    let (ca, serve) = crate::mirror::start(listener, ctx.clone(), m.clone(), cancel.clone())?;
     ctx.workers.spawn("registry-mirror", cancel.clone(), serve);
-    Ok(Some(addr))
+    Ok((Some(addr), ca))
 }
 
 /// Waits (bounded) for a first answer from every scheduler and says which are silent.

@@ -35,12 +35,43 @@ impl Registry {
     /// Starts `docker-registry` with `auth` as its config's `auth:` section (e.g. a
     /// [`crate::token::TokenIssuer`]'s).
     pub async fn start_with_auth(auth: &str) -> std::io::Result<Self> {
+        Self::start_with("", auth).await
+    }
+
+    /// Starts `docker-registry` serving HTTPS with a certificate for `127.0.0.1` issued (by
+    /// `openssl`) from a CA made for it; returns it with the CA certificate's path (to trust).
+    pub async fn start_tls(dir: &Path) -> std::io::Result<(Self, PathBuf)> {
+        let script = "set -e
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+              -subj /CN=ferry-test-ca -keyout ca.key -out ca.crt
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
+              -keyout registry.key -out registry.csr
+            printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
+            openssl x509 -req -in registry.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+              -extfile ext.cnf -out registry.crt";
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .output()
+            .await
+            .map_err(|e| std::io::Error::other(format!("run openssl (apt-get install openssl): {e}")))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(std::io::Error::other(format!("openssl could not make the registry's certificate: {err}")));
+        }
+        let (cert, key) = (dir.join("registry.crt"), dir.join("registry.key"));
+        let tls = format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
+        Ok((Self::start_with(&tls, "").await?, dir.join("ca.crt")))
+    }
+
+    /// `http` goes into the config's `http:` section, `auth` is its `auth:` section.
+    async fn start_with(http: &str, auth: &str) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         let config = format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
-             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth}",
+             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{http}{auth}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");

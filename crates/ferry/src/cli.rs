@@ -248,6 +248,22 @@ pub struct DaemonArgs {
     /// progress for this long, gets the client a 504.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub mirror_timeout: Duration,
+    /// Serve as an HTTP(S) proxy too, on the mirror's port, for this host: `host` (any port)
+    /// or `host:port`; its HTTPS is intercepted with the proxy's CA. Any host not given is
+    /// refused (403). Repeat or separate with commas.
+    #[arg(long = "proxy-host", value_delimiter = ',', env = "FERRY_PROXY_HOSTS")]
+    pub proxy_hosts: Vec<String>,
+    /// A regex on the full URL: a GET or HEAD that matches goes through P2P, every other
+    /// request is forwarded untouched. Repeatable; default: registry blobs by digest.
+    #[arg(long = "proxy-rule")]
+    pub proxy_rules: Vec<String>,
+    /// The proxy's CA certificate (PEM); with --proxy-ca-key. Default: one generated once
+    /// into the data dir (`proxy-ca.crt`), which clients must trust.
+    #[arg(long, requires = "proxy_ca_key")]
+    pub proxy_ca_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --proxy-ca-cert.
+    #[arg(long, requires = "proxy_ca_cert")]
+    pub proxy_ca_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -74,7 +74,8 @@ pub async fn shutdown_signal() {
 pub fn announce_daemon_ready(ready: &ferry_daemon::Ready) {
     use std::io::Write;
     let mirror = ready.mirror.map(|m| m.to_string());
-    let line = serde_json::json!({ "ready": "daemon", "addr": ready.pieces.to_string(), "mirror": mirror });
+    let proxy_ca = ready.proxy_ca.as_ref().map(|p| p.display().to_string());
+    let line = serde_json::json!({ "ready": "daemon", "addr": ready.pieces.to_string(), "mirror": mirror, "proxy_ca": proxy_ca });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();

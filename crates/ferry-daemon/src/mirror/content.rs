@@ -53,32 +53,58 @@ pub async fn serve(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e, ErrorType::Mirror),
     };
+    let id = TaskId::derive(&TaskIdInput { digest: Some(digest), ..Default::default() });
+    match checked(m, id, &request).await {
+        Ok(handle) => answer(handle, kind, Some(digest), req).await,
+        Err(e) => refused(m, upstream, req, &path, &e).await,
+    }
+}
+
+/// The complete task `id` (joined or started) for a client that may read it: asked of the
+/// origin first when the client brings credentials (or always, if so configured), else once
+/// the content turns out private (first read with someone's credentials). A task of a URL
+/// without digest is the one of the version the origin names in that first answer.
+async fn checked(m: &Mirror, mut id: TaskId, request: &OriginRequest) -> Result<Arc<TaskHandle>, Arc<DaemonError>> {
     let ctx = &m.ctx;
     let mut authorized = false;
     if request.credentialed() || ctx.env.opts.always_authorize {
-        if let Err(e) = ctx.authorize(&request).await {
-            return refused(m, upstream, req, &path, &e).await;
+        let v = ctx.authorize(request).await?;
+        if request.digest().is_none() {
+            id = id.at_version(&v);
         }
         authorized = true;
     }
-    let id = TaskId::derive(&TaskIdInput { digest: Some(digest), ..Default::default() });
-    let handle = match complete(&m.ctx, id, &request, m.opts.timeout).await {
-        Ok(h) => h,
-        Err(e) => return refused(m, upstream, req, &path, &e).await,
-    };
-    let content = handle.content.get().expect("a complete task has content");
-    if content.private && !authorized {
-        // First read with someone's credentials: this client must show its own.
-        if let Err(e) = ctx.authorize(&request).await {
-            return refused(m, upstream, req, &path, &e).await;
-        }
+    let handle = complete(ctx, id, request, m.opts.timeout).await?;
+    if !authorized && handle.content.get().is_some_and(|c| c.private) {
+        ctx.authorize(request).await?;
     }
-    answer(handle, kind, digest, req).await
+    Ok(handle)
+}
+
+/// Any other URL a proxy rule sends through P2P: a task of the URL (at the version the
+/// origin names, when the request proves its access first), answered once complete.
+pub async fn serve_url(m: &Arc<Mirror>, url: url::Url, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let req = &parts;
+    let mut headers = vec![];
+    if let Some(auth) = req.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        headers.push(("Authorization".to_owned(), auth.to_owned()));
+    }
+    let path = url.as_str().to_owned();
+    let request = match OriginRequest::new(url.clone(), headers, None, vec![]) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e.to_string(), ErrorType::Mirror),
+    };
+    let id = TaskId::derive(&TaskIdInput { url: Some(&url), ..Default::default() });
+    match checked(m, id, &request).await {
+        Ok(handle) => answer(handle, Kind::Blob, None, req).await,
+        Err(e) => refused(m, &url, req, &path, &e).await,
+    }
 }
 
 /// The response for a complete task that this client may read: headers, and the body (or
 /// the asked range of it) from the cache.
-async fn answer(handle: Arc<TaskHandle>, kind: Kind, digest: &FileDigest, req: &Parts) -> Response {
+async fn answer(handle: Arc<TaskHandle>, kind: Kind, digest: Option<&FileDigest>, req: &Parts) -> Response {
     let len = handle.content.get().expect("a complete task has content").file.layout().content_length();
     let media_type = match kind {
         Kind::Blob => "application/octet-stream".to_owned(),
@@ -111,8 +137,10 @@ async fn answer(handle: Arc<TaskHandle>, kind: Kind, digest: &FileDigest, req: &
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, header_value(&(end - start).to_string()));
     h.insert(header::CONTENT_TYPE, header_value(&media_type));
-    h.insert("docker-content-digest", header_value(&digest.to_string()));
-    h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
+    if let Some(digest) = digest {
+        h.insert("docker-content-digest", header_value(&digest.to_string()));
+        h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
+    }
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     resp
 }

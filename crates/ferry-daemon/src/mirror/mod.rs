@@ -13,17 +13,21 @@
 //!
 //! Errors are the spec's JSON body with an `X-Ferry-Error-Type` header saying which layer
 //! failed: `upstream`, `mirror` or `p2p`.
+//!
+//! The same port is the HTTP(S) proxy ([`proxy`]) when hosts are configured for it: a
+//! `CONNECT` or an absolute URL is a proxy request, a path alone a mirror request.
 
 mod content;
 pub mod oci;
 mod passthrough;
 pub mod preheat;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +47,8 @@ pub struct MirrorOptions {
     /// How long the registry may take to start answering a passed-through request, and a
     /// download by digest may go without progress, before the client gets a 504.
     pub timeout: std::time::Duration,
+    /// Proxy mode on the same port; `None`: proxy requests are refused.
+    pub proxy: Option<proxy::ProxyOptions>,
 }
 
 impl Default for MirrorOptions {
@@ -52,6 +58,7 @@ impl Default for MirrorOptions {
             upstream: url::Url::parse("https://registry-1.docker.io").expect("a valid URL"),
             insecure: vec![],
             timeout: std::time::Duration::from_secs(30),
+            proxy: None,
         }
     }
 }
@@ -96,23 +103,68 @@ pub async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
     Ok((listener, bound))
 }
 
-/// Serves the mirror on `listener` until `cancel` fires.
-pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Ctx>, opts: MirrorOptions, cancel: CancellationToken) {
+/// Sets up the mirror (and the proxy's CA, if it has hosts) and returns the loop serving
+/// `listener` until `cancel` fires, with the CA certificate proxy clients must trust.
+pub fn start(
+    listener: tokio::net::TcpListener,
+    ctx: Arc<Ctx>,
+    opts: MirrorOptions,
+    cancel: CancellationToken,
+) -> Result<(Option<std::path::PathBuf>, impl std::future::Future<Output = ()>), DaemonError> {
     let client = ctx.backend.client().clone();
     let mirror = Arc::new(Mirror { ctx, opts, client });
-    let app = axum::Router::new().fallback(handle).with_state(mirror);
-    // No Nagle: a small blob's head and body are separate writes, and waiting for the
-    // client's delayed ACK cost 40 ms a request (measured: p50 44 ms -> see the README).
-    let served = axum::serve(listener, app)
-        .tcp_nodelay(true)
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::warn!(error = %e, "registry mirror stopped");
+    let proxy = match &mirror.opts.proxy {
+        Some(p) => Some(Arc::new(proxy::Proxy::new(mirror.clone(), p.clone())?)),
+        None => None,
+    };
+    let ca = proxy.as_ref().map(|p| p.ca_cert().to_owned());
+    Ok((ca, accept_loop(listener, mirror, proxy, cancel)))
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    mirror: Arc<Mirror>,
+    proxy: Option<Arc<proxy::Proxy>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let tcp = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry mirror: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // No Nagle: a small blob's head and body are separate writes, and waiting for the
+        // client's delayed ACK cost 40 ms a request (measured: p50 44 ms -> see the README).
+        let _ = tcp.set_nodelay(true);
+        let (m, p, cancel) = (mirror.clone(), proxy.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (m, p) = (m.clone(), p.clone());
+                async move {
+                    let r = match p {
+                        Some(p) if req.uri().authority().is_some() => p.outer(req).await,
+                        _ => handle(m, req.map(Body::new)).await,
+                    };
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).with_upgrades();
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                r = conn => if let Err(e) = r { tracing::debug!(error = %e, "mirror connection ended") },
+            }
+        });
     }
 }
 
-async fn handle(State(m): State<Arc<Mirror>>, req: Request) -> Response {
+async fn handle(m: Arc<Mirror>, req: Request) -> Response {
     let span = tracing::info_span!("mirror", method = %req.method(), path = %req.uri().path());
     async move {
         let (r, p2p) = route_request(&m, req).await;

@@ -16,6 +16,7 @@ const HOP_BY_HOP: &[&str] = &[
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
+    "proxy-connection",
     "te",
     "trailer",
     "transfer-encoding",
@@ -49,10 +50,14 @@ fn target(upstream: &url::Url, req: &Request) -> Result<url::Url, String> {
 }
 
 pub async fn forward(m: &Mirror, upstream: &url::Url, req: Request) -> Response {
-    let url = match target(upstream, &req) {
-        Ok(u) => u,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e, ErrorType::Mirror),
-    };
+    match target(upstream, &req) {
+        Ok(url) => forward_to(m, url, req).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e, ErrorType::Mirror),
+    }
+}
+
+/// Sends `req` to `url` as it came and returns the answer as it is.
+pub async fn forward_to(m: &Mirror, url: url::Url, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut headers = HeaderMap::new();
     copy_headers(&parts.headers, &mut headers);

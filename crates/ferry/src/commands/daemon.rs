@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use ferry_daemon::mirror::proxy::ProxyOptions;
 use ferry_daemon::DaemonOptions;
 use ferry_types::{HostId, PieceLayout};
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use crate::{exit, Exit};
 
 fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     let usage = |m: String| Exit::new(exit::USAGE, m);
+    let proxy = proxy_options(&a).map_err(usage)?;
     let mut o = DaemonOptions::new(a.data_dir, a.schedulers);
     o.host_id = match a.host_id {
         Some(h) => HostId::new(h).map_err(|e| usage(e.to_string()))?,
@@ -48,9 +50,10 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     };
     o.ca_certs = a.ca_certs;
     o.always_authorize = a.always_authorize;
-    o.mirror = mirror_options(&a.mirror_listen, &a.mirror_upstream, a.mirror_insecure).map_err(usage)?;
+    o.mirror = mirror_options(&a.mirror_listen, &a.mirror_upstream, a.mirror_insecure.clone()).map_err(usage)?;
     if let Some(m) = o.mirror.as_mut() {
         m.timeout = a.mirror_timeout;
+        m.proxy = proxy;
     }
     if let Some(ps) = a.piece_size {
         let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
@@ -77,6 +80,26 @@ fn mirror_options(
             format!("--mirror-upstream `{upstream}` is not an http(s) URL, e.g. https://registry-1.docker.io")
         })?;
     Ok(Some(ferry_daemon::mirror::MirrorOptions { listen, upstream, insecure, ..Default::default() }))
+}
+
+fn proxy_options(a: &DaemonArgs) -> Result<Option<ProxyOptions>, String> {
+    let hosts: Vec<String> = a.proxy_hosts.iter().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).collect();
+    if hosts.is_empty() {
+        return Ok(None);
+    }
+    if a.mirror_listen == "off" {
+        return Err("--proxy-host needs the mirror's port: the proxy serves there (drop --mirror-listen off)".into());
+    }
+    let mut o = ProxyOptions::new(hosts);
+    if !a.proxy_rules.is_empty() {
+        o.rules = a
+            .proxy_rules
+            .iter()
+            .map(|r| regex::Regex::new(r).map_err(|e| format!("--proxy-rule `{r}` is not a valid regex: {e}")))
+            .collect::<Result<_, _>>()?;
+    }
+    o.ca = a.proxy_ca_cert.clone().zip(a.proxy_ca_key.clone());
+    Ok(Some(o))
 }
 
 pub async fn run(a: DaemonArgs) -> Result<(), Exit> {
