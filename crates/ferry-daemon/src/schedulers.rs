@@ -186,26 +186,6 @@ impl Schedulers {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rendezvous_spreads_tasks_and_moves_few_on_growth() {
-        let two = ["a:1".to_string(), "b:1".to_string()];
-        let three = ["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
-        let owner = |set: &[String], t: &TaskId| set.iter().max_by_key(|a| score(t, a)).unwrap().clone();
-        let tasks: Vec<TaskId> = (0..200u8).map(|i| TaskId([i; 32])).collect();
-        let on_a = tasks.iter().filter(|t| owner(&two, t) == "a:1").count();
-        assert!((60..140).contains(&on_a), "unbalanced: {on_a}/200");
-        // Growing the set only moves tasks to the new scheduler.
-        for t in &tasks {
-            let after = owner(&three, t);
-            assert!(after == owner(&two, t) || after == "c:1");
-        }
-    }
-}
-
 /// A task's session goes to the scheduler that owns it ([`Schedulers::pick`]) at the moment
 /// it registers; registering again may land on another.
 impl crate::task::env::SchedulerLink for Schedulers {
@@ -228,5 +208,25 @@ impl crate::task::env::SchedulerLink for Schedulers {
 
     fn owner(&self, task: TaskId) -> ParkedAt {
         Schedulers::owner(self, &task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_tasks_and_moves_few_on_growth() {
+        let two = ["a:1".to_string(), "b:1".to_string()];
+        let three = ["a:1".to_string(), "b:1".to_string(), "c:1".to_string()];
+        let owner = |set: &[String], t: &TaskId| set.iter().max_by_key(|a| score(t, a)).unwrap().clone();
+        let tasks: Vec<TaskId> = (0..200u8).map(|i| TaskId([i; 32])).collect();
+        let on_a = tasks.iter().filter(|t| owner(&two, t) == "a:1").count();
+        assert!((60..140).contains(&on_a), "unbalanced: {on_a}/200");
+        // Growing the set only moves tasks to the new scheduler.
+        for t in &tasks {
+            let after = owner(&three, t);
+            assert!(after == owner(&two, t) || after == "c:1");
+        }
     }
 }
