@@ -69,11 +69,7 @@ impl Registry {
         let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
-             rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{http}{auth}",
-            dir.path().join("data").display()
-        );
+        let config = config(&addr, &dir.path().join("data"), http, auth);
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config)?;
         let log = dir.path().join("registry.log");
@@ -121,6 +117,29 @@ impl Registry {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// A `docker-registry` config: listening on `addr`, storing under `root`, logging every
+/// request; `http` goes into the `http:` section, `auth` is the `auth:` section.
+pub fn config(addr: &str, root: &Path, http: &str, auth: &str) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
+         rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{http}{auth}",
+        root.display()
+    )
+}
+
+/// Body bytes the registry sent, summed over its access log's lines
+/// (`"GET /v2/... HTTP/1.1" 200 <bytes> ...`).
+pub fn bytes_served(log: &str) -> u64 {
+    log.lines()
+        .filter_map(|l| {
+            let (_, after) = l.split_once("HTTP/1.1\" ")?;
+            let mut fields = after.split_whitespace();
+            let _status = fields.next()?;
+            fields.next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// Writes an htpasswd file with one bcrypt entry (via `htpasswd` from apache2-utils).

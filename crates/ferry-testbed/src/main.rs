@@ -1,6 +1,7 @@
 //! `ferry-testbed`: Ferry against direct download, BitTorrent and the theoretical limit, on an
 //! emulated network of namespaces with rate caps. See `cargo run -p ferry-testbed -- run --help`.
 
+mod image;
 mod net;
 mod proc;
 mod report;
@@ -73,6 +74,11 @@ struct RunArgs {
     /// cost some CPU on a machine that may already be the limit.
     #[arg(long, default_value_t = 100)]
     timeline_ms: u64,
+    /// `file` (one file over HTTP, `ferry get` / curl) or `image` (an eight-layer OCI image
+    /// of about --size in `docker-registry` on the origin's host, pulled with skopeo through
+    /// each host's Ferry mirror / straight from the registry; systems ferry and direct).
+    #[arg(long, default_value = "file")]
+    workload: String,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -135,6 +141,12 @@ async fn run(a: RunArgs) -> Result<()> {
     if a.arrival != "together" && a.arrival != "staggered" {
         bail!("--arrival must be `together` or `staggered`");
     }
+    if a.workload != "file" && a.workload != "image" {
+        bail!("--workload must be `file` or `image`");
+    }
+    if a.workload == "image" && a.systems.iter().any(|s| s == "bittorrent") {
+        bail!("the image workload runs systems ferry and direct; drop bittorrent from --systems");
+    }
     net::can_create_namespaces().map_err(|e| anyhow::anyhow!("cannot build the emulated network: {e}"))?;
     let self_bin = std::env::current_exe()?;
     let ferry_bin = a.ferry_bin.clone().unwrap_or_else(|| self_bin.with_file_name("ferry"));
@@ -163,7 +175,12 @@ async fn run(a: RunArgs) -> Result<()> {
         stopped().await;
     });
 
-    let size = a.size.0;
+    let image = match a.workload.as_str() {
+        "image" => Some(image::prepare(&work, a.size.0).await.context("pushing the image")?),
+        _ => None,
+    };
+    // What one host fetches: the file, or every blob of the image.
+    let size = image.as_ref().map_or(a.size.0, |i| i.bytes);
     let data = work.join("data.bin");
     let bytes = ferry_demo::data::generate(42, size as usize);
     std::fs::write(&data, &bytes)?;
@@ -206,6 +223,7 @@ async fn run(a: RunArgs) -> Result<()> {
         staggered,
         arrival_spread_s: together_s,
         bound_s,
+        image,
     };
     let calibration = calibrate(&r).await?;
     let mut results = vec![];

@@ -34,6 +34,24 @@ pub struct Run {
     pub bound_s: f64,
     /// With `staggered`, hosts start evenly over this many seconds (the simultaneous bound).
     pub arrival_spread_s: f64,
+    /// The image workload (a registry and skopeo) instead of one file over HTTP.
+    pub image: Option<crate::image::ImageWorkload>,
+}
+
+/// What hosts fetch from: the HTTP file origin or the registry.
+pub enum Origin {
+    Http(OriginProc),
+    Registry(crate::image::RegistryProc),
+}
+
+impl Origin {
+    /// Stops it and returns the body bytes it served.
+    pub fn stop(self) -> u64 {
+        match self {
+            Origin::Http(o) => o.stop(),
+            Origin::Registry(r) => r.stop(),
+        }
+    }
 }
 
 #[derive(Serialize, Clone, Debug, Default)]
@@ -76,6 +94,36 @@ pub struct SystemResult {
 impl Run {
     pub fn url(&self) -> String {
         format!("http://{ORIGIN_IP}:8080/files/data.bin")
+    }
+
+    pub fn start_origin(&self) -> Result<Origin> {
+        Ok(match &self.image {
+            Some(image) => {
+                let ns = &self.net.node("origin").ns;
+                Origin::Registry(crate::image::RegistryProc::start(ns, image, self.log("registry"))?)
+            }
+            None => Origin::Http(OriginProc::start(self)?),
+        })
+    }
+
+    /// Whether a host's output is what it should be (the file, or the image's layout).
+    pub fn verify_output(&self, out: &std::path::Path) -> bool {
+        match &self.image {
+            Some(image) => crate::image::verify(image, out),
+            None => self.verify(out),
+        }
+    }
+
+    pub fn origin_counted_by(&self) -> &'static str {
+        if self.image.is_some() {
+            "registry (access log body bytes)"
+        } else {
+            "origin (HTTP body bytes)"
+        }
+    }
+
+    pub fn remove_output(&self, out: &std::path::Path) {
+        let _ = if self.image.is_some() { std::fs::remove_dir_all(out) } else { std::fs::remove_file(out) };
     }
 
     pub fn verify(&self, path: &std::path::Path) -> bool {

@@ -1,15 +1,18 @@
-//! `direct`: every host downloads the file from the origin with curl.
+//! `direct`: every host downloads the file from the origin with curl (or pulls the image from
+//! the registry with skopeo).
 
 use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::Result;
 
+use crate::image;
+use crate::net::ORIGIN_IP;
 use crate::proc::{busy_fraction, cpu_ticks, spawn_in, wait};
-use crate::scenario::{since, HostResult, OriginProc, Run, SystemResult};
+use crate::scenario::{since, HostResult, Run, SystemResult};
 
 pub async fn run(r: &Run) -> Result<SystemResult> {
-    let origin = OriginProc::start(r)?;
+    let origin = r.start_origin()?;
     let dir = r.work.join("direct");
     std::fs::create_dir_all(&dir)?;
     let before = cpu_ticks();
@@ -18,7 +21,10 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     for (i, h) in r.hosts.iter().enumerate() {
         let ns = r.net.node(h).ns.clone();
         let out = dir.join(h);
-        let args = vec!["curl".into(), "-sS".into(), "-o".into(), out.display().to_string(), r.url()];
+        let args = match &r.image {
+            Some(_) => image::pull_args(&format!("{ORIGIN_IP}:{}", image::REGISTRY_PORT), &out),
+            None => vec!["curl".into(), "-sS".into(), "-o".into(), out.display().to_string(), r.url()],
+        };
         let delay = r.arrival(i);
         let log = r.log(&format!("direct-{h}"));
         let host = h.clone();
@@ -33,7 +39,7 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     let mut hosts = vec![];
     for res in futures_join(jobs).await {
         let (host, start_s, e, out) = res?;
-        let verified = e.success && r.verify(&out);
+        let verified = e.success && r.verify_output(&out);
         hosts.push(HostResult {
             host,
             completed: e.success,
@@ -44,11 +50,11 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
             cpu_seconds: e.cpu_seconds,
             ..Default::default()
         });
-        let _ = std::fs::remove_file(&out);
+        r.remove_output(&out);
     }
     let busy = busy_fraction(before, cpu_ticks());
     let served = origin.stop();
-    Ok(r.finish("direct", hosts, served, "origin (HTTP body bytes)", busy))
+    Ok(r.finish("direct", hosts, served, r.origin_counted_by(), busy))
 }
 
 /// Joins futures without pulling in another crate.

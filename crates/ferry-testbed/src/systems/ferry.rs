@@ -1,5 +1,6 @@
 //! `ferry`: the real `ferry` binary, a scheduler on its own host, a seed on host 0 (or on a
-//! host of its own with `--seed-link`), a daemon per host, and `ferry get` on every host.
+//! host of its own with `--seed-link`), a daemon per host, and `ferry get` on every host (or
+//! `skopeo` pulling the image through the host's mirror).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -8,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::net::SCHED_IP;
 use crate::proc::{busy_fraction, cpu_ticks, spawn_in, wait, Proc};
-use crate::scenario::{ready_line, since, HostResult, OriginProc, Run, SystemResult};
+use crate::scenario::{ready_line, since, HostResult, Run, SystemResult};
 use crate::systems::direct::futures_join;
 
 struct Daemon {
@@ -43,6 +44,10 @@ fn start_daemon(r: &Run, node: &str, seed: bool) -> Result<Daemon> {
             "4005",
         ],
     );
+    if r.image.is_some() {
+        let upstream = format!("http://{}:{}", crate::net::ORIGIN_IP, crate::image::REGISTRY_PORT);
+        args.extend(["--mirror-upstream".into(), upstream]);
+    }
     if seed {
         args.push("--seed".into());
         if let Some(ps) = &r.piece_size {
@@ -77,11 +82,11 @@ async fn wait_hosts(n: usize) -> Result<()> {
     }
 }
 
-/// Bytes a daemon served to peers, read from its local API (a Unix socket on the shared
-/// filesystem, reachable from the root namespace).
-async fn uploaded(socket: &str) -> u64 {
-    let Ok(mut c) = ferry_daemon::local::connect(std::path::Path::new(socket)).await else { return 0 };
-    c.stats(ferry_proto::daemon::StatsRequest {}).await.map(|s| s.into_inner().bytes_uploaded).unwrap_or(0)
+/// A daemon's counters, read from its local API (a Unix socket on the shared filesystem,
+/// reachable from the root namespace).
+async fn stats(socket: &str) -> ferry_proto::daemon::StatsResponse {
+    let Ok(mut c) = ferry_daemon::local::connect(std::path::Path::new(socket)).await else { return Default::default() };
+    c.stats(ferry_proto::daemon::StatsRequest {}).await.map(|s| s.into_inner()).unwrap_or_default()
 }
 
 type Timeline = Vec<(f64, u64, u64)>;
@@ -119,7 +124,7 @@ async fn sample(
 }
 
 pub async fn run(r: &Run) -> Result<SystemResult> {
-    let origin = OriginProc::start(r)?;
+    let origin = r.start_origin()?;
     let sched_ns = r.net.node("sched").ns.clone();
     let mut sched = spawn_in(
         &sched_ns,
@@ -148,8 +153,13 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     for (i, h) in r.hosts.iter().enumerate() {
         let d = daemons.iter().find(|d| &d.node == h).expect("daemon per host");
         let out = r.work.join("ferry").join(format!("{h}.out"));
-        let args =
-            ferry(r, &["get", &r.url(), "-O", &out.display().to_string(), "--socket", &d.socket, "--json", "--quiet"]);
+        let args = match &r.image {
+            Some(_) => crate::image::pull_args("127.0.0.1:4001", &out),
+            None => ferry(
+                r,
+                &["get", &r.url(), "-O", &out.display().to_string(), "--socket", &d.socket, "--json", "--quiet"],
+            ),
+        };
         let (ns, delay, log, host) =
             (r.net.node(h).ns.clone(), r.arrival(i), r.log(&format!("ferry-get-{h}")), h.clone());
         jobs.push(async move {
@@ -188,7 +198,7 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
         let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
         hosts.push(HostResult {
             completed: e.success,
-            verified: e.success && r.verify(&out),
+            verified: e.success && r.verify_output(&out),
             killed: victims.contains(&host),
             start_s,
             seconds: e.success.then(|| since(t0, e.at) - start_s),
@@ -199,12 +209,17 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
             host,
             ..Default::default()
         });
-        let _ = std::fs::remove_file(&out);
+        r.remove_output(&out);
     }
     for d in &daemons {
-        let up = uploaded(&d.socket).await;
+        let st = stats(&d.socket).await;
+        let up = st.bytes_uploaded;
         if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
             h.bytes_uploaded = up;
+            if r.image.is_some() {
+                // skopeo says nothing of sources: the daemon's own counters do.
+                (h.bytes_from_origin, h.bytes_from_peers) = (st.bytes_from_origin, st.bytes_from_peers);
+            }
         } else {
             let seed = HostResult {
                 host: d.node.clone(),
@@ -229,7 +244,7 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     let served = origin.stop();
     // The separate seed host is not one of the H hosts: it is kept for CPU, not for makespan.
     let (helpers, hosts): (Vec<HostResult>, Vec<HostResult>) = hosts.into_iter().partition(|h| h.host == "seed");
-    let mut res = r.finish("ferry", hosts, served, "origin (HTTP body bytes)", busy);
+    let mut res = r.finish("ferry", hosts, served, r.origin_counted_by(), busy);
     res.cpu_seconds_total += helpers.iter().map(|h| h.cpu_seconds).sum::<f64>();
     res.helpers = helpers;
     Ok(res)
