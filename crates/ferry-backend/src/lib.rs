@@ -5,6 +5,7 @@
 //! after a retryable failure (see [`BackendError::is_retryable`]).
 
 mod http;
+pub mod hub;
 pub mod response;
 
 pub use http::{HttpBackend, HttpOptions};

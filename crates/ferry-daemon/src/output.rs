@@ -42,7 +42,7 @@ pub fn check_output(output: &Path) -> Result<(), DaemonError> {
 pub fn verify_digest(content: &Path, expected: &FileDigest) -> Result<(), DaemonError> {
     let read_err = |source| DaemonError::WriteOutput { path: content.display().to_string(), source };
     let mut f = std::fs::File::open(content).map_err(read_err)?;
-    let mut h = expected.hasher();
+    let mut h = expected.hasher(f.metadata().map_err(read_err)?.len());
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).map_err(read_err)?;

@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod data;
+pub mod hub;
 pub mod oci;
 pub mod origin;
 pub mod registry;

@@ -1,4 +1,5 @@
-//! Digests: BLAKE3 per piece (what peers verify), SHA-2 for whole files (what users know).
+//! Digests: BLAKE3 per piece (what peers verify), SHA-2 for whole files (what users know),
+//! and git's blob id (what model hubs list for files kept in git, not LFS).
 
 use std::fmt;
 use std::str::FromStr;
@@ -37,6 +38,8 @@ impl fmt::Display for PieceDigest {
 pub enum DigestAlgo {
     Sha256,
     Sha512,
+    /// Git's blob object id: SHA-1 over `blob <length>\0` and the content (`gitsha1:<hex>`).
+    GitSha1,
 }
 
 impl DigestAlgo {
@@ -44,6 +47,7 @@ impl DigestAlgo {
         match self {
             Self::Sha256 => "sha256",
             Self::Sha512 => "sha512",
+            Self::GitSha1 => "gitsha1",
         }
     }
 
@@ -51,6 +55,7 @@ impl DigestAlgo {
         match self {
             Self::Sha256 => 32,
             Self::Sha512 => 64,
+            Self::GitSha1 => 20,
         }
     }
 }
@@ -67,8 +72,9 @@ impl FileDigest {
         self.algo
     }
 
-    pub fn hasher(&self) -> FileHasher {
-        FileHasher::new(self.algo)
+    /// A hasher for content of `length` bytes (git's blob id covers the length first).
+    pub fn hasher(&self, length: u64) -> FileHasher {
+        FileHasher::new(self.algo, length)
     }
 }
 
@@ -81,6 +87,7 @@ impl FromStr for FileDigest {
         let algo = match name.to_ascii_lowercase().as_str() {
             "sha256" => DigestAlgo::Sha256,
             "sha512" => DigestAlgo::Sha512,
+            "gitsha1" => DigestAlgo::GitSha1,
             _ => return Err(bad()),
         };
         let bytes = hex::decode(hex_part).map_err(|_| bad())?;
@@ -108,13 +115,20 @@ impl fmt::Debug for FileDigest {
 pub enum FileHasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
+    GitSha1(sha1::Sha1),
 }
 
 impl FileHasher {
-    pub fn new(algo: DigestAlgo) -> Self {
+    /// A hasher for `length` bytes of content (only git's blob id depends on it).
+    pub fn new(algo: DigestAlgo, length: u64) -> Self {
         match algo {
             DigestAlgo::Sha256 => Self::Sha256(sha2::Sha256::new()),
             DigestAlgo::Sha512 => Self::Sha512(sha2::Sha512::new()),
+            DigestAlgo::GitSha1 => {
+                let mut h = sha1::Sha1::new();
+                h.update(format!("blob {length}\0").as_bytes());
+                Self::GitSha1(h)
+            }
         }
     }
 
@@ -122,6 +136,7 @@ impl FileHasher {
         match self {
             Self::Sha256(h) => h.update(bytes),
             Self::Sha512(h) => h.update(bytes),
+            Self::GitSha1(h) => h.update(bytes),
         }
     }
 
@@ -129,6 +144,7 @@ impl FileHasher {
         match self {
             Self::Sha256(h) => FileDigest { algo: DigestAlgo::Sha256, bytes: h.finalize().to_vec() },
             Self::Sha512(h) => FileDigest { algo: DigestAlgo::Sha512, bytes: h.finalize().to_vec() },
+            Self::GitSha1(h) => FileDigest { algo: DigestAlgo::GitSha1, bytes: h.finalize().to_vec() },
         }
     }
 }
@@ -155,8 +171,19 @@ mod tests {
 
     #[test]
     fn hasher_matches_known_vector() {
-        let mut h = FileHasher::new(DigestAlgo::Sha256);
+        let mut h = FileHasher::new(DigestAlgo::Sha256, 3);
         h.update(b"abc");
         assert_eq!(h.finish().to_string(), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn git_blob_ids_match_git() {
+        // `printf 'hello world\n' | git hash-object --stdin`
+        let mut h = FileHasher::new(DigestAlgo::GitSha1, 12);
+        h.update(b"hello world\n");
+        assert_eq!(h.finish().to_string(), "gitsha1:3b18e512dba79e4c8300dd08aeb37f8e728b8dad");
+        let empty = FileHasher::new(DigestAlgo::GitSha1, 0).finish();
+        assert_eq!(empty.to_string(), "gitsha1:e69de29bb2d1d6434b8b29ae775ad8c2e48c5391");
+        assert!("gitsha1:3b18e512dba79e4c8300dd08aeb37f8e728b8dad".parse::<FileDigest>().is_ok());
     }
 }

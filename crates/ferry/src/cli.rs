@@ -23,7 +23,7 @@ pub enum Command {
     /// Run a daemon (one per host): downloads, stores and serves pieces.
     Daemon(Box<DaemonArgs>),
     /// Download a URL through the local daemon.
-    Get(GetArgs),
+    Get(Box<GetArgs>),
     /// Start a whole cluster on loopback, download one file on every peer, report, clean up.
     Demo(DemoArgs),
     /// Point a container runtime (containerd, CRI-O/Podman/skopeo, Docker) at the local
@@ -268,11 +268,37 @@ pub struct DaemonArgs {
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// The http:// or https:// URL to download.
+    /// The http:// or https:// URL to download, or a hub repository
+    /// `hf://[models/|datasets/|spaces/]owner/repo[/path]` (one file; a directory with -r).
     pub url: String,
-    /// Where to write the file.
+    /// Where to write the file (with -r: the directory to write the files into).
     #[arg(short = 'O', long)]
     pub output: PathBuf,
+    /// Fetch every file of a repository (or of a directory in it), each as its own task.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The hub revision (branch, tag or commit); resolved once to its commit id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// The hub's token (sent to the hub only, never to a host it redirects to).
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    pub hf_token: Option<String>,
+    /// The hub's endpoint.
+    #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
+    pub hf_endpoint: String,
+    /// With -r: fetch only files whose path (in the repository) matches; `*` and `?`,
+    /// repeatable.
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// With -r: skip files whose path matches; repeatable.
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// With -r: files fetched at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
+    /// With -r: refuse when more files than this match (no cap by default).
+    #[arg(long)]
+    pub max_files: Option<usize>,
     /// Extra request header for the origin, "Name: value".
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,

@@ -68,20 +68,27 @@ fn first_missing_offset(shared: &Shared) -> Option<u64> {
 #[derive(Clone)]
 struct WholeFile {
     expected: FileDigest,
+    /// Started once the length is known (git's blob id covers it); `None` after `verify`.
     hasher: Option<FileHasher>,
+    verified: bool,
     /// Bytes hashed so far.
     at: u64,
 }
 
 impl WholeFile {
     fn new(expected: &FileDigest) -> Self {
-        Self { expected: expected.clone(), hasher: Some(expected.hasher()), at: 0 }
+        Self { expected: expected.clone(), hasher: None, verified: false, at: 0 }
     }
 
-    /// Brings the hash up to `offset` from what is on disk.
+    /// Brings the hash up to `offset` from what is on disk (starting it, the content's
+    /// length being known now).
     fn catch_up(&mut self, shared: &Shared, offset: u64) -> Result<(), DaemonError> {
-        let (Some(h), Some(c)) = (self.hasher.as_mut(), shared.handle.content.get()) else { return Ok(()) };
+        let Some(c) = shared.handle.content.get() else { return Ok(()) };
         let layout = *c.file.layout();
+        if self.hasher.is_none() && !self.verified {
+            self.hasher = Some(self.expected.hasher(layout.content_length()));
+        }
+        let Some(h) = self.hasher.as_mut() else { return Ok(()) };
         while self.at < offset {
             let idx = layout.index((self.at / layout.piece_size() as u64) as u32).expect("offset inside the layout");
             let piece = c.file.read_piece(idx)?;
@@ -101,6 +108,7 @@ impl WholeFile {
 
     fn verify(&mut self) -> Result<(), DaemonError> {
         let Some(h) = self.hasher.take() else { return Ok(()) };
+        self.verified = true;
         let actual = h.finish();
         if actual != self.expected {
             return Err(DaemonError::DigestMismatch {

@@ -1,4 +1,8 @@
-//! `ferry get URL -O PATH`: one download through the local daemon.
+//! `ferry get URL -O PATH`: one download through the local daemon; `hf://` repositories
+//! (one file, or with `-r` many, each its own task) in [`hub`].
+
+mod hub;
+mod many;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -108,10 +112,15 @@ fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
 }
 
 pub async fn run(a: GetArgs) -> Result<(), Exit> {
+    if a.url.starts_with("hf://") {
+        return hub::run(a).await;
+    }
+    if a.recursive {
+        return Err(Exit::new(exit::USAGE, "-r fetches a repository (hf://...); an http(s) URL is one file"));
+    }
     let req = request(&a)?;
     let started = Instant::now();
     let mut client = ferry_daemon::local::connect(&a.socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
-    let mut stream = client.download(req).await.map_err(|s| exit_for(&s))?.into_inner();
     let bar = (!a.quiet && !a.json && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
@@ -120,40 +129,14 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         );
         b
     });
-    let mut last: Option<DownloadProgress> = None;
-    let result = loop {
-        match stream.message().await {
-            Ok(Some(p)) => {
-                if let Some(b) = &bar {
-                    b.set_length(p.content_length);
-                    b.set_position(p.completed_bytes);
-                }
-                let done = p.done;
-                last = Some(p);
-                if done {
-                    break Ok(());
-                }
-            }
-            Ok(None) => break Err(lost(&a.socket, "it closed the download without a result")),
-            // Every status the daemon itself sends carries a failure code; one without is
-            // the connection breaking under the stream.
-            Err(s)
-                if s.metadata().get(ferry_daemon::error::FAILURE_METADATA).is_none()
-                    && s.code() != Code::InvalidArgument =>
-            {
-                break Err(lost(&a.socket, s.message()))
-            }
-            Err(s) => break Err(exit_for(&s)),
-        }
-    };
+    let result = download(&mut client, req, &a.socket, bar.as_ref()).await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     if let (Err(e), true) = (&result, a.json) {
         println!("{}", serde_json::json!({ "error": e.message, "exit_code": e.code, "url": redacted(&a.url) }));
     }
-    result?;
-    let p = last.expect("done implies a progress message");
+    let p = result?;
     if a.json {
         let j = serde_json::json!({
             "task_id": p.task_id,
@@ -167,6 +150,39 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         println!("{j}");
     }
     Ok(())
+}
+
+/// One download through the daemon, to its end: the last progress message, or why not.
+pub(crate) async fn download(
+    client: &mut ferry_proto::daemon::daemon_client::DaemonClient<tonic::transport::Channel>,
+    req: DownloadRequest,
+    socket: &std::path::Path,
+    bar: Option<&ProgressBar>,
+) -> Result<DownloadProgress, Exit> {
+    let mut stream = client.download(req).await.map_err(|s| exit_for(&s))?.into_inner();
+    loop {
+        match stream.message().await {
+            Ok(Some(p)) => {
+                if let Some(b) = bar {
+                    b.set_length(p.content_length);
+                    b.set_position(p.completed_bytes);
+                }
+                if p.done {
+                    return Ok(p);
+                }
+            }
+            Ok(None) => return Err(lost(socket, "it closed the download without a result")),
+            // Every status the daemon itself sends carries a failure code; one without is
+            // the connection breaking under the stream.
+            Err(s)
+                if s.metadata().get(ferry_daemon::error::FAILURE_METADATA).is_none()
+                    && s.code() != Code::InvalidArgument =>
+            {
+                return Err(lost(socket, s.message()))
+            }
+            Err(s) => return Err(exit_for(&s)),
+        }
+    }
 }
 
 fn lost(socket: &std::path::Path, detail: &str) -> Exit {

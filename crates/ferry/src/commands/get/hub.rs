@@ -1,0 +1,114 @@
+//! `ferry get hf://...`: a hub repository resolved once to its commit id; each file a
+//! download of its URL at that commit, with the digest the hub lists for it (LFS sha256 or
+//! git blob id) as its task id, checked end to end.
+
+use std::path::PathBuf;
+
+use ferry_backend::hub::{Hub, HubError, HubRepo, RepoFile};
+use ferry_proto::daemon::{DownloadRequest, Header};
+
+use super::many::{self, Job};
+use crate::cli::GetArgs;
+use crate::{exit, Exit};
+
+fn hub_exit(e: HubError) -> Exit {
+    let code = match e {
+        HubError::BadName(_) => exit::USAGE,
+        _ => exit::ORIGIN,
+    };
+    Exit::new(code, e.to_string())
+}
+
+pub async fn run(a: GetArgs) -> Result<(), Exit> {
+    let usage = |m: String| Exit::new(exit::USAGE, m);
+    let repo = HubRepo::parse(&a.url).map_err(hub_exit)?;
+    let endpoint = url::Url::parse(&a.hf_endpoint)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| usage(format!("--hf-endpoint `{}` is not an http(s) URL", a.hf_endpoint)))?;
+    let output = super::absolute(&a.output).map_err(|e| usage(format!("output {}: {e}", a.output.display())))?;
+    let client = reqwest::Client::builder()
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let hub = Hub::new(client, endpoint, a.hf_token.clone());
+    let snapshot = hub.snapshot(&repo, &a.revision).await.map_err(hub_exit)?;
+    let auth = hub.authorization();
+    let job = |f: &RepoFile, output: PathBuf, path: String| Job {
+        path,
+        output: output.clone(),
+        request: request(f, &output, auth.as_deref(), &a),
+        size: f.size,
+        digest: f.digest.clone(),
+    };
+    if !a.recursive {
+        let f = snapshot.files.iter().find(|f| f.path == repo.path).ok_or_else(|| {
+            let what = if repo.path.is_empty() {
+                "no file named (use -r for the whole repository)".to_owned()
+            } else {
+                format!("no file `{}`", repo.path)
+            };
+            usage(format!("{what} in {} at `{}` ({})", repo.id(), a.revision, snapshot.commit))
+        })?;
+        if output.is_dir() {
+            return Err(usage(format!("output {} is a directory; give a file path (or use -r)", output.display())));
+        }
+        let outcomes = many::fetch_all(&a.socket, vec![job(f, output, f.path.clone())], 1).await?;
+        return many::report(&outcomes, a.json, summary(&repo, &snapshot.commit, &a));
+    }
+    let mut jobs = vec![];
+    for f in &snapshot.files {
+        let rel = relative(&f.path, &repo.path);
+        if !a.include.is_empty() && !a.include.iter().any(|g| many::glob(g, &f.path)) {
+            continue;
+        }
+        if a.exclude.iter().any(|g| many::glob(g, &f.path)) {
+            continue;
+        }
+        jobs.push(job(f, output.join(&rel), rel));
+    }
+    if jobs.is_empty() {
+        return Err(usage(format!(
+            "nothing to fetch: no file of {} at `{}` ({}) matches the path and --include/--exclude given",
+            repo.id(),
+            a.revision,
+            snapshot.commit
+        )));
+    }
+    if let Some(max) = a.max_files.filter(|m| jobs.len() > *m) {
+        return Err(usage(format!("{} files match, more than --max-files {max}; narrow with --include", jobs.len())));
+    }
+    std::fs::create_dir_all(&output).map_err(|e| usage(format!("create {}: {e}", output.display())))?;
+    let outcomes = many::fetch_all(&a.socket, jobs, a.parallel).await?;
+    many::report(&outcomes, a.json, summary(&repo, &snapshot.commit, &a))
+}
+
+/// `file`'s path below the directory the user named (its name alone when they named it).
+fn relative(file: &str, dir: &str) -> String {
+    if dir.is_empty() {
+        return file.to_owned();
+    }
+    match file.strip_prefix(dir).and_then(|r| r.strip_prefix('/')) {
+        Some(r) => r.to_owned(),
+        None => file.rsplit('/').next().unwrap_or(file).to_owned(),
+    }
+}
+
+fn request(f: &RepoFile, output: &std::path::Path, auth: Option<&str>, a: &GetArgs) -> DownloadRequest {
+    let headers = auth.map(|v| Header { name: "Authorization".into(), value: v.into() }).into_iter().collect();
+    DownloadRequest {
+        url: f.url.to_string(),
+        output: output.display().to_string(),
+        headers,
+        digest: f.digest.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+        tag: a.tag.clone(),
+        application: a.application.clone(),
+        filtered_query_params: vec![],
+        timeout_millis: a.timeout.map_or(0, |t| t.as_millis() as u64),
+        link: a.link,
+    }
+}
+
+fn summary(repo: &HubRepo, commit: &str, a: &GetArgs) -> serde_json::Value {
+    serde_json::json!({ "repository": repo.id(), "revision": a.revision, "commit": commit })
+}

@@ -1,0 +1,165 @@
+//! Many files into one directory, each its own download through the daemon: a bounded
+//! number at once, every file tried even when others fail, a file already complete and
+//! verified left alone, one report line per file (or JSON), and a failure exit when any
+//! file failed.
+
+use std::path::{Path, PathBuf};
+
+use ferry_proto::daemon::daemon_client::DaemonClient;
+use ferry_proto::daemon::DownloadRequest;
+use ferry_types::FileDigest;
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::{exit, Exit};
+
+/// One file to fetch.
+pub struct Job {
+    /// Its path as the report names it (relative to the output directory).
+    pub path: String,
+    pub output: PathBuf,
+    pub request: DownloadRequest,
+    pub size: Option<u64>,
+    pub digest: Option<FileDigest>,
+}
+
+pub struct Outcome {
+    pub path: String,
+    pub result: Result<Fetched, Exit>,
+}
+
+pub enum Fetched {
+    /// Already there, complete and verified against its digest.
+    Present {
+        bytes: u64,
+    },
+    Fetched(ferry_proto::daemon::DownloadProgress),
+}
+
+/// `*` any run of characters (`/` too), `?` one character; the rest literal.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            (pi, ti) = (pi + 1, ti + 1);
+        } else if pi < p.len() && p[pi] == '*' {
+            (star, mark) = (Some(pi), ti);
+            pi += 1;
+        } else if let Some(s) = star {
+            (pi, mark) = (s + 1, mark + 1);
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Whether `out` already holds the file: its size, and its digest (a file without a
+/// digest is asked of the daemon again, which serves it from its cache).
+fn present(job: &Job) -> Option<u64> {
+    let digest = job.digest.as_ref()?;
+    let len = std::fs::metadata(&job.output).ok()?.len();
+    if job.size.is_some_and(|s| s != len) {
+        return None;
+    }
+    let mut h = digest.hasher(len);
+    let mut f = std::fs::File::open(&job.output).ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    (h.finish() == *digest).then_some(len)
+}
+
+/// Fetches every job, `parallel` at once; outcomes in the jobs' order.
+pub async fn fetch_all(socket: &Path, jobs: Vec<Job>, parallel: usize) -> Result<Vec<Outcome>, Exit> {
+    let client = ferry_daemon::local::connect(socket).await.map_err(|m| Exit::new(exit::NO_DAEMON, m))?;
+    let run = |job: Job| {
+        let mut client: DaemonClient<Channel> = client.clone();
+        async move {
+            let result = fetch(&mut client, socket, &job).await;
+            Outcome { path: job.path, result }
+        }
+    };
+    Ok(futures::stream::iter(jobs).map(run).buffered(parallel.max(1)).collect().await)
+}
+
+async fn fetch(client: &mut DaemonClient<Channel>, socket: &Path, job: &Job) -> Result<Fetched, Exit> {
+    let j = (job.output.clone(), job.digest.clone(), job.size);
+    let check = Job { path: String::new(), output: j.0, request: DownloadRequest::default(), size: j.2, digest: j.1 };
+    if let Some(bytes) = tokio::task::spawn_blocking(move || present(&check)).await.ok().flatten() {
+        return Ok(Fetched::Present { bytes });
+    }
+    if let Some(dir) = job.output.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Exit::new(exit::FAILURE, format!("create {}: {e}", dir.display())))?;
+    }
+    super::download(client, job.request.clone(), socket, None).await.map(Fetched::Fetched)
+}
+
+/// Prints one line per file (or one JSON object with `summary` merged in) and returns the
+/// exit: the first failed file's, or success.
+pub fn report(outcomes: &[Outcome], json: bool, summary: serde_json::Value) -> Result<(), Exit> {
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    if json {
+        let files: Vec<serde_json::Value> = outcomes.iter().map(file_json).collect();
+        let mut v = summary;
+        v["files"] = files.into();
+        v["ok"] = (outcomes.len() - failed.len()).into();
+        v["failed"] = failed.len().into();
+        println!("{v}");
+    } else {
+        for o in outcomes {
+            match &o.result {
+                Ok(Fetched::Present { bytes }) => eprintln!("present  {} ({bytes} bytes, verified)", o.path),
+                Ok(Fetched::Fetched(p)) => eprintln!(
+                    "fetched  {} ({} bytes: {} from peers, {} from origin, {} from cache)",
+                    o.path, p.content_length, p.bytes_from_peers, p.bytes_from_origin, p.bytes_from_cache
+                ),
+                Err(e) => eprintln!("FAILED   {}: {}", o.path, e.message),
+            }
+        }
+    }
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => {
+            let e = first.result.as_ref().err().expect("a failure");
+            let msg =
+                format!("{} of {} files failed; first, {}: {}", failed.len(), outcomes.len(), first.path, e.message);
+            Err(Exit::new(e.code, msg))
+        }
+    }
+}
+
+fn file_json(o: &Outcome) -> serde_json::Value {
+    match &o.result {
+        Ok(Fetched::Present { bytes }) => serde_json::json!({ "path": o.path, "status": "present", "bytes": bytes }),
+        Ok(Fetched::Fetched(p)) => serde_json::json!({
+            "path": o.path, "status": "fetched", "task_id": p.task_id, "bytes": p.content_length,
+            "bytes_from_peers": p.bytes_from_peers, "bytes_from_origin": p.bytes_from_origin,
+            "bytes_from_cache": p.bytes_from_cache,
+        }),
+        Err(e) => serde_json::json!({ "path": o.path, "status": "failed", "error": e.message, "exit_code": e.code }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*.safetensors", "model-00001-of-00002.safetensors"));
+        assert!(glob("*.json", "sub/dir/config.json"));
+        assert!(glob("model-0000?-*", "model-00001-of-2"));
+        assert!(glob("*", ""));
+        assert!(!glob("*.bin", "model.safetensors"));
+        assert!(!glob("a?c", "ac"));
+        assert!(glob("a*b*c", "aXbYbZc"));
+    }
+}
