@@ -6,6 +6,7 @@
 
 mod http;
 pub mod hub;
+pub mod registry_auth;
 pub mod response;
 
 pub use http::{HttpBackend, HttpOptions};

@@ -248,6 +248,14 @@ pub struct DaemonArgs {
     /// progress for this long, gets the client a 504.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub mirror_timeout: Duration,
+    /// Registry credentials the mirror shows when a client brings none: a docker
+    /// `config.json` (`{"auths": {"host": {"auth": "<base64 user:pass>"}}}`).
+    #[arg(long, env = "FERRY_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
+    /// Registry host[:port] anyone may read: its cached blobs are served without asking
+    /// the registry about each client. Repeat or separate with commas.
+    #[arg(long = "mirror-public", value_delimiter = ',')]
+    pub mirror_public: Vec<String>,
     /// Serve as an HTTP(S) proxy too, on the mirror's port, for this host: `host` (any port)
     /// or `host:port`; its HTTPS is intercepted with the proxy's CA. Any host not given is
     /// refused (403). Repeat or separate with commas.

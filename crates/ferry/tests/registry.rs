@@ -147,8 +147,8 @@ async fn a_private_registry_refuses_clients_without_credentials_even_for_cached_
     }]);
     push(&layout, &work.path().join("src"), &registry, Some("alice:s3cret")).await;
     let want = reference(&registry, &work.path().join("ref"), Some("alice:s3cret")).await;
-    let s = mirrors(&registry, 2, &[]).await;
-    let (a, b) = (&s.peers[0], &s.peers[1]);
+    let mut s = mirrors(&registry, 2, &[]).await;
+    let (a, b) = (s.peers[0].clone(), s.peers[1].clone());
     // A client with credentials pulls through host A: every blob is now cached in the cluster.
     let out = work.path().join("a");
     ok(&pull(&a.mirror_addr, &out, Some("alice:s3cret")).await, "pull with credentials");
@@ -174,6 +174,48 @@ async fn a_private_registry_refuses_clients_without_credentials_even_for_cached_
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), big.bytes);
     assert_eq!(registry.full_gets(layer), before, "the cached layer came from the cluster, not the registry");
+
+    // A host told the registry is public (`--mirror-public`) serves the cached layer to
+    // anyone, from the cluster.
+    let upstream = registry.url();
+    let args = ["--mirror-upstream", upstream.as_str(), "--mirror-public", registry.addr.as_str()];
+    let public = s.cluster.start_daemon("public", false, &args).await.unwrap();
+    s.wait_hosts(4).await;
+    let r = http.get(format!("http://{}/v2/test/app/blobs/{layer}", public.mirror_addr)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), big.bytes);
+    assert_eq!(registry.full_gets(layer), before);
+}
+
+/// The mirror shows the registry credentials it was given (`--registry-auth`, a docker
+/// config.json) for clients that bring none, through the token flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_with_configured_credentials_pulls_for_clients_that_bring_none() {
+    let work = tempfile::tempdir().unwrap();
+    let issuer = ferry_demo::token::TokenIssuer::start(work.path(), "alice", "s3cret").await.unwrap();
+    let registry = Registry::start_with_auth(&issuer.registry_config()).await.unwrap();
+    let layout = image_small();
+    push(&layout, &work.path().join("src"), &registry, Some("alice:s3cret")).await;
+    let want = reference(&registry, &work.path().join("ref"), Some("alice:s3cret")).await;
+    let before: Vec<usize> = want.iter().map(|b| registry.full_gets(&b.digest)).collect();
+    let auth = work.path().join("config.json");
+    let entry =
+        serde_json::json!({ "auths": { registry.addr.clone(): { "username": "alice", "password": "s3cret" } } });
+    std::fs::write(&auth, entry.to_string()).unwrap();
+    let s = mirrors(&registry, 2, &["--registry-auth", auth.to_str().unwrap()]).await;
+    for p in &s.peers {
+        let out = work.path().join(&p.name);
+        ok(&pull(&p.mirror_addr, &out, None).await, "pull without credentials of its own");
+        assert!(same(&want, &out), "{}", p.name);
+    }
+    for (b, n) in want.iter().zip(before) {
+        let pulled = registry.full_gets(&b.digest) - n;
+        // Blobs and manifests by digest: once for the cluster. The index is asked by tag.
+        assert!(pulled <= 1 || b.bytes.starts_with(b"{"), "{}: read {pulled} times", b.digest);
+    }
+    // Without the file, the same pull is refused (the registry's challenge, passed on).
+    let s2 = mirrors(&registry, 1, &[]).await;
+    refused(&s2.peers[0].mirror_addr, &work.path().join("refused"), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,7 +54,7 @@ pub async fn serve(
         Err(e) => return error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e, ErrorType::Mirror),
     };
     let id = TaskId::derive(&TaskIdInput { digest: Some(digest), ..Default::default() });
-    match checked(m, id, &request).await {
+    match checked(m, id, &request, m.public(upstream)).await {
         Ok(handle) => answer(handle, kind, Some(digest), req).await,
         Err(e) => refused(m, upstream, req, &path, &e).await,
     }
@@ -62,12 +62,18 @@ pub async fn serve(
 
 /// The complete task `id` (joined or started) for a client that may read it: asked of the
 /// origin first when the client brings credentials (or always, if so configured), else once
-/// the content turns out private (first read with someone's credentials). A task of a URL
-/// without digest is the one of the version the origin names in that first answer.
-async fn checked(m: &Mirror, mut id: TaskId, request: &OriginRequest) -> Result<Arc<TaskHandle>, Arc<DaemonError>> {
+/// the content turns out private (first read with someone's credentials); never for a
+/// registry configured as public. A task of a URL without digest is the one of the version
+/// the origin names in that first answer.
+async fn checked(
+    m: &Mirror,
+    mut id: TaskId,
+    request: &OriginRequest,
+    public: bool,
+) -> Result<Arc<TaskHandle>, Arc<DaemonError>> {
     let ctx = &m.ctx;
-    let mut authorized = false;
-    if request.credentialed() || ctx.env.opts.always_authorize {
+    let mut authorized = public;
+    if !public && (request.credentialed() || ctx.env.opts.always_authorize) {
         let v = ctx.authorize(request).await?;
         if request.digest().is_none() {
             id = id.at_version(&v);
@@ -96,7 +102,7 @@ pub async fn serve_url(m: &Arc<Mirror>, url: url::Url, req: Request) -> Response
         Err(e) => return error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e.to_string(), ErrorType::Mirror),
     };
     let id = TaskId::derive(&TaskIdInput { url: Some(&url), ..Default::default() });
-    match checked(m, id, &request).await {
+    match checked(m, id, &request, false).await {
         Ok(handle) => answer(handle, Kind::Blob, None, req).await,
         Err(e) => refused(m, &url, req, &path, &e).await,
     }

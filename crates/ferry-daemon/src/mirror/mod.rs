@@ -49,6 +49,12 @@ pub struct MirrorOptions {
     pub timeout: std::time::Duration,
     /// Proxy mode on the same port; `None`: proxy requests are refused.
     pub proxy: Option<proxy::ProxyOptions>,
+    /// Credentials the mirror itself shows a registry when a client brings none (the
+    /// node is trusted with them: every local client may then pull what they may).
+    pub credentials: Option<ferry_backend::registry_auth::RegistryCredentials>,
+    /// Registry hosts (`host[:port]`) whose content anyone may read: a cached blob of
+    /// theirs is served without asking the registry about the client first.
+    pub public: Vec<String>,
 }
 
 impl Default for MirrorOptions {
@@ -59,6 +65,8 @@ impl Default for MirrorOptions {
             insecure: vec![],
             timeout: std::time::Duration::from_secs(30),
             proxy: None,
+            credentials: None,
+            public: vec![],
         }
     }
 }
@@ -67,6 +75,7 @@ pub struct Mirror {
     ctx: Arc<Ctx>,
     opts: MirrorOptions,
     client: reqwest::Client,
+    auth: Option<ferry_backend::registry_auth::RegistryAuth>,
 }
 
 /// Which layer failed, for `X-Ferry-Error-Type`.
@@ -112,7 +121,8 @@ pub fn start(
     cancel: CancellationToken,
 ) -> Result<(Option<std::path::PathBuf>, impl std::future::Future<Output = ()>), DaemonError> {
     let client = ctx.backend.client().clone();
-    let mirror = Arc::new(Mirror { ctx, opts, client });
+    let auth = opts.credentials.clone().map(|c| ferry_backend::registry_auth::RegistryAuth::new(client.clone(), c));
+    let mirror = Arc::new(Mirror { ctx, opts, client, auth });
     let proxy = match &mirror.opts.proxy {
         Some(p) => Some(Arc::new(proxy::Proxy::new(mirror.clone(), p.clone())?)),
         None => None,
@@ -177,7 +187,7 @@ async fn handle(m: Arc<Mirror>, req: Request) -> Response {
 }
 
 /// The answer, and whether the request was one for P2P (content by digest).
-async fn route_request(m: &Arc<Mirror>, req: Request) -> (Response, bool) {
+async fn route_request(m: &Arc<Mirror>, mut req: Request) -> (Response, bool) {
     let Some(route) = oci::route(req.uri().path()) else {
         let r = error(StatusCode::NOT_FOUND, "UNSUPPORTED", "not an OCI distribution path", ErrorType::Mirror);
         return (r, false);
@@ -190,6 +200,11 @@ async fn route_request(m: &Arc<Mirror>, req: Request) -> (Response, bool) {
         Err(e) => return (error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e, ErrorType::Mirror), false),
     };
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
+    if read {
+        if let Err(e) = m.add_credentials(&upstream, route.as_ref().ok(), &mut req).await {
+            return (error(StatusCode::BAD_GATEWAY, "UNAUTHORIZED", &e, ErrorType::Upstream), false);
+        }
+    }
     match route {
         Err(invalid) => {
             let status = if read { StatusCode::BAD_REQUEST } else { StatusCode::NOT_FOUND };
@@ -206,6 +221,42 @@ async fn route_request(m: &Arc<Mirror>, req: Request) -> (Response, bool) {
 }
 
 impl Mirror {
+    /// Shows the registry the configured credentials for a read that brings none.
+    async fn add_credentials(
+        &self,
+        upstream: &url::Url,
+        route: Option<&Route>,
+        req: &mut Request,
+    ) -> Result<(), String> {
+        let Some(auth) = &self.auth else { return Ok(()) };
+        if req.headers().contains_key(axum::http::header::AUTHORIZATION) {
+            return Ok(());
+        }
+        let name = match route {
+            Some(Route::Blob { name, .. } | Route::Manifest { name, .. }) => Some(name.as_str()),
+            _ => None,
+        };
+        let scope = name.map(|n| format!("repository:{n}:pull"));
+        if let Some(h) = auth.authorization(upstream, scope.as_deref()).await? {
+            let v = HeaderValue::from_str(&h).map_err(|_| "the registry's token is not a header value".to_owned())?;
+            req.headers_mut().insert(axum::http::header::AUTHORIZATION, v);
+        }
+        Ok(())
+    }
+
+    /// Whether the registry is configured as public.
+    fn public(&self, upstream: &url::Url) -> bool {
+        let host = match (upstream.host_str(), upstream.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => return false,
+        };
+        self.opts
+            .public
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(&host) || (p == "docker.io" && host == "registry-1.docker.io"))
+    }
+
     /// Counts a request by outcome: P2P, passed through (the registry's own answers, a
     /// refusal from P2P's access check included), or failed here.
     fn count(&self, r: &Response, p2p: bool) {

@@ -13,6 +13,10 @@ use crate::{exit, Exit};
 fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     let usage = |m: String| Exit::new(exit::USAGE, m);
     let proxy = proxy_options(&a).map_err(usage)?;
+    let credentials = match &a.registry_auth {
+        Some(p) => Some(ferry_backend::registry_auth::RegistryCredentials::load(p).map_err(usage)?),
+        None => None,
+    };
     let mut o = DaemonOptions::new(a.data_dir, a.schedulers);
     o.host_id = match a.host_id {
         Some(h) => HostId::new(h).map_err(|e| usage(e.to_string()))?,
@@ -54,6 +58,8 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     if let Some(m) = o.mirror.as_mut() {
         m.timeout = a.mirror_timeout;
         m.proxy = proxy;
+        m.credentials = credentials;
+        m.public = a.mirror_public.clone();
     }
     if let Some(ps) = a.piece_size {
         let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
