@@ -108,6 +108,9 @@ fn parse_challenge(h: &str) -> Option<Challenge> {
 pub struct RegistryAuth {
     client: reqwest::Client,
     creds: RegistryCredentials,
+    /// Ask token services for an anonymous token when no credentials are known (what a
+    /// client does; a mirror passes the challenge on instead).
+    anonymous: bool,
     /// By (host, scope): the header and when to stop using it.
     cache: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
@@ -117,8 +120,8 @@ pub struct RegistryAuth {
 const TOKEN_MARGIN: Duration = Duration::from_secs(10);
 
 impl RegistryAuth {
-    pub fn new(client: reqwest::Client, creds: RegistryCredentials) -> Self {
-        Self { client, creds, cache: Mutex::default() }
+    pub fn new(client: reqwest::Client, creds: RegistryCredentials, anonymous: bool) -> Self {
+        Self { client, creds, anonymous, cache: Mutex::default() }
     }
 
     pub fn has(&self, host: &str) -> bool {
@@ -134,7 +137,10 @@ impl RegistryAuth {
             (Some(h), None) => h.to_owned(),
             _ => return Ok(None),
         };
-        let Some((user, password)) = self.creds.get(&host) else { return Ok(None) };
+        let pair = self.creds.get(&host);
+        if pair.is_none() && !self.anonymous {
+            return Ok(None);
+        }
         let key = (host.clone(), scope.unwrap_or_default().to_owned());
         if let Some((h, until)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             if Instant::now() < *until {
@@ -147,11 +153,17 @@ impl RegistryAuth {
             return Ok(None);
         }
         let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).and_then(parse_challenge);
-        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
-        let (header, ttl) = match challenge {
-            Some(Challenge::Basic) => (basic, Duration::from_secs(3600)),
-            Some(Challenge::Bearer { realm, service }) => self.token(&realm, service.as_deref(), scope, &basic).await?,
-            None => return Err(format!("registry {host} answered 401 without a challenge Ferry knows")),
+        let basic = pair
+            .map(|(u, p)| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))));
+        let (header, ttl) = match (challenge, basic) {
+            (Some(Challenge::Basic), Some(basic)) => (basic, Duration::from_secs(3600)),
+            (Some(Challenge::Basic), None) => {
+                return Err(format!("registry {host} asks for a password; give credentials with --registry-auth"))
+            }
+            (Some(Challenge::Bearer { realm, service }), basic) => {
+                self.token(&realm, service.as_deref(), scope, basic.as_deref()).await?
+            }
+            (None, _) => return Err(format!("registry {host} answered 401 without a challenge Ferry knows")),
         };
         let until = Instant::now() + ttl.saturating_sub(TOKEN_MARGIN);
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (header.clone(), until));
@@ -164,7 +176,7 @@ impl RegistryAuth {
         realm: &str,
         service: Option<&str>,
         scope: Option<&str>,
-        basic: &str,
+        basic: Option<&str>,
     ) -> Result<(String, Duration), String> {
         let mut url = url::Url::parse(realm).map_err(|e| format!("token realm `{realm}`: {e}"))?;
         {
@@ -177,7 +189,11 @@ impl RegistryAuth {
             }
         }
         let host = url.host_str().unwrap_or_default().to_owned();
-        let resp = self.client.get(url).header("authorization", basic).send().await;
+        let mut req = self.client.get(url);
+        if let Some(b) = basic {
+            req = req.header("authorization", b);
+        }
+        let resp = req.send().await;
         let resp = resp.map_err(|e| format!("token service {host}: {e}"))?;
         if !resp.status().is_success() {
             return Err(format!("token service {host} refused the configured credentials ({})", resp.status()));

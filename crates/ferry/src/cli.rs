@@ -276,8 +276,9 @@ pub struct DaemonArgs {
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// The http:// or https:// URL to download, or a hub repository
-    /// `hf://[models/|datasets/|spaces/]owner/repo[/path]` (one file; a directory with -r).
+    /// The http:// or https:// URL to download, a hub repository
+    /// `hf://[models/|datasets/|spaces/]owner/repo[/path]` (one file; a directory with -r),
+    /// or an OCI artifact `oci://registry/repository[:tag|@digest]` (a directory).
     pub url: String,
     /// Where to write the file (with -r: the directory to write the files into).
     #[arg(short = 'O', long)]
@@ -307,6 +308,15 @@ pub struct GetArgs {
     /// With -r: refuse when more files than this match (no cap by default).
     #[arg(long)]
     pub max_files: Option<usize>,
+    /// oci://: the platform to take from an index, os/arch.
+    #[arg(long, default_value = "linux/amd64")]
+    pub platform: String,
+    /// oci://: reach the registry over plain HTTP.
+    #[arg(long)]
+    pub insecure_registry: bool,
+    /// oci://: registry credentials, a docker `config.json` with `auths`.
+    #[arg(long, env = "FERRY_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
     /// Extra request header for the origin, "Name: value".
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,

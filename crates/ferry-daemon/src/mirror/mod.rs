@@ -121,7 +121,8 @@ pub fn start(
     cancel: CancellationToken,
 ) -> Result<(Option<std::path::PathBuf>, impl std::future::Future<Output = ()>), DaemonError> {
     let client = ctx.backend.client().clone();
-    let auth = opts.credentials.clone().map(|c| ferry_backend::registry_auth::RegistryAuth::new(client.clone(), c));
+    let auth =
+        opts.credentials.clone().map(|c| ferry_backend::registry_auth::RegistryAuth::new(client.clone(), c, false));
     let mirror = Arc::new(Mirror { ctx, opts, client, auth });
     let proxy = match &mirror.opts.proxy {
         Some(p) => Some(Arc::new(proxy::Proxy::new(mirror.clone(), p.clone())?)),

@@ -134,7 +134,7 @@ pub(crate) fn valid_tag(tag: &str) -> bool {
 
 /// Only `sha256:` digests name content here: that is what registries address blobs by, and
 /// what the task is verified against end to end.
-pub(crate) fn valid_digest(d: &str) -> Result<FileDigest, Invalid> {
+pub fn valid_digest(d: &str) -> Result<FileDigest, Invalid> {
     let bad = || Invalid::Digest(d.chars().take(100).collect());
     let hex = d.strip_prefix("sha256:").ok_or_else(bad)?;
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {

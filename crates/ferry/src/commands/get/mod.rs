@@ -3,6 +3,7 @@
 
 mod hub;
 mod many;
+mod oci;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -114,6 +115,9 @@ fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
 pub async fn run(a: GetArgs) -> Result<(), Exit> {
     if a.url.starts_with("hf://") {
         return hub::run(a).await;
+    }
+    if a.url.starts_with("oci://") {
+        return oci::run(a).await;
     }
     if a.recursive {
         return Err(Exit::new(exit::USAGE, "-r fetches a repository (hf://...); an http(s) URL is one file"));
