@@ -29,6 +29,7 @@ enum Unpack {
     TarGzip,
 }
 
+#[derive(Debug)]
 struct Layer {
     digest: FileDigest,
     size: u64,
