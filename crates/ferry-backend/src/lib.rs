@@ -6,6 +6,7 @@
 
 mod http;
 pub mod hub;
+pub mod object;
 pub mod registry_auth;
 pub mod response;
 
@@ -17,8 +18,10 @@ use futures::stream::{BoxStream, StreamExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("unsupported URL scheme `{0}`: Ferry can fetch http:// and https:// URLs")]
+    #[error("unsupported URL scheme `{0}`: Ferry fetches http://, https://, s3://, gs:// and azblob:// URLs")]
     UnsupportedScheme(String),
+    #[error("{0}")]
+    BadUrl(String),
     #[error("origin answered {status} for {url}")]
     Status { status: u16, url: String },
     #[error("connect to origin for {url}: {reason}")]
@@ -77,32 +80,56 @@ impl SourceBody {
     }
 }
 
-/// The back-to-source implementations, by scheme.
+/// Every back-to-source implementation a daemon has, picked by URL scheme.
 #[derive(Clone)]
-pub enum Backend {
-    Http(HttpBackend),
+pub struct Backends {
+    http: HttpBackend,
+    objects: object::ObjectStores,
 }
 
-impl Backend {
-    pub fn for_url(url: &url::Url, http: &HttpBackend) -> Result<Self, BackendError> {
+impl Backends {
+    pub fn new(opts: &HttpOptions) -> Result<Self, BackendError> {
+        Ok(Self { http: HttpBackend::new(opts)?, objects: object::ObjectStores::default() })
+    }
+
+    /// The HTTP client (its TLS roots and `User-Agent`), for callers that speak HTTP
+    /// themselves (the registry mirror).
+    pub fn client(&self) -> &reqwest::Client {
+        self.http.client()
+    }
+
+    pub fn objects(&self) -> &object::ObjectStores {
+        &self.objects
+    }
+
+    fn pick(&self, url: &url::Url) -> Result<Backend<'_>, BackendError> {
         match url.scheme() {
-            "http" | "https" => Ok(Self::Http(http.clone())),
+            "http" | "https" => Ok(Backend::Http(&self.http)),
+            s if object::is_object_scheme(s) => Ok(Backend::Object(&self.objects)),
             other => Err(BackendError::UnsupportedScheme(other.to_owned())),
         }
     }
 
     /// Opens the object at `offset`; the returned validators are the whole object's.
     pub async fn open(&self, req: &OriginRequest, offset: u64) -> Result<SourceBody, BackendError> {
-        match self {
-            Self::Http(h) => h.open(req, offset).await,
+        match self.pick(req.url())? {
+            Backend::Http(h) => h.open(req, offset).await,
+            Backend::Object(o) => o.open(req, offset).await,
         }
     }
 
     /// Whether this request may read the object, and the object's validators, at the cost
     /// of one small origin request.
     pub async fn check(&self, req: &OriginRequest) -> Result<Validators, BackendError> {
-        match self {
-            Self::Http(h) => h.check(req).await,
+        match self.pick(req.url())? {
+            Backend::Http(h) => h.check(req).await,
+            Backend::Object(o) => o.check(req).await,
         }
     }
+}
+
+/// The implementation for one URL.
+enum Backend<'a> {
+    Http(&'a HttpBackend),
+    Object(&'a object::ObjectStores),
 }

@@ -42,11 +42,11 @@ fn bad(msg: String) -> Status {
 /// Validates a request into what the task needs, and its id.
 fn parse(req: &DownloadRequest) -> Result<(TaskId, OriginRequest, PathBuf), Status> {
     let url = url::Url::parse(&req.url).map_err(|e| bad(format!("malformed URL `{}`: {e}", req.url)))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "unsupported URL scheme `{}`: Ferry can fetch http:// and https:// URLs",
-            url.scheme()
-        )));
+    if !matches!(url.scheme(), "http" | "https") && !ferry_backend::object::is_object_scheme(url.scheme()) {
+        return Err(bad(ferry_backend::BackendError::UnsupportedScheme(url.scheme().to_owned()).to_string()));
+    }
+    if ferry_backend::object::is_object_scheme(url.scheme()) {
+        ferry_backend::object::ObjectUrl::parse(&url).map_err(|e| bad(e.to_string()))?;
     }
     let digest: Option<FileDigest> = match req.digest.as_str() {
         "" => None,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_backend::{Backend, HttpBackend};
+use ferry_backend::Backends;
 use ferry_transport::ServerStats;
 use ferry_types::{OriginRequest, RequestKey, TaskId, Validators};
 
@@ -19,7 +19,7 @@ pub struct Ctx {
     pub server_stats: Arc<ServerStats>,
     /// The background loops, with their status (`Stats.workers`).
     pub workers: Arc<crate::workers::Workers>,
-    pub backend: HttpBackend,
+    pub backend: Backends,
     /// Requests that proved their access to the origin lately, with what the origin said.
     authorized: std::sync::Mutex<std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>>,
 }
@@ -44,7 +44,7 @@ impl Ctx {
         env: Arc<TaskEnv>,
         server_stats: Arc<ServerStats>,
         workers: Arc<crate::workers::Workers>,
-        backend: HttpBackend,
+        backend: Backends,
     ) -> Self {
         Self { env, server_stats, workers, backend, authorized: Default::default() }
     }
@@ -83,8 +83,7 @@ impl Ctx {
                 return Ok(v.clone());
             }
         }
-        let backend = Backend::for_url(request.url(), &self.backend)?;
-        let v = backend.check(request).await?;
+        let v = self.backend.check(request).await?;
         tracing::debug!(url = %request.redacted_url(), "request proved its access to the origin");
         let mut cache = self.authorized_cache();
         if cache.len() >= AUTHORIZED_MAX {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_backend::{HttpBackend, HttpOptions};
+use ferry_backend::{Backends, HttpOptions};
 use ferry_proto::daemon::daemon_server::DaemonServer;
 use ferry_proto::scheduler::Host;
 use ferry_proto::scheduler::{host_command, FetchFromOrigin};
@@ -57,7 +57,7 @@ pub async fn run(
     workers.spawn("cache-collector", cancel.clone(), gc.clone().run(cancel.clone()));
     let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
     let host_info = host_info(&opts, advertise, bound, server_stats.clone());
-    let backend = HttpBackend::new(&HttpOptions { ca_certs: opts.ca_certs.clone(), ..Default::default() })?;
+    let backend = Backends::new(&HttpOptions { ca_certs: opts.ca_certs.clone(), ..Default::default() })?;
     let env = Arc::new(TaskEnv {
         opts: opts.clone(),
         store,

@@ -110,7 +110,9 @@ impl Registry {
     pub fn full_gets(&self, digest: &str) -> usize {
         self.log()
             .lines()
-            .filter(|l| l.contains("\"GET /v2/") && l.contains(digest) && l.contains("HTTP/1.1\" 200 "))
+            .filter(|l| {
+                l.contains("\"GET /v2/") && l.contains(digest) && status_and_bytes(l).is_some_and(|(s, _)| s == 200)
+            })
             .count()
     }
 
@@ -132,14 +134,15 @@ pub fn config(addr: &str, root: &Path, http: &str, auth: &str) -> String {
 /// Body bytes the registry sent, summed over its access log's lines
 /// (`"GET /v2/... HTTP/1.1" 200 <bytes> ...`).
 pub fn bytes_served(log: &str) -> u64 {
-    log.lines()
-        .filter_map(|l| {
-            let (_, after) = l.split_once("HTTP/1.1\" ")?;
-            let mut fields = after.split_whitespace();
-            let _status = fields.next()?;
-            fields.next()?.parse::<u64>().ok()
-        })
-        .sum()
+    log.lines().filter_map(status_and_bytes).map(|(_, b)| b).sum()
+}
+
+/// The status and body bytes of an access-log line (`"... HTTP/1.1" 200 1234 ...`, or
+/// `HTTP/2.0` when the client spoke HTTP/2 over TLS).
+fn status_and_bytes(line: &str) -> Option<(u16, u64)> {
+    let (_, after) = line.split_once(" HTTP/1.1\" ").or_else(|| line.split_once(" HTTP/2.0\" "))?;
+    let mut fields = after.split_whitespace();
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
 /// Writes an htpasswd file with one bcrypt entry (via `htpasswd` from apache2-utils).

@@ -143,9 +143,12 @@ impl OriginRequest {
         &self.filtered
     }
 
-    /// Carries a credential: a secret header, user info, or a signature/filtered parameter.
+    /// Carries a credential: a secret header, user info, or a signature/filtered parameter;
+    /// or names an object store (`s3://`, `gs://`, `azblob://`), which each daemon reads with
+    /// its own credentials, so each must prove its access before it is handed bytes.
     pub fn credentialed(&self) -> bool {
-        self.headers.iter().any(|(n, _)| is_secret_header(n))
+        matches!(self.url.scheme(), "s3" | "gs" | "azblob" | "abs")
+            || self.headers.iter().any(|(n, _)| is_secret_header(n))
             || !self.url.username().is_empty()
             || self.url.password().is_some()
             || self.url.query_pairs().any(|(k, _)| is_secret_param(&k, &self.filtered))

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_backend::{Backend, BackendError, HttpBackend, SourceBody};
+use ferry_backend::{BackendError, Backends, SourceBody};
 use ferry_proto::scheduler::{Host, PeerCommand, PeerMessage};
 use ferry_storage::Store;
 use ferry_transport::{ParentEvent, TransportError};
@@ -153,11 +153,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// Origins reached through the backend their URL scheme names.
-pub struct Origins(pub HttpBackend);
+pub struct Origins(pub Backends);
 
 impl OriginOpener for Origins {
     fn open(&self, request: &OriginRequest, offset: u64) -> BoxFuture<'static, Result<SourceBody, BackendError>> {
-        let (http, request) = (self.0.clone(), request.clone());
-        Box::pin(async move { Backend::for_url(request.url(), &http)?.open(&request, offset).await })
+        let (backends, request) = (self.0.clone(), request.clone());
+        Box::pin(async move { backends.open(&request, offset).await })
     }
 }

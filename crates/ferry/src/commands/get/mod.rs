@@ -3,6 +3,7 @@
 
 mod hub;
 mod many;
+mod objects;
 mod oci;
 
 use std::path::PathBuf;
@@ -58,11 +59,11 @@ pub fn exit_for(status: &tonic::Status) -> Exit {
 fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
     let usage = |m: String| Exit::new(exit::USAGE, m);
     let url = url::Url::parse(&a.url).map_err(|e| usage(format!("malformed URL `{}`: {e}", a.url)))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(usage(format!(
-            "unsupported URL scheme `{}`: Ferry can fetch http:// and https:// URLs",
-            url.scheme()
-        )));
+    if !matches!(url.scheme(), "http" | "https") && !ferry_backend::object::is_object_scheme(url.scheme()) {
+        return Err(usage(ferry_backend::BackendError::UnsupportedScheme(url.scheme().to_owned()).to_string()));
+    }
+    if ferry_backend::object::is_object_scheme(url.scheme()) {
+        ferry_backend::object::ObjectUrl::parse(&url).map_err(|e| usage(e.to_string()))?;
     }
     if let Some(d) = &a.digest {
         d.parse::<ferry_types::FileDigest>().map_err(|e| usage(e.to_string()))?;
@@ -119,8 +120,14 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
     if a.url.starts_with("oci://") {
         return oci::run(a).await;
     }
+    if a.recursive && a.url.split_once("://").is_some_and(|(s, _)| ferry_backend::object::is_object_scheme(s)) {
+        return objects::run(a).await;
+    }
     if a.recursive {
-        return Err(Exit::new(exit::USAGE, "-r fetches a repository (hf://...); an http(s) URL is one file"));
+        return Err(Exit::new(
+            exit::USAGE,
+            "-r fetches a directory (hf://, s3://, gs://, azblob://); an http(s) URL is one file",
+        ));
     }
     let req = request(&a)?;
     let started = Instant::now();

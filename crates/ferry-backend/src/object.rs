@@ -1,0 +1,220 @@
+//! Object stores by URL scheme: `s3://bucket/key` (AWS or any S3-compatible endpoint),
+//! `gs://bucket/key`, `azblob://container/key` (or `abs://`), through the `object_store`
+//! crate. Credentials, region and endpoint come from the usual environment variables
+//! (`AWS_*`, `GOOGLE_*`, `AZURE_*`), read by the daemon; they are never logged. Reads are
+//! ranged (a task resumes where it stopped); the object's ETag and modification time pin
+//! the task's content like an HTTP origin's validators.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ferry_types::{OriginRequest, Validators};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore};
+
+use crate::{BackendError, SourceBody};
+
+/// Where an object is: its store (scheme and bucket) and its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectUrl {
+    pub scheme: Scheme,
+    pub bucket: String,
+    pub key: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    S3,
+    Gcs,
+    Azure,
+}
+
+/// Whether the URL's scheme is an object store's.
+pub fn is_object_scheme(scheme: &str) -> bool {
+    matches!(scheme, "s3" | "gs" | "azblob" | "abs")
+}
+
+/// S3's rules, which the others' are close to: 3–63 characters of lowercase letters,
+/// digits, `-` and `.`, starting and ending with a letter or digit.
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+}
+
+impl ObjectUrl {
+    pub fn parse(url: &url::Url) -> Result<Self, BackendError> {
+        let scheme = match url.scheme() {
+            "s3" => Scheme::S3,
+            "gs" => Scheme::Gcs,
+            "azblob" | "abs" => Scheme::Azure,
+            other => return Err(BackendError::UnsupportedScheme(other.to_owned())),
+        };
+        let bucket = url.host_str().unwrap_or_default().to_owned();
+        if !valid_bucket(&bucket) {
+            return Err(BackendError::BadUrl(format!(
+                "`{bucket}` in {url} is not a bucket name (3-63 lowercase letters, digits, `-`, `.`)"
+            )));
+        }
+        let key = url.path().trim_start_matches('/');
+        let key = percent_decode(key);
+        Ok(Self { scheme, bucket, key })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Stores by scheme and bucket.
+type StoreMap = HashMap<(Scheme, String), Arc<dyn ObjectStore>>;
+
+/// The stores opened so far, one per scheme and bucket.
+#[derive(Clone, Default)]
+pub struct ObjectStores {
+    stores: Arc<Mutex<StoreMap>>,
+}
+
+/// One object listed under a prefix.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+}
+
+impl ObjectStores {
+    fn store(&self, o: &ObjectUrl) -> Result<Arc<dyn ObjectStore>, BackendError> {
+        let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = stores.get(&(o.scheme, o.bucket.clone())) {
+            return Ok(s.clone());
+        }
+        let config =
+            |e: object_store::Error| BackendError::BadUrl(format!("{} store for `{}`: {e}", o.scheme.name(), o.bucket));
+        let store: Arc<dyn ObjectStore> = match o.scheme {
+            Scheme::S3 => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&o.bucket).build().map_err(config)?,
+            ),
+            Scheme::Gcs => Arc::new(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(&o.bucket)
+                    .build()
+                    .map_err(config)?,
+            ),
+            Scheme::Azure => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(&o.bucket)
+                    .build()
+                    .map_err(config)?,
+            ),
+        };
+        stores.insert((o.scheme, o.bucket.clone()), store.clone());
+        Ok(store)
+    }
+
+    /// Opens the object at `offset`.
+    pub async fn open(&self, req: &OriginRequest, offset: u64) -> Result<SourceBody, BackendError> {
+        let o = ObjectUrl::parse(req.url())?;
+        let store = self.store(&o)?;
+        let url = req.redacted_url();
+        let opts =
+            GetOptions { range: (offset > 0).then_some(GetRange::Offset(offset as usize)), ..Default::default() };
+        let got = store.get_opts(&ObjectPath::from(o.key.as_str()), opts).await.map_err(|e| error(&url, e))?;
+        let validators = validators(&got.meta);
+        let chunks = got.into_stream().map_err(move |e| error(&url, e)).boxed();
+        Ok(SourceBody::new(validators, chunks))
+    }
+
+    /// The object's validators (and whether the daemon's credentials may read it).
+    pub async fn check(&self, req: &OriginRequest) -> Result<Validators, BackendError> {
+        let o = ObjectUrl::parse(req.url())?;
+        let meta = self.store(&o)?.head(&ObjectPath::from(o.key.as_str())).await;
+        Ok(validators(&meta.map_err(|e| error(&req.redacted_url(), e))?))
+    }
+
+    /// Every object under `url`'s key taken as a prefix (a directory: `a/b` lists `a/b/...`).
+    pub async fn list(&self, url: &url::Url) -> Result<Vec<Listed>, BackendError> {
+        let o = ObjectUrl::parse(url)?;
+        let store = self.store(&o)?;
+        let prefix = o.key.trim_end_matches('/');
+        let prefix = (!prefix.is_empty()).then(|| ObjectPath::from(prefix));
+        let mut out: Vec<Listed> = store
+            .list(prefix.as_ref())
+            .map_ok(|m| Listed { key: m.location.to_string(), size: m.size as u64 })
+            .try_collect()
+            .await
+            .map_err(|e| error(url.as_str(), e))?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+}
+
+impl Scheme {
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::S3 => "s3",
+            Scheme::Gcs => "gs",
+            Scheme::Azure => "azblob",
+        }
+    }
+}
+
+fn validators(m: &object_store::ObjectMeta) -> Validators {
+    Validators { length: m.size as u64, etag: m.e_tag.clone(), last_modified: Some(m.last_modified.to_rfc3339()) }
+}
+
+/// An object store's failure as the statuses Ferry already maps: missing is 404, refused
+/// (wrong or missing credentials) is 403; the rest is a read failure, retried.
+fn error(url: &str, e: object_store::Error) -> BackendError {
+    match e {
+        object_store::Error::NotFound { .. } => BackendError::Status { status: 404, url: url.to_owned() },
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            BackendError::Status { status: 403, url: url.to_owned() }
+        }
+        other => {
+            let text = other.to_string();
+            // Stores report some refusals only in their message.
+            if text.contains("403")
+                || text.contains("AccessDenied")
+                || text.contains("InvalidAccessKeyId")
+                || text.contains("SignatureDoesNotMatch")
+            {
+                return BackendError::Status { status: 403, url: url.to_owned() };
+            }
+            BackendError::Read { url: url.to_owned(), reason: text }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_urls() {
+        let u = |s: &str| ObjectUrl::parse(&url::Url::parse(s).unwrap());
+        let o = u("s3://my-bucket/models/a%20b.bin").unwrap();
+        assert_eq!((o.scheme, o.bucket.as_str(), o.key.as_str()), (Scheme::S3, "my-bucket", "models/a b.bin"));
+        assert_eq!(u("azblob://container/x").unwrap().scheme, Scheme::Azure);
+        assert_eq!(u("gs://b12/x").unwrap().scheme, Scheme::Gcs);
+        for bad in ["s3://ab/x", "s3://Bad_Bucket/x", "s3://-bucket/x"] {
+            assert!(matches!(u(bad), Err(BackendError::BadUrl(_))), "{bad}");
+        }
+        assert!(matches!(u("ftp://bucket/x"), Err(BackendError::UnsupportedScheme(_))));
+    }
+}
