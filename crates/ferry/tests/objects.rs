@@ -186,3 +186,73 @@ async fn a_daemon_whose_key_the_store_refuses_gets_403_even_from_peers() {
     assert!(err.contains("403"), "{err}");
     assert!(!work.path().join("w").exists());
 }
+
+/// Azurite's well-known development account key.
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Creates container `models` and uploads the tree under `src` with azure-storage-blob.
+const AZURE_SETUP: &str = r#"
+import os, sys
+from azure.storage.blob import BlobServiceClient
+url, key, src = sys.argv[1], sys.argv[2], sys.argv[3]
+conn = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};BlobEndpoint={url}/devstoreaccount1;"
+c = BlobServiceClient.from_connection_string(conn).create_container("models")
+for root, _, files in os.walk(src):
+    for f in sorted(files):
+        p = os.path.join(root, f)
+        c.upload_blob(os.path.relpath(p, src), open(p, "rb").read())
+"#;
+
+/// Azure Blob Storage as Azurite (npm; scripts/test installs it) serves it: an object, a
+/// prefix with `-r`, and a daemon with a wrong account key refused with 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_blobs_through_azurite() {
+    let work = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bin = std::env::var("FERRY_TEST_AZURITE").unwrap_or_else(|_| "azurite-blob".into());
+    let _azurite = tokio::process::Command::new(bin)
+        .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--silent", "--skipApiVersionCheck"])
+        .arg("--location")
+        .arg(work.path().join("azurite"))
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("azurite-blob (scripts/test installs azurite)");
+    ferry_testkit::wait_until("azurite to listen", Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{port}");
+    let objs = objects();
+    write_tree(&work.path().join("src"), &objs);
+    let out = tokio::process::Command::new(python())
+        .args(["-c", AZURE_SETUP, &url, AZURITE_KEY])
+        .arg(work.path().join("src"))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "setup: {}", String::from_utf8_lossy(&out.stderr));
+    std::env::set_var("AZURE_STORAGE_USE_EMULATOR", "true");
+    std::env::set_var("AZURITE_BLOB_STORAGE_URL", &url);
+    std::env::remove_var("AZURE_STORAGE_ACCOUNT_KEY");
+
+    let mut s = Setup::start(Spec { peers: 2, files: &[("unused", 1)], ..Default::default() }).await;
+    for p in &s.peers {
+        let o = common::ferry_get(&p.socket, "azblob://models/model/w1.bin", &work.path().join(&p.name), &[]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(std::fs::read(work.path().join(&p.name)).unwrap(), objs[0].1);
+    }
+    let dir = work.path().join("tree");
+    let o = common::ferry_get(&s.peers[0].socket, "azblob://models/model", &dir, &["-r"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (k, v) in objs.iter().filter(|(k, _)| k.starts_with("model/")) {
+        assert_eq!(&std::fs::read(dir.join(k.strip_prefix("model/").unwrap())).unwrap(), v, "{k}");
+    }
+    // A wrong account key (still valid base64): the store's 403, exit 4.
+    std::env::set_var("AZURE_STORAGE_ACCOUNT_KEY", "d3JvbmcgZmVycnkgdGVzdCBrZXkgZm9yIGF6dXJpdGU=");
+    let wrong = s.cluster.start_daemon("wrong-key", false, &[]).await.unwrap();
+    let o = common::ferry_get(&wrong.socket, "azblob://models/model/w1.bin", &work.path().join("w"), &[]).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(ferry::exit::ORIGIN as i32), "{err}");
+    assert!(err.contains("403"), "{err}");
+}
