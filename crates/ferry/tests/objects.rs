@@ -2,7 +2,10 @@
 //! real S3 implementation, moto's server (PyPI; scripts/test installs it). Wrong
 //! credentials are tried against a second moto with IAM auth enforced (moto's signature
 //! check rejects valid signed list requests whose prefix holds `/`, so the listing runs
-//! against the first, which checks no signatures).
+//! against the first, which checks no signatures). Azure Blob Storage runs as Azurite.
+//! No GCS test: the one emulator the reachable registries have (gcp-storage-emulator, PyPI)
+//! answers neither `HEAD` nor with the `ETag`/`Last-Modified` headers GCS sends, which the
+//! GCS client needs; fake-gcs-server is a Go binary from GitHub.
 
 mod common;
 
