@@ -187,16 +187,22 @@ async fn a_private_registry_refuses_clients_without_credentials_even_for_cached_
     assert_eq!(registry.full_gets(layer), before);
 }
 
+/// A registry behind a token issuer (user alice, password s3cret) holding the small image,
+/// and the image as pulled straight from it.
+async fn token_registry(work: &Path) -> (ferry_demo::token::TokenIssuer, Registry, Vec<Blob>) {
+    let issuer = ferry_demo::token::TokenIssuer::start(work, "alice", "s3cret").await.unwrap();
+    let registry = Registry::start_with_auth(&issuer.registry_config()).await.unwrap();
+    push(&image_small(), &work.join("src"), &registry, Some("alice:s3cret")).await;
+    let want = reference(&registry, &work.join("ref"), Some("alice:s3cret")).await;
+    (issuer, registry, want)
+}
+
 /// The mirror shows the registry credentials it was given (`--registry-auth`, a docker
 /// config.json) for clients that bring none, through the token flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mirror_with_configured_credentials_pulls_for_clients_that_bring_none() {
     let work = tempfile::tempdir().unwrap();
-    let issuer = ferry_demo::token::TokenIssuer::start(work.path(), "alice", "s3cret").await.unwrap();
-    let registry = Registry::start_with_auth(&issuer.registry_config()).await.unwrap();
-    let layout = image_small();
-    push(&layout, &work.path().join("src"), &registry, Some("alice:s3cret")).await;
-    let want = reference(&registry, &work.path().join("ref"), Some("alice:s3cret")).await;
+    let (_issuer, registry, want) = token_registry(work.path()).await;
     let before: Vec<usize> = want.iter().map(|b| registry.full_gets(&b.digest)).collect();
     let auth = work.path().join("config.json");
     let entry =
@@ -541,11 +547,7 @@ async fn preheating_an_image_puts_one_platforms_blobs_in_the_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_registry_serves_clients_with_tokens_and_refuses_anonymous_ones() {
     let work = tempfile::tempdir().unwrap();
-    let issuer = ferry_demo::token::TokenIssuer::start(work.path(), "alice", "s3cret").await.unwrap();
-    let registry = Registry::start_with_auth(&issuer.registry_config()).await.unwrap();
-    let layout = image_small();
-    push(&layout, &work.path().join("src"), &registry, Some("alice:s3cret")).await;
-    let want = reference(&registry, &work.path().join("ref"), Some("alice:s3cret")).await;
+    let (issuer, registry, want) = token_registry(work.path()).await;
     let s = mirrors(&registry, 2, &[]).await;
     let (a, b) = (&s.peers[0], &s.peers[1]);
     let out = work.path().join("a");
