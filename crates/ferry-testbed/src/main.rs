@@ -131,7 +131,8 @@ fn host_ip(i: usize) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(198, 18, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
 }
 
-async fn run(a: RunArgs) -> Result<()> {
+/// Refuses arguments the run cannot honour, before anything is built.
+fn check(a: &RunArgs) -> Result<()> {
     if a.hosts == 0 || a.hosts > 1000 {
         bail!("--hosts must be between 1 and 1000");
     }
@@ -147,6 +148,11 @@ async fn run(a: RunArgs) -> Result<()> {
     if a.workload == "image" && a.systems.iter().any(|s| s == "bittorrent") {
         bail!("the image workload runs systems ferry and direct; drop bittorrent from --systems");
     }
+    Ok(())
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    check(&a)?;
     net::can_create_namespaces().map_err(|e| anyhow::anyhow!("cannot build the emulated network: {e}"))?;
     let self_bin = std::env::current_exe()?;
     let ferry_bin = a.ferry_bin.clone().unwrap_or_else(|| self_bin.with_file_name("ferry"));

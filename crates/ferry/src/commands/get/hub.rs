@@ -56,31 +56,22 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         let outcomes = many::fetch_all(&a.socket, vec![job(f, output, f.path.clone())], 1).await?;
         return many::report(&outcomes, a.json, summary(&repo, &snapshot.commit, &a));
     }
-    let mut jobs = vec![];
-    for f in &snapshot.files {
-        let rel = relative(&f.path, &repo.path);
-        if !a.include.is_empty() && !a.include.iter().any(|g| many::glob(g, &f.path)) {
-            continue;
-        }
-        if a.exclude.iter().any(|g| many::glob(g, &f.path)) {
-            continue;
-        }
-        jobs.push(job(f, output.join(&rel), rel));
-    }
-    if jobs.is_empty() {
-        return Err(usage(format!(
-            "nothing to fetch: no file of {} at `{}` ({}) matches the path and --include/--exclude given",
-            repo.id(),
-            a.revision,
-            snapshot.commit
-        )));
-    }
-    if let Some(max) = a.max_files.filter(|m| jobs.len() > *m) {
-        return Err(usage(format!("{} files match, more than --max-files {max}; narrow with --include", jobs.len())));
-    }
-    std::fs::create_dir_all(&output).map_err(|e| usage(format!("create {}: {e}", output.display())))?;
-    let outcomes = many::fetch_all(&a.socket, jobs, a.parallel).await?;
-    many::report(&outcomes, a.json, summary(&repo, &snapshot.commit, &a))
+    let jobs: Vec<Job> = snapshot
+        .files
+        .iter()
+        .filter(|f| many::selected(&a, &f.path))
+        .map(|f| {
+            let rel = relative(&f.path, &repo.path);
+            job(f, output.join(&rel), rel)
+        })
+        .collect();
+    let nothing = format!(
+        "no file of {} at `{}` ({}) matches the path and --include/--exclude given",
+        repo.id(),
+        a.revision,
+        snapshot.commit
+    );
+    many::fetch_dir(&a, &output, jobs, nothing, summary(&repo, &snapshot.commit, &a)).await
 }
 
 /// `file`'s path below the directory the user named (its name alone when they named it).

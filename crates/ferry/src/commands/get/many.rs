@@ -11,6 +11,7 @@ use ferry_types::FileDigest;
 use futures::StreamExt;
 use tonic::transport::Channel;
 
+use crate::cli::GetArgs;
 use crate::{exit, Exit};
 
 /// One file to fetch.
@@ -34,6 +35,33 @@ pub enum Fetched {
         bytes: u64,
     },
     Fetched(ferry_proto::daemon::DownloadProgress),
+}
+
+/// Whether `path` passes `--include` (one of them, when any is given) and `--exclude` (none).
+pub fn selected(a: &GetArgs, path: &str) -> bool {
+    (a.include.is_empty() || a.include.iter().any(|g| glob(g, path))) && !a.exclude.iter().any(|g| glob(g, path))
+}
+
+/// A directory's files into `output`, reported: an empty selection is refused with
+/// `nothing` (what the user asked for that matched nothing), and so is one over
+/// `--max-files`.
+pub async fn fetch_dir(
+    a: &GetArgs,
+    output: &Path,
+    jobs: Vec<Job>,
+    nothing: String,
+    summary: serde_json::Value,
+) -> Result<(), Exit> {
+    let usage = |m: String| Exit::new(exit::USAGE, m);
+    if jobs.is_empty() {
+        return Err(usage(format!("nothing to fetch: {nothing}")));
+    }
+    if let Some(max) = a.max_files.filter(|m| jobs.len() > *m) {
+        return Err(usage(format!("{} files match, more than --max-files {max}; narrow with --include", jobs.len())));
+    }
+    std::fs::create_dir_all(output).map_err(|e| usage(format!("create {}: {e}", output.display())))?;
+    let outcomes = fetch_all(&a.socket, jobs, a.parallel).await?;
+    report(&outcomes, a.json, summary)
 }
 
 /// `*` any run of characters (`/` too), `?` one character; the rest literal.

@@ -24,10 +24,7 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         if rel.is_empty() || rel.ends_with('/') {
             continue;
         }
-        if !a.include.is_empty() && !a.include.iter().any(|g| many::glob(g, &rel)) {
-            continue;
-        }
-        if a.exclude.iter().any(|g| many::glob(g, &rel)) {
+        if !many::selected(&a, &rel) {
             continue;
         }
         let mut object = url.clone();
@@ -44,13 +41,6 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         };
         jobs.push(Job { path: rel, output: out, request, size: Some(o.size), digest: None });
     }
-    if jobs.is_empty() {
-        return Err(usage(format!("nothing to fetch: no object under {} matches --include/--exclude", a.url)));
-    }
-    if let Some(max) = a.max_files.filter(|m| jobs.len() > *m) {
-        return Err(usage(format!("{} objects match, more than --max-files {max}; narrow with --include", jobs.len())));
-    }
-    std::fs::create_dir_all(&output).map_err(|e| usage(format!("create {}: {e}", output.display())))?;
-    let outcomes = many::fetch_all(&a.socket, jobs, a.parallel).await?;
-    many::report(&outcomes, a.json, serde_json::json!({ "prefix": a.url }))
+    let nothing = format!("no object under {} matches --include/--exclude", a.url);
+    many::fetch_dir(&a, &output, jobs, nothing, serde_json::json!({ "prefix": a.url })).await
 }
