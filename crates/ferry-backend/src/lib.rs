@@ -89,7 +89,7 @@ pub struct Backends {
 
 impl Backends {
     pub fn new(opts: &HttpOptions) -> Result<Self, BackendError> {
-        Ok(Self { http: HttpBackend::new(opts)?, objects: object::ObjectStores::default() })
+        Ok(Self { http: HttpBackend::new(opts)?, objects: object::ObjectStores::new(&opts.ca_certs)? })
     }
 
     /// The HTTP client (its TLS roots and `User-Agent`), for callers that speak HTTP

@@ -89,6 +89,9 @@ type StoreMap = HashMap<(Scheme, String), Arc<dyn ObjectStore>>;
 #[derive(Clone, Default)]
 pub struct ObjectStores {
     stores: Arc<Mutex<StoreMap>>,
+    /// With `--ca-cert`: the client options every store gets (the extra roots, and
+    /// `allow_http` as the environment set it); `None` leaves the stores' own.
+    client: Option<object_store::ClientOptions>,
 }
 
 /// One object listed under a prefix.
@@ -99,6 +102,31 @@ pub struct Listed {
 }
 
 impl ObjectStores {
+    /// Stores whose TLS also trusts the PEM certificates in `ca_certs` (a private CA).
+    pub fn new(ca_certs: &[std::path::PathBuf]) -> Result<Self, BackendError> {
+        if ca_certs.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut client = object_store::ClientOptions::new();
+        for path in ca_certs {
+            let ca_err = |reason: String| BackendError::CaCert { path: path.display().to_string(), reason };
+            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+            for c in object_store::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))? {
+                client = client.with_root_certificate(c);
+            }
+        }
+        Ok(Self { stores: Arc::default(), client: Some(client) })
+    }
+
+    /// The client options for a store whose environment says `allow_http` (or not).
+    fn client_options(&self, allow_http: Option<String>) -> Option<object_store::ClientOptions> {
+        let c = self.client.clone()?;
+        Some(match allow_http {
+            Some(v) => c.with_config(object_store::ClientConfigKey::AllowHttp, v),
+            None => c,
+        })
+    }
+
     fn store(&self, o: &ObjectUrl) -> Result<Arc<dyn ObjectStore>, BackendError> {
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = stores.get(&(o.scheme, o.bucket.clone())) {
@@ -106,22 +134,32 @@ impl ObjectStores {
         }
         let config =
             |e: object_store::Error| BackendError::BadUrl(format!("{} store for `{}`: {e}", o.scheme.name(), o.bucket));
+        use object_store::ClientConfigKey::AllowHttp;
         let store: Arc<dyn ObjectStore> = match o.scheme {
-            Scheme::S3 => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&o.bucket).build().map_err(config)?,
-            ),
-            Scheme::Gcs => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(&o.bucket)
-                    .build()
-                    .map_err(config)?,
-            ),
-            Scheme::Azure => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(&o.bucket)
-                    .build()
-                    .map_err(config)?,
-            ),
+            Scheme::S3 => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&o.bucket);
+                let key = object_store::aws::AmazonS3ConfigKey::Client(AllowHttp);
+                if let Some(c) = self.client_options(b.get_config_value(&key)) {
+                    b = b.with_client_options(c);
+                }
+                Arc::new(b.build().map_err(config)?)
+            }
+            Scheme::Gcs => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(&o.bucket);
+                let key = object_store::gcp::GoogleConfigKey::Client(AllowHttp);
+                if let Some(c) = self.client_options(b.get_config_value(&key)) {
+                    b = b.with_client_options(c);
+                }
+                Arc::new(b.build().map_err(config)?)
+            }
+            Scheme::Azure => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&o.bucket);
+                let key = object_store::azure::AzureConfigKey::Client(AllowHttp);
+                if let Some(c) = self.client_options(b.get_config_value(&key)) {
+                    b = b.with_client_options(c);
+                }
+                Arc::new(b.build().map_err(config)?)
+            }
         };
         stores.insert((o.scheme, o.bucket.clone()), store.clone());
         Ok(store)
@@ -187,7 +225,21 @@ fn error(url: &str, e: object_store::Error) -> BackendError {
             BackendError::Status { status: 403, url: url.to_owned() }
         }
         other => {
-            let text = other.to_string();
+            // The store's message, and under it the HTTP client's (a TLS failure is only there).
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(&other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            if text.contains("certificate") {
+                // The endpoint is in the client's message: `... for url (https://host:port/...)`.
+                let endpoint = text.split("https://").nth(1).and_then(|r| r.split(['/', ')', ' ']).next());
+                let host = endpoint.unwrap_or("of the object store").to_owned();
+                let reason = text.rsplit(": ").next().unwrap_or(&text).to_owned();
+                return BackendError::Tls { host, reason };
+            }
             // Stores report some refusals only in their message.
             if text.contains("403")
                 || text.contains("AccessDenied")

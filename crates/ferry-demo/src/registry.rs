@@ -38,30 +38,12 @@ impl Registry {
         Self::start_with("", auth).await
     }
 
-    /// Starts `docker-registry` serving HTTPS with a certificate for `127.0.0.1` issued (by
-    /// `openssl`) from a CA made for it; returns it with the CA certificate's path (to trust).
+    /// Starts `docker-registry` serving HTTPS with a certificate for `127.0.0.1` from
+    /// [`test_ca`]; returns it with the CA certificate's path (to trust).
     pub async fn start_tls(dir: &Path) -> std::io::Result<(Self, PathBuf)> {
-        let script = "set -e
-            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-              -subj /CN=ferry-test-ca -keyout ca.key -out ca.crt
-            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \
-              -keyout registry.key -out registry.csr
-            printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
-            openssl x509 -req -in registry.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-              -extfile ext.cnf -out registry.crt";
-        let out = Command::new("sh")
-            .args(["-c", script])
-            .current_dir(dir)
-            .output()
-            .await
-            .map_err(|e| std::io::Error::other(format!("run openssl (apt-get install openssl): {e}")))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            return Err(std::io::Error::other(format!("openssl could not make the registry's certificate: {err}")));
-        }
-        let (cert, key) = (dir.join("registry.crt"), dir.join("registry.key"));
-        let tls = format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
-        Ok((Self::start_with(&tls, "").await?, dir.join("ca.crt")))
+        let ca = test_ca(dir).await?;
+        let tls = format!("  tls:\n    certificate: {}\n    key: {}\n", ca.cert.display(), ca.key.display());
+        Ok((Self::start_with(&tls, "").await?, ca.ca))
     }
 
     /// `http` goes into the config's `http:` section, `auth` is its `auth:` section.
@@ -119,6 +101,37 @@ impl Registry {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// A CA made for a test and a server certificate for `127.0.0.1` it issued (PEM files).
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a [`TestCa`] in `dir` with `openssl` (a leaf, not a self-signed CA, as TLS clients
+/// refuse a CA certificate used by a server).
+pub async fn test_ca(dir: &Path) -> std::io::Result<TestCa> {
+    let script = "set -e
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \\
+          -subj /CN=ferry-test-ca -keyout ca.key -out ca.crt
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=127.0.0.1 \\
+          -keyout server.key -out server.csr
+        printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ext.cnf
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \\
+          -extfile ext.cnf -out server.crt";
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(dir)
+        .output()
+        .await
+        .map_err(|e| std::io::Error::other(format!("run openssl (apt-get install openssl): {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(std::io::Error::other(format!("openssl could not make the test CA: {err}")));
+    }
+    Ok(TestCa { ca: dir.join("ca.crt"), cert: dir.join("server.crt"), key: dir.join("server.key") })
 }
 
 /// A `docker-registry` config: listening on `addr`, storing under `root`, logging every

@@ -56,11 +56,19 @@ fn python() -> String {
 impl Moto {
     /// Starts moto; with `free`, IAM auth is enforced after that many requests (the setup's).
     async fn start(free: Option<usize>) -> Self {
+        Self::start_with(free, None).await
+    }
+
+    /// With `tls` (certificate, key), moto serves HTTPS.
+    async fn start_with(free: Option<usize>, tls: Option<(&Path, &Path)>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let server = PathBuf::from(python()).with_file_name("moto_server");
         let mut cmd = tokio::process::Command::new(server);
         if let Some(n) = free {
             cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        }
+        if let Some((cert, key)) = tls {
+            cmd.arg("--ssl-cert").arg(cert).arg("--ssl-key").arg(key);
         }
         let child = cmd
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -69,7 +77,8 @@ impl Moto {
             .kill_on_drop(true)
             .spawn()
             .expect("moto_server (scripts/test installs moto[server])");
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{port}");
         ferry_testkit::wait_until("moto to listen", Duration::from_secs(30), || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
@@ -258,4 +267,40 @@ async fn azure_blobs_through_azurite() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(ferry::exit::ORIGIN as i32), "{err}");
     assert!(err.contains("403"), "{err}");
+}
+
+/// An S3 endpoint behind a private CA: TLS is verified, so a daemon given the CA
+/// (`--ca-cert`) reads the object and one without it is refused, exit 4, with a line that
+/// names the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_endpoint_with_a_private_ca_is_verified() {
+    let work = tempfile::tempdir().unwrap();
+    let ca = ferry_demo::registry::test_ca(work.path()).await.unwrap();
+    let moto = Moto::start_with(None, Some((&ca.cert, &ca.key))).await;
+    let objs = [objects()[3].clone()];
+    write_tree(&work.path().join("src"), &objs);
+    std::env::set_var("AWS_CA_BUNDLE", &ca.ca); // boto3, for the set-up
+    let (id, secret) = setup(&moto, &work.path().join("src"), "tls").await;
+    set_aws_env(&moto.endpoint, &id, &secret);
+    std::env::remove_var("AWS_ALLOW_HTTP");
+    let ca_arg = ca.ca.display().to_string();
+    let args = ["--ca-cert", ca_arg.as_str()];
+    let mut s = Setup::start(Spec {
+        peers: 1,
+        files: &[("unused", 1)],
+        peer_args: &args,
+        seed_args: &args,
+        ..Default::default()
+    })
+    .await;
+    let url = format!("s3://tls/{}", objs[0].0);
+    let o = common::ferry_get(&s.peers[0].socket, &url, &work.path().join("ok"), &[]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(work.path().join("ok")).unwrap(), objs[0].1);
+    let plain = s.cluster.start_daemon("no-ca", false, &[]).await.unwrap();
+    let o = common::ferry_get(&plain.socket, &url, &work.path().join("no"), &[]).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(ferry::exit::ORIGIN as i32), "{err}");
+    assert!(err.contains("certificate") && err.contains("--ca-cert"), "{err}");
+    assert!(!work.path().join("no").exists());
 }
