@@ -24,40 +24,56 @@ pub struct HttpOptions {
     pub read_timeout: Duration,
     /// PEM files of extra CA certificates to trust (a private CA), on top of the system's.
     pub ca_certs: Vec<PathBuf>,
+    /// Origin hosts whose TLS certificate is not verified (`--insecure-origin`): the
+    /// operator's explicit opt-out, logged at start and on every read.
+    pub insecure_hosts: Vec<String>,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(10), read_timeout: Duration::from_secs(30), ca_certs: vec![] }
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            ca_certs: vec![],
+            insecure_hosts: vec![],
+        }
     }
 }
 
 #[derive(Clone)]
 pub struct HttpBackend {
     client: reqwest::Client,
+    /// For `insecure_hosts` only: the same client without certificate checks.
+    unverified: Option<(reqwest::Client, Vec<String>)>,
 }
 
 impl HttpBackend {
     pub fn new(opts: &HttpOptions) -> Result<Self, BackendError> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            .read_timeout(opts.read_timeout)
-            .tcp_nodelay(true)
-            .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
-        for path in &opts.ca_certs {
-            let ca_err = |reason: String| BackendError::CaCert { path: path.display().to_string(), reason };
-            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_err("no PEM certificate in the file".into()));
+        let build_err = |e: reqwest::Error| BackendError::CaCert { path: String::new(), reason: e.to_string() };
+        let unverified = match opts.insecure_hosts.is_empty() {
+            true => None,
+            false => {
+                let hosts = &opts.insecure_hosts;
+                tracing::warn!(?hosts, "TLS certificates of these origins are NOT verified (--insecure-origin)");
+                let c = builder(opts)?.danger_accept_invalid_certs(true).build().map_err(build_err)?;
+                Some((c, hosts.clone()))
             }
-            for c in certs {
-                builder = builder.add_root_certificate(c);
+        };
+        let client = builder(opts)?.build().map_err(build_err)?;
+        Ok(Self { client, unverified })
+    }
+
+    /// The client for `url`: the unverifying one for an `--insecure-origin` host.
+    fn client_for(&self, url: &url::Url) -> &reqwest::Client {
+        let host = url.host_str().unwrap_or_default();
+        let authority = url.port().map(|p| format!("{host}:{p}"));
+        match &self.unverified {
+            Some((c, hosts)) if hosts.iter().any(|h| h == host || Some(h) == authority.as_ref()) => {
+                tracing::warn!(%host, "reading an origin whose TLS certificate is not verified (--insecure-origin)");
+                c
             }
+            _ => &self.client,
         }
-        let client =
-            builder.build().map_err(|e| BackendError::CaCert { path: String::new(), reason: e.to_string() })?;
-        Ok(Self { client })
     }
 
     /// The client itself (its TLS roots and `User-Agent`), for callers that forward requests
@@ -67,7 +83,7 @@ impl HttpBackend {
     }
 
     async fn send(&self, req: &OriginRequest, range: Option<String>) -> Result<reqwest::Response, BackendError> {
-        let mut rb = self.client.get(req.url().clone()).header(ACCEPT_ENCODING, "identity");
+        let mut rb = self.client_for(req.url()).get(req.url().clone()).header(ACCEPT_ENCODING, "identity");
         for (k, v) in req.headers() {
             rb = rb.header(k, v);
         }
@@ -96,6 +112,27 @@ impl HttpBackend {
         let resp = self.send(req, Some("bytes=0-0".into())).await?;
         crate::response::probe_head(resp.status().as_u16(), resp.headers(), &url)
     }
+}
+
+/// A client builder with the options' timeouts, `User-Agent` and extra CA certificates.
+fn builder(opts: &HttpOptions) -> Result<reqwest::ClientBuilder, BackendError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(opts.connect_timeout)
+        .read_timeout(opts.read_timeout)
+        .tcp_nodelay(true)
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")));
+    for path in &opts.ca_certs {
+        let ca_err = |reason: String| BackendError::CaCert { path: path.display().to_string(), reason };
+        let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ca_err("no PEM certificate in the file".into()));
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    Ok(builder)
 }
 
 fn connect_error(req: &OriginRequest, e: reqwest::Error) -> BackendError {

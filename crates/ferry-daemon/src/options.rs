@@ -49,6 +49,8 @@ pub struct DaemonOptions {
     pub corrupt_uploads: bool,
     /// Extra CA certificates (PEM) trusted for HTTPS origins, besides the system's.
     pub ca_certs: Vec<PathBuf>,
+    /// HTTPS origin hosts (`host` or `host:port`) whose certificate is not verified.
+    pub insecure_origins: Vec<String>,
     /// Make every request prove its access to the origin before it gets bytes, even for
     /// tasks first read without credentials.
     pub always_authorize: bool,
@@ -83,6 +85,7 @@ impl DaemonOptions {
             #[cfg(feature = "fault-injection")]
             corrupt_uploads: false,
             ca_certs: vec![],
+            insecure_origins: vec![],
             always_authorize: false,
             mirror: None,
         }

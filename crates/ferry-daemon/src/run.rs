@@ -57,7 +57,11 @@ pub async fn run(
     workers.spawn("cache-collector", cancel.clone(), gc.clone().run(cancel.clone()));
     let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
     let host_info = host_info(&opts, advertise, bound, server_stats.clone());
-    let backend = Backends::new(&HttpOptions { ca_certs: opts.ca_certs.clone(), ..Default::default() })?;
+    let backend = Backends::new(&HttpOptions {
+        ca_certs: opts.ca_certs.clone(),
+        insecure_hosts: opts.insecure_origins.clone(),
+        ..Default::default()
+    })?;
     let env = Arc::new(TaskEnv {
         opts: opts.clone(),
         store,

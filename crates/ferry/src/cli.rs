@@ -229,6 +229,11 @@ pub struct DaemonArgs {
     /// (`SSL_CERT_FILE` is honoured too); repeatable.
     #[arg(long = "ca-cert", env = "FERRY_CA_CERT", value_delimiter = ',')]
     pub ca_certs: Vec<PathBuf>,
+    /// An HTTPS origin host (`host` or `host:port`) whose certificate is NOT verified: the
+    /// explicit opt-out, logged as a warning at start and on every read. Repeatable.
+    /// (Object stores: their own `AWS_ALLOW_INVALID_CERTIFICATES` and the like.)
+    #[arg(long = "insecure-origin", value_delimiter = ',')]
+    pub insecure_origins: Vec<String>,
     /// Make every request prove its access to the origin (one small request) before it is
     /// handed bytes, also for tasks first read without credentials.
     #[arg(long, env = "FERRY_ALWAYS_AUTHORIZE")]

@@ -287,5 +287,14 @@ async fn a_private_ca_is_refused_plainly_and_trusted_with_ca_cert() {
     s.wait_hosts(2).await;
     common::download(&trusting, &tls.url, &out).await.unwrap();
     assert!(s.verify("g.bin", &out));
+    // The explicit opt-out for one host: read without verification, and said so in the log.
+    let blind = s.cluster.start_daemon("blind", false, &["--insecure-origin", "127.0.0.1"]).await.unwrap();
+    s.wait_hosts(3).await;
+    let other = format!("{}?blind", tls.url);
+    let out2 = s.out("blind");
+    common::download(&blind, &other, &out2).await.unwrap();
+    assert!(s.verify("g.bin", &out2));
+    let log = std::fs::read_to_string(s.cluster.dir().join("blind.log")).unwrap();
+    assert!(log.contains("NOT verified") && log.contains("not verified"), "{log}");
     drop(tls.child);
 }

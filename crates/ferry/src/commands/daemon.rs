@@ -53,6 +53,7 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
         interval: a.gc_interval.max(Duration::from_millis(100)),
     };
     o.ca_certs = a.ca_certs;
+    o.insecure_origins = a.insecure_origins;
     o.always_authorize = a.always_authorize;
     o.mirror = mirror_options(&a.mirror_listen, &a.mirror_upstream, a.mirror_insecure.clone()).map_err(usage)?;
     if let Some(m) = o.mirror.as_mut() {
