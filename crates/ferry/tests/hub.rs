@@ -174,6 +174,12 @@ async fn bad_repository_input_gets_one_line_and_its_exit_code() {
         assert_eq!(o.status.code(), Some(code as i32), "{url} {extra:?}: {err}");
         assert!(err.contains(says) && err.trim().lines().count() == 1, "{url} {extra:?}: {err}");
     }
+    // A hostile hub listing a file outside the output directory: refused whole.
+    hub.commit("models/org/evil", "main", vec![HubFile::new("../../escape.json", "{}", false)]);
+    let o = get(p, &hub, "hf://org/evil", &out.path().join("a/b"), &["-r"]).await;
+    assert_eq!(o.status.code(), Some(ferry::exit::ORIGIN as i32), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unsafe path"));
+    assert!(!out.path().join("escape.json").exists() && !out.path().join("a/escape.json").exists());
     // A wrong token: the hub's refusal, named.
     let o = common::ferry_get(
         &p.socket,

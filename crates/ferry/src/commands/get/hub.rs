@@ -56,15 +56,12 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         let outcomes = many::fetch_all(&a.socket, vec![job(f, output, f.path.clone())], 1).await?;
         return many::report(&outcomes, a.json, summary(&repo, &snapshot.commit, &a));
     }
-    let jobs: Vec<Job> = snapshot
-        .files
-        .iter()
-        .filter(|f| many::selected(&a, &f.path))
-        .map(|f| {
-            let rel = relative(&f.path, &repo.path);
-            job(f, output.join(&rel), rel)
-        })
-        .collect();
+    let mut jobs = vec![];
+    for f in snapshot.files.iter().filter(|f| many::selected(&a, &f.path)) {
+        let rel = relative(&f.path, &repo.path);
+        let safe = many::safe_path(&rel).ok_or_else(|| unsafe_path(&repo, &f.path))?;
+        jobs.push(job(f, output.join(safe), rel));
+    }
     let nothing = format!(
         "no file of {} at `{}` ({}) matches the path and --include/--exclude given",
         repo.id(),
@@ -72,6 +69,14 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         snapshot.commit
     );
     many::fetch_dir(&a, &output, jobs, nothing, summary(&repo, &snapshot.commit, &a)).await
+}
+
+/// A listing that names a file outside the output directory is refused whole.
+fn unsafe_path(repo: &HubRepo, path: &str) -> Exit {
+    Exit::new(
+        exit::ORIGIN,
+        format!("the hub lists a file of {} at an unsafe path `{path}`; nothing fetched", repo.id()),
+    )
 }
 
 /// `file`'s path below the directory the user named (its name alone when they named it).

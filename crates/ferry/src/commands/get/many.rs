@@ -3,7 +3,7 @@
 //! verified left alone, one report line per file (or JSON), and a failure exit when any
 //! file failed.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use ferry_proto::daemon::daemon_client::DaemonClient;
 use ferry_proto::daemon::DownloadRequest;
@@ -35,6 +35,14 @@ pub enum Fetched {
         bytes: u64,
     },
     Fetched(ferry_proto::daemon::DownloadProgress),
+}
+
+/// `name` as a relative path with no `..`, root or prefix: where a file an origin lists
+/// may be written below the output directory.
+pub fn safe_path(name: &str) -> Option<PathBuf> {
+    let p = Path::new(name);
+    let ok = !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    ok.then(|| p.to_owned())
 }
 
 /// Whether `path` passes `--include` (one of them, when any is given) and `--exclude` (none).
@@ -179,6 +187,15 @@ fn file_json(o: &Outcome) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::glob;
+
+    #[test]
+    fn listed_paths_stay_inside() {
+        assert!(super::safe_path("model/weights.safetensors").is_some());
+        assert!(super::safe_path("./config.json").is_some());
+        for bad in ["", "/etc/passwd", "../x", "a/../../x"] {
+            assert!(super::safe_path(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn globs() {

@@ -29,7 +29,11 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         }
         let mut object = url.clone();
         object.set_path(&o.key);
-        let out = output.join(&rel);
+        let Some(safe) = many::safe_path(&rel) else {
+            let msg = format!("the store lists an object at an unsafe path `{}`; nothing fetched", o.key);
+            return Err(Exit::new(exit::ORIGIN, msg));
+        };
+        let out = output.join(safe);
         let request = DownloadRequest {
             url: object.to_string(),
             output: out.display().to_string(),

@@ -6,7 +6,7 @@
 //! lands at the path its annotation names (`org.cncf.model.filepath`, else
 //! `org.opencontainers.image.title`); `.tar` (and `.tar+gzip`) layers are unpacked there.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use ferry_backend::registry_auth::{RegistryAuth, RegistryCredentials};
 use ferry_daemon::mirror::oci::{valid_digest, Reference};
@@ -169,7 +169,7 @@ fn layers(manifest: &serde_json::Value) -> Result<Vec<Layer>, String> {
         let ann = &l["annotations"];
         let name = ann["org.cncf.model.filepath"].as_str().or(ann["org.opencontainers.image.title"].as_str());
         let name = name.ok_or_else(|| format!("layer {digest} names no file (org.cncf.model.filepath)"))?;
-        let path = safe_path(name).ok_or_else(|| format!("layer {digest} names an unsafe path `{name}`"))?;
+        let path = many::safe_path(name).ok_or_else(|| format!("layer {digest} names an unsafe path `{name}`"))?;
         let unpack = if media_type.ends_with(".tar") {
             Unpack::Tar
         } else if media_type.ends_with(".tar+gzip") || media_type.ends_with(".tar.gzip") {
@@ -182,13 +182,6 @@ fn layers(manifest: &serde_json::Value) -> Result<Vec<Layer>, String> {
         out.push(Layer { digest, size: l["size"].as_u64().unwrap_or(0), path, unpack });
     }
     Ok(out)
-}
-
-/// `name` as a relative path with no `..`, root or prefix.
-fn safe_path(name: &str) -> Option<PathBuf> {
-    let p = Path::new(name);
-    let ok = !name.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-    ok.then(|| p.to_owned())
 }
 
 /// Unpacks a tar (or gzipped tar) into `dir`; entries that would land outside it are refused.
@@ -212,15 +205,6 @@ fn unpack(archive: &Path, dir: &Path, kind: Unpack) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layer_paths_stay_inside() {
-        assert!(safe_path("model/weights.safetensors").is_some());
-        assert!(safe_path("./config.json").is_some());
-        for bad in ["", "/etc/passwd", "../x", "a/../../x"] {
-            assert!(safe_path(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn layers_by_media_type_and_annotation() {
