@@ -194,7 +194,9 @@ impl Hub {
             s => return Err(HubError::BadResponse { endpoint, reason: format!("status {s} for {api}") }),
         }
         let bad = |reason: String| HubError::BadResponse { endpoint: endpoint.clone(), reason };
-        let info: RevisionInfo = resp.json().await.map_err(|e| bad(format!("revision info: {e}")))?;
+        // A listing of 100,000 files is about 20 MB.
+        let info: RevisionInfo =
+            crate::json_limited(resp, 256 << 20).await.map_err(|e| bad(format!("revision info: {e}")))?;
         let commit = info.sha.filter(|s| s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit()));
         let commit = commit.ok_or_else(|| bad("no 40-hex commit id (`sha`) for the revision".into()))?;
         let mut files = vec![];

@@ -60,6 +60,25 @@ impl BackendError {
     }
 }
 
+/// Reads a JSON answer of at most `limit` bytes: a listing, a manifest or a token from a
+/// remote service never takes unbounded memory, however large the service says it is.
+pub async fn json_limited<T: serde::de::DeserializeOwned>(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<T, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("the answer is larger than {limit} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the answer is larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("not the JSON expected: {e}"))
+}
+
 /// An open object body and the object's validators (its whole length among them).
 ///
 /// The body is any stream of chunks, so every backend (and a test's scripted origin) hands

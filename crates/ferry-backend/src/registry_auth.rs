@@ -198,7 +198,8 @@ impl RegistryAuth {
         if !resp.status().is_success() {
             return Err(format!("token service {host} refused the configured credentials ({})", resp.status()));
         }
-        let v: serde_json::Value = resp.json().await.map_err(|e| format!("token service {host}: {e}"))?;
+        let v: serde_json::Value =
+            crate::json_limited(resp, 1 << 20).await.map_err(|e| format!("token service {host}: {e}"))?;
         let token = v["token"].as_str().or(v["access_token"].as_str()).ok_or("token service sent no token")?;
         let ttl = Duration::from_secs(v["expires_in"].as_u64().unwrap_or(60));
         Ok((format!("Bearer {token}"), ttl))

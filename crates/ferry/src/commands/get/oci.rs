@@ -156,7 +156,10 @@ async fn get_manifest(
         404 => return Err(origin(format!("{}:{reference} does not exist on {}", image.repository, image.registry))),
         s => return Err(origin(format!("registry answered {s} for {url}"))),
     }
-    resp.json().await.map_err(|e| origin(format!("the manifest of {}:{reference} is not JSON: {e}", image.repository)))
+    // The distribution spec lets registries refuse manifests over 4 MiB.
+    ferry_backend::json_limited(resp, 4 << 20)
+        .await
+        .map_err(|e| origin(format!("the manifest of {}:{reference}: {e}", image.repository)))
 }
 
 /// The layers to write, with their checked paths.
