@@ -22,7 +22,7 @@ pub enum Command {
     Scheduler(SchedulerArgs),
     /// Run a daemon (one per host): downloads, stores and serves pieces.
     Daemon(Box<DaemonArgs>),
-    /// Download a URL through the local daemon.
+    /// Download a URL, an object, a hub repository or an OCI artifact through the local daemon.
     Get(Box<GetArgs>),
     /// Start a whole cluster on loopback, download one file on every peer, report, clean up.
     Demo(DemoArgs),
@@ -281,14 +281,16 @@ pub struct DaemonArgs {
 
 #[derive(Args, Debug)]
 pub struct GetArgs {
-    /// The http:// or https:// URL to download, a hub repository
-    /// `hf://[models/|datasets/|spaces/]owner/repo[/path]` (one file; a directory with -r),
+    /// What to download: an http(s):// URL; an object `s3://bucket/key`, `gs://...`,
+    /// `azblob://container/key` (a prefix with -r); a hub repository
+    /// `hf://[models/|datasets/|spaces/]owner/repo[/path]` (one file; a directory with -r);
     /// or an OCI artifact `oci://registry/repository[:tag|@digest]` (a directory).
     pub url: String,
     /// Where to write the file (with -r: the directory to write the files into).
     #[arg(short = 'O', long)]
     pub output: PathBuf,
-    /// Fetch every file of a repository (or of a directory in it), each as its own task.
+    /// Fetch every file of a repository (or of a directory in it) or every object under a
+    /// prefix, each as its own task.
     #[arg(short = 'r', long)]
     pub recursive: bool,
     /// The hub revision (branch, tag or commit); resolved once to its commit id.
@@ -325,7 +327,7 @@ pub struct GetArgs {
     /// Extra request header for the origin, "Name: value".
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,
-    /// Expected whole-file digest, sha256:<hex> or sha512:<hex>.
+    /// Expected whole-file digest, sha256:<hex>, sha512:<hex> or gitsha1:<hex> (git's blob id).
     #[arg(long)]
     pub digest: Option<String>,
     /// Part of the task's identity: requests with other tags never share the task.
