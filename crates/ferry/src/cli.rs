@@ -10,7 +10,11 @@ use ferry_types::ByteSize;
 pub const DEFAULT_SOCKET: &str = "/run/ferry/daemon.sock";
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "Peer-to-peer distribution of files, images and model weights")]
+#[command(
+    name = "ferry",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_GIT_COMMIT"), ")"),
+    about = "Peer-to-peer distribution of files, images and model weights"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -178,3 +178,12 @@ async fn a_daemon_says_at_start_when_no_scheduler_answers() {
     assert!(log.contains("127.0.0.1:1"), "{log}");
     cluster.shutdown().await;
 }
+
+/// `ferry --version` names the commit it was built from (the suite runs in a git checkout).
+#[test]
+fn the_version_names_the_commit() {
+    let o = std::process::Command::new(common::bin()).arg("--version").output().unwrap();
+    let v = String::from_utf8_lossy(&o.stdout);
+    let commit = v.trim().strip_suffix(')').and_then(|s| s.rsplit_once('(')).map(|(_, c)| c.to_owned());
+    assert!(commit.is_some_and(|c| c.len() == 12 && c.chars().all(|c| c.is_ascii_hexdigit())), "{v}");
+}
