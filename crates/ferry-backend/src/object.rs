@@ -135,31 +135,30 @@ impl ObjectStores {
         let config =
             |e: object_store::Error| BackendError::BadUrl(format!("{} store for `{}`: {e}", o.scheme.name(), o.bucket));
         use object_store::ClientConfigKey::AllowHttp;
-        let store: Arc<dyn ObjectStore> = match o.scheme {
-            Scheme::S3 => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&o.bucket);
-                let key = object_store::aws::AmazonS3ConfigKey::Client(AllowHttp);
-                if let Some(c) = self.client_options(b.get_config_value(&key)) {
+        // Each builder from the environment, given our client options (keeping the
+        // environment's `allow_http`), built. Three builder types, one recipe.
+        macro_rules! build {
+            ($builder:expr, $key:expr) => {{
+                let mut b = $builder;
+                if let Some(c) = self.client_options(b.get_config_value(&$key)) {
                     b = b.with_client_options(c);
                 }
-                Arc::new(b.build().map_err(config)?)
-            }
-            Scheme::Gcs => {
-                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(&o.bucket);
-                let key = object_store::gcp::GoogleConfigKey::Client(AllowHttp);
-                if let Some(c) = self.client_options(b.get_config_value(&key)) {
-                    b = b.with_client_options(c);
-                }
-                Arc::new(b.build().map_err(config)?)
-            }
-            Scheme::Azure => {
-                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&o.bucket);
-                let key = object_store::azure::AzureConfigKey::Client(AllowHttp);
-                if let Some(c) = self.client_options(b.get_config_value(&key)) {
-                    b = b.with_client_options(c);
-                }
-                Arc::new(b.build().map_err(config)?)
-            }
+                Arc::new(b.build().map_err(config)?) as Arc<dyn ObjectStore>
+            }};
+        }
+        let store = match o.scheme {
+            Scheme::S3 => build!(
+                object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&o.bucket),
+                object_store::aws::AmazonS3ConfigKey::Client(AllowHttp)
+            ),
+            Scheme::Gcs => build!(
+                object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(&o.bucket),
+                object_store::gcp::GoogleConfigKey::Client(AllowHttp)
+            ),
+            Scheme::Azure => build!(
+                object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&o.bucket),
+                object_store::azure::AzureConfigKey::Client(AllowHttp)
+            ),
         };
         stores.insert((o.scheme, o.bucket.clone()), store.clone());
         Ok(store)
