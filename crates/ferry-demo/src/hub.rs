@@ -82,9 +82,14 @@ impl HubServer {
     /// Starts the hub and its CDN on loopback; with `token`, every hub request must carry
     /// `Authorization: Bearer <token>`.
     pub async fn start(token: Option<&str>) -> std::io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), token).await
+    }
+
+    /// The hub on `addr`, its CDN on the same IP (any port).
+    pub async fn start_on(addr: SocketAddr, token: Option<&str>) -> std::io::Result<Self> {
         let hub = Arc::new(Hub { token: token.map(str::to_owned), ..Default::default() });
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let cdn = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let l = tokio::net::TcpListener::bind(addr).await?;
+        let cdn = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await?;
         let (addr, cdn_addr) = (l.local_addr()?, cdn.local_addr()?);
         *hub.cdn.lock().unwrap() = format!("http://{cdn_addr}");
         let app = axum::Router::new().fallback(serve_hub).with_state(hub.clone());
@@ -124,6 +129,11 @@ impl HubServer {
     /// Body bytes served of the file with this content (hub and CDN together).
     pub fn served(&self, file: &HubFile) -> u64 {
         self.hub.served.lock().unwrap().get(&file.sha256()).copied().unwrap_or(0)
+    }
+
+    /// Body bytes served of every file (hub and CDN together).
+    pub fn served_total(&self) -> u64 {
+        self.hub.served.lock().unwrap().values().sum()
     }
 
     /// From now on the CDN serves this file with one byte changed.

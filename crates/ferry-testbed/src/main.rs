@@ -2,6 +2,7 @@
 //! emulated network of namespaces with rate caps. See `cargo run -p ferry-testbed -- run --help`.
 
 mod image;
+mod model;
 mod net;
 mod proc;
 mod report;
@@ -35,6 +36,14 @@ enum Cmd {
     /// (internal) The HTTP origin, run inside the origin's namespace.
     #[command(hide = true)]
     Origin {
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// (internal) The model hub, run inside the origin's namespace.
+    #[command(hide = true)]
+    Hub {
         #[arg(long)]
         size: u64,
         #[arg(long)]
@@ -74,9 +83,11 @@ struct RunArgs {
     /// cost some CPU on a machine that may already be the limit.
     #[arg(long, default_value_t = 100)]
     timeline_ms: u64,
-    /// `file` (one file over HTTP, `ferry get` / curl) or `image` (an eight-layer OCI image
+    /// `file` (one file over HTTP, `ferry get` / curl), `image` (an eight-layer OCI image
     /// of about --size in `docker-registry` on the origin's host, pulled with skopeo through
-    /// each host's Ferry mirror / straight from the registry; systems ferry and direct).
+    /// each host's Ferry mirror / straight from the registry) or `model` (a hub repository
+    /// of eight weight files, about --size in all: `ferry get -r hf://` / curl per file).
+    /// image and model run systems ferry and direct.
     #[arg(long, default_value = "file")]
     workload: String,
     /// Print the summary as JSON on stdout.
@@ -93,6 +104,7 @@ fn main() -> std::process::ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => rt.block_on(run(a)),
         Cmd::Origin { size, listen } => rt.block_on(origin(size, listen)),
+        Cmd::Hub { size, listen } => rt.block_on(model::serve(size, listen)),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -111,15 +123,20 @@ async fn origin(size: u64, listen: std::net::SocketAddr) -> Result<()> {
         Default::default(),
     )
     .await?;
-    println!("{}", serde_json::json!({ "ready": "origin", "addr": o.addr.to_string() }));
-    std::io::stdout().flush()?;
+    announce(&serde_json::json!({ "ready": "origin", "addr": o.addr.to_string() }))?;
     stopped().await;
-    println!("{}", serde_json::json!({ "bytes_served": o.bytes_served() }));
+    announce(&serde_json::json!({ "bytes_served": o.bytes_served() }))
+}
+
+/// One JSON line on stdout, flushed (how helper processes talk to the run).
+fn announce(v: &serde_json::Value) -> Result<()> {
+    println!("{v}");
+    std::io::stdout().flush()?;
     Ok(())
 }
 
 /// Returns on SIGINT or SIGTERM (how the testbed stops its own helper processes).
-async fn stopped() {
+pub(crate) async fn stopped() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
         return std::future::pending().await;
@@ -142,11 +159,11 @@ fn check(a: &RunArgs) -> Result<()> {
     if a.arrival != "together" && a.arrival != "staggered" {
         bail!("--arrival must be `together` or `staggered`");
     }
-    if a.workload != "file" && a.workload != "image" {
-        bail!("--workload must be `file` or `image`");
+    if !["file", "image", "model"].contains(&a.workload.as_str()) {
+        bail!("--workload must be `file`, `image` or `model`");
     }
-    if a.workload == "image" && a.systems.iter().any(|s| s == "bittorrent") {
-        bail!("the image workload runs systems ferry and direct; drop bittorrent from --systems");
+    if a.workload != "file" && a.systems.iter().any(|s| s == "bittorrent") {
+        bail!("the {} workload runs systems ferry and direct; drop bittorrent from --systems", a.workload);
     }
     Ok(())
 }
@@ -185,8 +202,9 @@ async fn run(a: RunArgs) -> Result<()> {
         "image" => Some(image::prepare(&work, a.size.0).await.context("pushing the image")?),
         _ => None,
     };
-    // What one host fetches: the file, or every blob of the image.
-    let size = image.as_ref().map_or(a.size.0, |i| i.bytes);
+    let model = (a.workload == "model").then(|| model::ModelWorkload::new(a.size.0));
+    // What one host fetches: the file, every blob of the image, or every file of the model.
+    let size = image.as_ref().map(|i| i.bytes).or(model.as_ref().map(|m| m.bytes)).unwrap_or(a.size.0);
     let data = work.join("data.bin");
     let bytes = ferry_demo::data::generate(42, size as usize);
     std::fs::write(&data, &bytes)?;
@@ -230,6 +248,7 @@ async fn run(a: RunArgs) -> Result<()> {
         arrival_spread_s: together_s,
         bound_s,
         image,
+        model,
     };
     let calibration = calibrate(&r).await?;
     let mut results = vec![];

@@ -36,6 +36,8 @@ pub struct Run {
     pub arrival_spread_s: f64,
     /// The image workload (a registry and skopeo) instead of one file over HTTP.
     pub image: Option<crate::image::ImageWorkload>,
+    /// The model workload (a hub repository) instead of one file over HTTP.
+    pub model: Option<crate::model::ModelWorkload>,
 }
 
 /// What hosts fetch from: the HTTP file origin or the registry.
@@ -102,28 +104,35 @@ impl Run {
                 let ns = &self.net.node("origin").ns;
                 Origin::Registry(crate::image::RegistryProc::start(ns, image, self.log("registry"))?)
             }
-            None => Origin::Http(OriginProc::start(self)?),
+            None => match &self.model {
+                Some(m) => Origin::Http(OriginProc::start_as(self, "hub", m.nominal, crate::model::HUB_PORT)?),
+                None => Origin::Http(OriginProc::start(self)?),
+            },
         })
     }
 
     /// Whether a host's output is what it should be (the file, or the image's layout).
     pub fn verify_output(&self, out: &std::path::Path) -> bool {
-        match &self.image {
-            Some(image) => crate::image::verify(image, out),
-            None => self.verify(out),
+        match (&self.image, &self.model) {
+            (Some(image), _) => crate::image::verify(image, out),
+            (_, Some(model)) => crate::model::verify(model, out),
+            _ => self.verify(out),
         }
     }
 
     pub fn origin_counted_by(&self) -> &'static str {
         if self.image.is_some() {
             "registry (access log body bytes)"
+        } else if self.model.is_some() {
+            "hub and its CDN (HTTP body bytes)"
         } else {
             "origin (HTTP body bytes)"
         }
     }
 
     pub fn remove_output(&self, out: &std::path::Path) {
-        let _ = if self.image.is_some() { std::fs::remove_dir_all(out) } else { std::fs::remove_file(out) };
+        let dir = self.image.is_some() || self.model.is_some();
+        let _ = if dir { std::fs::remove_dir_all(out) } else { std::fs::remove_file(out) };
     }
 
     pub fn verify(&self, path: &std::path::Path) -> bool {
@@ -199,14 +208,19 @@ pub struct OriginProc(Proc, Option<std::process::ChildStdout>);
 
 impl OriginProc {
     pub fn start(r: &Run) -> Result<Self> {
+        Self::start_as(r, "origin", r.size, 8080)
+    }
+
+    /// `ferry-testbed <what> --size S --listen ORIGIN:port` (the file origin, or the hub).
+    pub fn start_as(r: &Run, what: &str, size: u64, port: u16) -> Result<Self> {
         let ns = &r.net.node("origin").ns;
         let args = vec![
             r.self_bin.display().to_string(),
-            "origin".into(),
+            what.into(),
             "--size".into(),
-            r.size.to_string(),
+            size.to_string(),
             "--listen".into(),
-            format!("{ORIGIN_IP}:8080"),
+            format!("{ORIGIN_IP}:{port}"),
         ];
         let mut p = spawn_in(ns, &args, Stdio::piped(), &r.log("origin"))?;
         let mut out = BufReader::new(p.child.stdout.take().context("stdout piped")?);

@@ -21,9 +21,10 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     for (i, h) in r.hosts.iter().enumerate() {
         let ns = r.net.node(h).ns.clone();
         let out = dir.join(h);
-        let args = match &r.image {
-            Some(_) => image::pull_args(&format!("{ORIGIN_IP}:{}", image::REGISTRY_PORT), &out),
-            None => vec!["curl".into(), "-sS".into(), "-o".into(), out.display().to_string(), r.url()],
+        let args = match (&r.image, &r.model) {
+            (Some(_), _) => image::pull_args(&format!("{ORIGIN_IP}:{}", image::REGISTRY_PORT), &out),
+            (_, Some(m)) => crate::model::direct_args(m, &out),
+            _ => vec!["curl".into(), "-sS".into(), "-o".into(), out.display().to_string(), r.url()],
         };
         let delay = r.arrival(i);
         let log = r.log(&format!("direct-{h}"));

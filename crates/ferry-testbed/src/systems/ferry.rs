@@ -123,6 +123,21 @@ async fn sample(
     out
 }
 
+/// What a host runs to fetch the workload through its daemon.
+fn get_args(r: &Run, d: &Daemon, out: &std::path::Path) -> Vec<String> {
+    let out_s = out.display().to_string();
+    match (&r.image, &r.model) {
+        (Some(_), _) => crate::image::pull_args("127.0.0.1:4001", out),
+        (_, Some(_)) => {
+            let repo = format!("hf://{}", crate::model::REPO);
+            let endpoint = crate::model::endpoint();
+            let get = ["get", "-r", &repo, "--hf-endpoint", &endpoint, "-O", &out_s, "--socket", &d.socket];
+            ferry(r, &[&get[..], &["--json", "--quiet"]].concat())
+        }
+        _ => ferry(r, &["get", &r.url(), "-O", &out_s, "--socket", &d.socket, "--json", "--quiet"]),
+    }
+}
+
 pub async fn run(r: &Run) -> Result<SystemResult> {
     let origin = r.start_origin()?;
     let sched_ns = r.net.node("sched").ns.clone();
@@ -153,13 +168,7 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
     for (i, h) in r.hosts.iter().enumerate() {
         let d = daemons.iter().find(|d| &d.node == h).expect("daemon per host");
         let out = r.work.join("ferry").join(format!("{h}.out"));
-        let args = match &r.image {
-            Some(_) => crate::image::pull_args("127.0.0.1:4001", &out),
-            None => ferry(
-                r,
-                &["get", &r.url(), "-O", &out.display().to_string(), "--socket", &d.socket, "--json", "--quiet"],
-            ),
-        };
+        let args = get_args(r, d, &out);
         let (ns, delay, log, host) =
             (r.net.node(h).ns.clone(), r.arrival(i), r.log(&format!("ferry-get-{h}")), h.clone());
         jobs.push(async move {
@@ -216,8 +225,8 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
         let up = st.bytes_uploaded;
         if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
             h.bytes_uploaded = up;
-            if r.image.is_some() {
-                // skopeo says nothing of sources: the daemon's own counters do.
+            if r.image.is_some() || r.model.is_some() {
+                // skopeo and `get -r` report no total of sources: the daemon's counters do.
                 (h.bytes_from_origin, h.bytes_from_peers) = (st.bytes_from_origin, st.bytes_from_peers);
             }
         } else {
