@@ -17,6 +17,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use ferry_types::{FileDigest, OriginRequest, PieceDigest, TaskId, TaskIdInput};
 
+use super::oci::MANIFEST_TYPES;
 use super::{empty, error, passthrough, ErrorType, Mirror};
 use crate::ctx::Ctx;
 use crate::registry::TaskHandle;
@@ -27,11 +28,6 @@ pub enum Kind {
     Blob,
     Manifest,
 }
-
-/// Every manifest and index type a client may ask for by digest.
-pub(super) const MANIFEST_TYPES: &str =
-    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
-     application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// A manifest served by digest is read whole to find its media type; none is this large.
 const MAX_MANIFEST: u64 = 4 << 20;

@@ -173,6 +173,28 @@ pub fn upstream(
     Ok(url)
 }
 
+/// Every manifest and index type a client may ask for (the `Accept` of a manifest request).
+pub const MANIFEST_TYPES: &str =
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+     application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// For an index, the digest of the manifest for `platform` (`os/arch[/variant]`), or of an
+/// entry that names no platform (an artifact's); `None` for a plain manifest.
+pub fn platform_manifest(top: &serde_json::Value, platform: &str) -> Result<Option<FileDigest>, String> {
+    let Some(entries) = top.get("manifests").and_then(|m| m.as_array()) else { return Ok(None) };
+    let mut want = platform.split('/');
+    let (os, arch, variant) = (want.next().unwrap_or("linux"), want.next().unwrap_or("amd64"), want.next());
+    let entry = entries
+        .iter()
+        .find(|e| {
+            let p = &e["platform"];
+            p["os"] == os && p["architecture"] == arch && variant.is_none_or(|v| p["variant"] == v)
+        })
+        .or_else(|| entries.iter().find(|e| e.get("platform").is_none()))
+        .ok_or_else(|| format!("the image has no manifest for {platform}"))?;
+    valid_digest(entry["digest"].as_str().unwrap_or_default()).map(Some).map_err(|e| e.message())
+}
+
 /// The spec's error body: `{"errors":[{"code":..,"message":..,"detail":..}]}`.
 pub fn error_body(code: &str, message: &str) -> String {
     serde_json::json!({ "errors": [{ "code": code, "message": message, "detail": null }] }).to_string()

@@ -12,8 +12,8 @@ use ferry_backend::BackendError;
 use ferry_types::{FileDigest, OriginRequest, TaskId, TaskIdInput};
 use futures::StreamExt;
 
-use super::content::{complete, read_range, MANIFEST_TYPES};
-use super::oci::{valid_digest, valid_name, valid_tag, Reference};
+use super::content::{complete, read_range};
+use super::oci::{valid_digest, valid_name, valid_tag, Reference, MANIFEST_TYPES};
 use crate::ctx::Ctx;
 use crate::DaemonError;
 
@@ -118,16 +118,7 @@ async fn top_manifest(ctx: &Arc<Ctx>, image: &ImageRef, headers: &[(String, Stri
 fn platform_manifest(top: &[u8], platform: &str) -> Result<Option<FileDigest>, DaemonError> {
     let doc: serde_json::Value =
         serde_json::from_slice(top).map_err(|e| DaemonError::BadRequest(format!("the manifest is not JSON: {e}")))?;
-    let Some(entries) = doc.get("manifests").and_then(|m| m.as_array()) else { return Ok(None) };
-    let mut want = platform.split('/');
-    let (os, arch, variant) = (want.next().unwrap_or("linux"), want.next().unwrap_or("amd64"), want.next());
-    let entry = entries.iter().find(|e| {
-        let p = &e["platform"];
-        p["os"] == os && p["architecture"] == arch && variant.is_none_or(|v| p["variant"] == v)
-    });
-    let entry = entry.ok_or_else(|| DaemonError::BadRequest(format!("the image has no manifest for {platform}")))?;
-    let digest = entry["digest"].as_str().unwrap_or_default();
-    valid_digest(digest).map(Some).map_err(|e| DaemonError::BadRequest(e.message()))
+    super::oci::platform_manifest(&doc, platform).map_err(DaemonError::BadRequest)
 }
 
 /// A manifest by digest, through P2P, read back from the cache.

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use ferry_backend::registry_auth::{RegistryAuth, RegistryCredentials};
-use ferry_daemon::mirror::oci::{valid_digest, Reference};
+use ferry_daemon::mirror::oci::{platform_manifest, valid_digest, Reference, MANIFEST_TYPES};
 use ferry_daemon::mirror::preheat::{parse_reference, ImageRef};
 use ferry_proto::daemon::{DownloadRequest, Header};
 use ferry_types::FileDigest;
@@ -17,9 +17,6 @@ use ferry_types::FileDigest;
 use super::many::{self, Fetched, Job};
 use crate::cli::GetArgs;
 use crate::{exit, Exit};
-
-const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
-     application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// How a layer lands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,17 +115,10 @@ async fn manifest(
         Reference::Digest(d) => d.to_string(),
     };
     let top = get_manifest(client, image, &reference, auth).await?;
-    let Some(entries) = top["manifests"].as_array() else { return Ok(top) };
-    let mut want = platform.split('/');
-    let (os, arch) = (want.next().unwrap_or("linux"), want.next().unwrap_or("amd64"));
-    let entry = entries
-        .iter()
-        .find(|e| e["platform"]["os"] == os && e["platform"]["architecture"] == arch)
-        .or_else(|| entries.iter().find(|e| e.get("platform").is_none()))
-        .ok_or_else(|| Exit::new(exit::USAGE, format!("the artifact has no manifest for {platform}")))?;
-    let digest = entry["digest"].as_str().unwrap_or_default();
-    let digest = valid_digest(digest).map_err(|e| Exit::new(exit::ORIGIN, e.message()))?;
-    get_manifest(client, image, &digest.to_string(), auth).await
+    match platform_manifest(&top, platform).map_err(|e| Exit::new(exit::USAGE, e))? {
+        Some(digest) => get_manifest(client, image, &digest.to_string(), auth).await,
+        None => Ok(top),
+    }
 }
 
 async fn get_manifest(
