@@ -22,30 +22,34 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-/// A file of a commit.
+/// A file of a commit, with its digests computed once (requests look files up by them).
 #[derive(Clone)]
 pub struct HubFile {
     pub path: String,
     pub bytes: Bytes,
     /// Stored in LFS: redirected to the CDN, listed with its sha256.
     pub lfs: bool,
+    sha256: String,
+    git_oid: String,
 }
 
 impl HubFile {
     pub fn new(path: &str, bytes: impl Into<Bytes>, lfs: bool) -> Self {
-        Self { path: path.into(), bytes: bytes.into(), lfs }
-    }
-
-    pub fn sha256(&self) -> String {
-        hex(&Sha256::digest(&self.bytes))
-    }
-
-    /// Git's blob id: SHA-1 over `blob <len>\0` and the bytes.
-    pub fn git_oid(&self) -> String {
+        let bytes = bytes.into();
+        let sha256 = hex(&Sha256::digest(&bytes));
+        // Git's blob id: SHA-1 over `blob <len>\0` and the bytes.
         let mut h = sha1::Sha1::new();
-        h.update(format!("blob {}\0", self.bytes.len()).as_bytes());
-        h.update(&self.bytes);
-        hex(&h.finalize())
+        h.update(format!("blob {}\0", bytes.len()).as_bytes());
+        h.update(&bytes);
+        Self { path: path.into(), bytes, lfs, sha256, git_oid: hex(&h.finalize()) }
+    }
+
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub fn git_oid(&self) -> &str {
+        &self.git_oid
     }
 }
 
@@ -128,7 +132,7 @@ impl HubServer {
 
     /// Body bytes served of the file with this content (hub and CDN together).
     pub fn served(&self, file: &HubFile) -> u64 {
-        self.hub.served.lock().unwrap().get(&file.sha256()).copied().unwrap_or(0)
+        self.hub.served.lock().unwrap().get(file.sha256()).copied().unwrap_or(0)
     }
 
     /// Body bytes served of every file (hub and CDN together).
@@ -138,7 +142,7 @@ impl HubServer {
 
     /// From now on the CDN serves this file with one byte changed.
     pub fn corrupt(&self, file: &HubFile) {
-        self.hub.corrupt.lock().unwrap().insert(file.sha256());
+        self.hub.corrupt.lock().unwrap().insert(file.sha256().to_owned());
     }
 
     pub fn cdn_saw_authorization(&self) -> bool {
@@ -265,7 +269,7 @@ fn body(hub: &Hub, file: &HubFile, method: &Method, headers: &HeaderMap, corrupt
     let mut r = if *method == Method::HEAD {
         Response::new(Body::empty())
     } else {
-        *hub.served.lock().unwrap().entry(file.sha256()).or_default() += n as u64;
+        *hub.served.lock().unwrap().entry(file.sha256().to_owned()).or_default() += n as u64;
         Response::new(Body::from(bytes))
     };
     let h = r.headers_mut();
