@@ -94,23 +94,12 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 
 /// Whether `out` already holds the file: its size, and its digest (a file without a
 /// digest is asked of the daemon again, which serves it from its cache).
-fn present(job: &Job) -> Option<u64> {
-    let digest = job.digest.as_ref()?;
-    let len = std::fs::metadata(&job.output).ok()?.len();
-    if job.size.is_some_and(|s| s != len) {
+fn present(output: &Path, size: Option<u64>, digest: Option<&FileDigest>) -> Option<u64> {
+    let len = std::fs::metadata(output).ok()?.len();
+    if size.is_some_and(|s| s != len) {
         return None;
     }
-    let mut h = digest.hasher(len);
-    let mut f = std::fs::File::open(&job.output).ok()?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut f, &mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    (h.finish() == *digest).then_some(len)
+    ferry_daemon::output::verify_digest(output, digest?).ok().map(|()| len)
 }
 
 /// Fetches every job, `parallel` at once; outcomes in the jobs' order.
@@ -127,9 +116,9 @@ pub async fn fetch_all(socket: &Path, jobs: Vec<Job>, parallel: usize) -> Result
 }
 
 async fn fetch(client: &mut DaemonClient<Channel>, socket: &Path, job: &Job) -> Result<Fetched, Exit> {
-    let j = (job.output.clone(), job.digest.clone(), job.size);
-    let check = Job { path: String::new(), output: j.0, request: DownloadRequest::default(), size: j.2, digest: j.1 };
-    if let Some(bytes) = tokio::task::spawn_blocking(move || present(&check)).await.ok().flatten() {
+    let (output, size, digest) = (job.output.clone(), job.size, job.digest.clone());
+    let check = move || present(&output, size, digest.as_ref());
+    if let Some(bytes) = tokio::task::spawn_blocking(check).await.ok().flatten() {
         return Ok(Fetched::Present { bytes });
     }
     if let Some(dir) = job.output.parent() {

@@ -14,7 +14,7 @@ use ferry_daemon::mirror::preheat::{parse_reference, ImageRef};
 use ferry_proto::daemon::{DownloadRequest, Header};
 use ferry_types::FileDigest;
 
-use super::many::{self, Fetched, Job};
+use super::many::{self, Job};
 use crate::cli::GetArgs;
 use crate::{exit, Exit};
 
@@ -64,10 +64,11 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
             continue;
         }
         let archive = staging(&output, l);
-        if let Err(e) = unpack(&archive, &output, l.unpack) {
-            o.result = Err(Exit::new(exit::INTEGRITY, format!("unpack {}: {e}", l.path.display())));
-        } else if let Ok(Fetched::Fetched(_) | Fetched::Present { .. }) = &o.result {
-            let _ = std::fs::remove_file(&archive);
+        match unpack(&archive, &output, l.unpack) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&archive);
+            }
+            Err(e) => o.result = Err(Exit::new(exit::INTEGRITY, format!("unpack {}: {e}", l.path.display()))),
         }
     }
     let summary = serde_json::json!({ "artifact": reference, "layers": layers.len() });
