@@ -30,10 +30,7 @@ pub enum Scheme {
     Azure,
 }
 
-/// Whether the URL's scheme is an object store's.
-pub fn is_object_scheme(scheme: &str) -> bool {
-    matches!(scheme, "s3" | "gs" | "azblob" | "abs")
-}
+pub use ferry_types::is_object_store_scheme as is_object_scheme;
 
 /// S3's rules, which the others' are close to: 3–63 characters of lowercase letters,
 /// digits, `-` and `.`, starting and ending with a letter or digit.
@@ -59,27 +56,9 @@ impl ObjectUrl {
             )));
         }
         let key = url.path().trim_start_matches('/');
-        let key = percent_decode(key);
+        let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy().into_owned();
         Ok(Self { scheme, bucket, key })
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Stores by scheme and bucket.

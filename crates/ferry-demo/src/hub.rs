@@ -162,7 +162,11 @@ async fn serve_hub(State(hub): State<Arc<Hub>>, req: Request) -> Response {
         }
     }
     let path = req.uri().path().to_owned();
-    let segs: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
+    let segs: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
     if segs.first().map(String::as_str) == Some("api") {
         return revision_info(&hub, &segs[1..]);
     }
@@ -289,11 +293,4 @@ fn parse_range(h: &str, len: usize) -> Option<(usize, usize)> {
     let start: usize = a.parse().ok()?;
     let end = if b.is_empty() { len } else { (b.parse::<usize>().ok()? + 1).min(len) };
     (start < end).then_some((start, end))
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }

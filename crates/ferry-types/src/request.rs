@@ -97,6 +97,11 @@ pub struct OriginRequest {
     filtered: Vec<String>,
 }
 
+/// Object stores' URL schemes (`s3://bucket/key`, `gs://`, `azblob://` or `abs://`).
+pub fn is_object_store_scheme(scheme: &str) -> bool {
+    matches!(scheme, "s3" | "gs" | "azblob" | "abs")
+}
+
 impl OriginRequest {
     /// Checks the URL's scheme and every header: a content-changing or reserved header, or a
     /// malformed one, is refused with a line that says what to do instead.
@@ -147,7 +152,7 @@ impl OriginRequest {
     /// or names an object store (`s3://`, `gs://`, `azblob://`), which each daemon reads with
     /// its own credentials, so each must prove its access before it is handed bytes.
     pub fn credentialed(&self) -> bool {
-        matches!(self.url.scheme(), "s3" | "gs" | "azblob" | "abs")
+        is_object_store_scheme(self.url.scheme())
             || self.headers.iter().any(|(n, _)| is_secret_header(n))
             || !self.url.username().is_empty()
             || self.url.password().is_some()
