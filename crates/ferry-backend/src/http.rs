@@ -66,9 +66,9 @@ impl HttpBackend {
     /// The client for `url`: the unverifying one for an `--insecure-origin` host.
     fn client_for(&self, url: &url::Url) -> &reqwest::Client {
         let host = url.host_str().unwrap_or_default();
-        let authority = url.port().map(|p| format!("{host}:{p}"));
+        let authority = ferry_types::host_port(url).unwrap_or_default();
         match &self.unverified {
-            Some((c, hosts)) if hosts.iter().any(|h| h == host || Some(h) == authority.as_ref()) => {
+            Some((c, hosts)) if hosts.iter().any(|h| h == host || *h == authority) => {
                 tracing::warn!(%host, "reading an origin whose TLS certificate is not verified (--insecure-origin)");
                 c
             }

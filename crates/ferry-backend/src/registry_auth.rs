@@ -132,11 +132,7 @@ impl RegistryAuth {
     /// `/v2/`) at the registry `base` (`scheme://host[:port]`), if credentials are known for
     /// it and the registry asks for them.
     pub async fn authorization(&self, base: &url::Url, scope: Option<&str>) -> Result<Option<String>, String> {
-        let host = match (base.host_str(), base.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => return Ok(None),
-        };
+        let Some(host) = ferry_types::host_port(base) else { return Ok(None) };
         let pair = self.creds.get(&host);
         if pair.is_none() && !self.anonymous {
             return Ok(None);

@@ -13,7 +13,9 @@ mod size;
 pub use digest::{DigestAlgo, FileDigest, FileHasher, PieceDigest};
 pub use id::{HostId, TaskId, TaskIdInput};
 pub use layout::{PieceIndex, PieceLayout, MAX_PIECES, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
-pub use request::{is_object_store_scheme, is_secret_header, redact_url, OriginRequest, RequestKey, Validators};
+pub use request::{
+    host_port, is_object_store_scheme, is_secret_header, redact_url, OriginRequest, RequestKey, Validators,
+};
 pub use size::ByteSize;
 
 /// Why a value given by a user or a peer was refused.

@@ -97,6 +97,16 @@ pub struct OriginRequest {
     filtered: Vec<String>,
 }
 
+/// `host[:port]` of a URL, as operators name hosts (registries, proxy hosts, origins): the
+/// port only when the URL gives one. `None` for a URL without a host.
+pub fn host_port(url: &url::Url) -> Option<String> {
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    })
+}
+
 /// Object stores' URL schemes (`s3://bucket/key`, `gs://`, `azblob://` or `abs://`).
 pub fn is_object_store_scheme(scheme: &str) -> bool {
     matches!(scheme, "s3" | "gs" | "azblob" | "abs")

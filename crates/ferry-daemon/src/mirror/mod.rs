@@ -247,11 +247,7 @@ impl Mirror {
 
     /// Whether the registry is configured as public.
     fn public(&self, upstream: &url::Url) -> bool {
-        let host = match (upstream.host_str(), upstream.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => return false,
-        };
+        let Some(host) = ferry_types::host_port(upstream) else { return false };
         self.opts
             .public
             .iter()
