@@ -27,10 +27,7 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| usage(format!("--hf-endpoint `{}` is not an http(s) URL", a.hf_endpoint)))?;
     let output = super::absolute(&a.output).map_err(|e| usage(format!("output {}: {e}", a.output.display())))?;
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let client = super::http_client()?;
     let hub = Hub::new(client, endpoint, a.hf_token.clone());
     let snapshot = hub.snapshot(&repo, &a.revision).await.map_err(hub_exit)?;
     let auth = hub.authorization();

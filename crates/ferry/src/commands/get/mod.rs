@@ -105,6 +105,13 @@ fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
     })
 }
 
+/// The CLI's own HTTP client (hub and registry APIs): the daemon's origin client, with its
+/// timeouts, TLS roots and `User-Agent`.
+fn http_client() -> Result<reqwest::Client, Exit> {
+    let backend = ferry_backend::HttpBackend::new(&Default::default());
+    Ok(backend.map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?.client().clone())
+}
+
 fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
     if p.is_absolute() {
         Ok(p.to_owned())

@@ -44,10 +44,7 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         Some(p) => RegistryCredentials::load(p).map_err(usage)?,
         None => RegistryCredentials::default(),
     };
-    let client = reqwest::Client::builder()
-        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?;
+    let client = super::http_client()?;
     let auth = RegistryAuth::new(client.clone(), creds, true);
     let scope = format!("repository:{}:pull", image.repository);
     let header = auth.authorization(&image.registry, Some(&scope)).await.map_err(|e| Exit::new(exit::ORIGIN, e))?;
