@@ -168,14 +168,9 @@ fn check(a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run(a: RunArgs) -> Result<()> {
-    check(&a)?;
-    net::can_create_namespaces().map_err(|e| anyhow::anyhow!("cannot build the emulated network: {e}"))?;
-    let self_bin = std::env::current_exe()?;
-    let ferry_bin = a.ferry_bin.clone().unwrap_or_else(|| self_bin.with_file_name("ferry"));
-    if !ferry_bin.exists() {
-        bail!("no ferry binary at {}; build it (cargo build --release) or pass --ferry-bin", ferry_bin.display());
-    }
+/// The network's nodes: the origin, the scheduler, the seed's own host (with
+/// `--seed-link`) and the H hosts, each with its caps.
+fn nodes(a: &RunArgs, hosts: &[String]) -> Vec<Node> {
     let ns = Network::ns_name;
     let mut nodes = vec![
         Node { name: "origin".into(), ns: ns("origin"), ip: ORIGIN_IP, cap: Some(a.origin_link) },
@@ -184,10 +179,43 @@ async fn run(a: RunArgs) -> Result<()> {
     if a.seed_link {
         nodes.push(Node { name: "seed".into(), ns: ns("seed"), ip: SEED_IP, cap: Some(a.link) });
     }
-    let hosts: Vec<String> = (0..a.hosts).map(|i| format!("h{i}")).collect();
     for (i, h) in hosts.iter().enumerate() {
         nodes.push(Node { name: h.clone(), ns: ns(h), ip: host_ip(i), cap: Some(a.link) });
     }
+    nodes
+}
+
+/// The Kumar–Ross bound for `size` bytes to every host arriving together, the bound this
+/// run is judged against (later for staggered arrivals), and what the bound assumes.
+fn bounds(a: &RunArgs, size: u64) -> (f64, f64, String) {
+    let up = a.link.0 as f64;
+    let receivers = a.hosts + usize::from(a.seed_link);
+    let ups = vec![up; receivers];
+    let together_s = report::bound(size, a.origin_link.0 as f64, receivers, &ups, up);
+    let mut note = if a.seed_link {
+        "the seed's host counted as one more receiver with the same caps".to_owned()
+    } else {
+        "the seed runs on host 0, one of the H hosts".to_owned()
+    };
+    if a.arrival != "staggered" {
+        return (together_s, together_s, note);
+    }
+    // Arrivals spread over the simultaneous bound T; the last host, arriving at T, still
+    // needs S / d_min. Starting later never makes the simultaneous bound smaller.
+    note.push_str(&format!("; staggered: hosts arrive over {together_s:.2} s, the last then needs S/d_min"));
+    (together_s, report::staggered_bound(together_s, together_s, size, up), note)
+}
+
+async fn run(a: RunArgs) -> Result<()> {
+    check(&a)?;
+    net::can_create_namespaces().map_err(|e| anyhow::anyhow!("cannot build the emulated network: {e}"))?;
+    let self_bin = std::env::current_exe()?;
+    let ferry_bin = a.ferry_bin.clone().unwrap_or_else(|| self_bin.with_file_name("ferry"));
+    if !ferry_bin.exists() {
+        bail!("no ferry binary at {}; build it (cargo build --release) or pass --ferry-bin", ferry_bin.display());
+    }
+    let hosts: Vec<String> = (0..a.hosts).map(|i| format!("h{i}")).collect();
+    let nodes = nodes(&a, &hosts);
     let work = PathBuf::from(format!("/dev/shm/ftb{}", std::process::id()));
     let _cleanup = RemoveDir(work.clone());
     std::fs::create_dir_all(&work)?;
@@ -211,23 +239,8 @@ async fn run(a: RunArgs) -> Result<()> {
     let expected = blake3::hash(&bytes);
     drop(bytes);
 
-    let up = a.link.0 as f64;
-    let receivers = a.hosts + usize::from(a.seed_link);
-    let ups = vec![up; receivers];
-    let together_s = report::bound(size, a.origin_link.0 as f64, receivers, &ups, up);
     let staggered = a.arrival == "staggered";
-    let mut bound_s = together_s;
-    let mut bound_note = if a.seed_link {
-        "the seed's host counted as one more receiver with the same caps".to_owned()
-    } else {
-        "the seed runs on host 0, one of the H hosts".to_owned()
-    };
-    if staggered {
-        // Arrivals spread over the simultaneous bound T; the last host, arriving at T, still
-        // needs S / d_min. Starting later never makes the simultaneous bound smaller.
-        bound_s = report::staggered_bound(together_s, together_s, size, up);
-        bound_note.push_str(&format!("; staggered: hosts arrive over {together_s:.2} s, the last then needs S/d_min"));
-    }
+    let (together_s, bound_s, bound_note) = bounds(&a, size);
     let r = Run {
         net,
         hosts,
@@ -251,27 +264,7 @@ async fn run(a: RunArgs) -> Result<()> {
         model,
     };
     let calibration = calibrate(&r).await?;
-    let mut results = vec![];
-    for s in &a.systems {
-        if stop.is_finished() {
-            bail!("interrupted");
-        }
-        let t = Instant::now();
-        let res = match s.as_str() {
-            "ferry" => systems::ferry::run(&r).await,
-            "direct" => systems::direct::run(&r).await,
-            "bittorrent" => systems::bittorrent::run(&r).await,
-            other => bail!("unknown system `{other}` (ferry, direct, bittorrent)"),
-        }
-        .with_context(|| format!("system {s}"))?;
-        eprintln!(
-            "{s}: makespan {:.2} s, efficiency {:.2} ({:.0} s wall)",
-            res.makespan_s,
-            res.efficiency,
-            t.elapsed().as_secs_f64()
-        );
-        results.push(res);
-    }
+    let results = run_systems(&a.systems, &r, &stop).await?;
     let report = Report {
         hosts: a.hosts,
         size_bytes: size,
@@ -288,12 +281,47 @@ async fn run(a: RunArgs) -> Result<()> {
         bound_note,
         systems: results,
     };
+    write_results(&a, &report)
+}
+
+/// Runs each system in turn over the same network; stops at Ctrl-C.
+async fn run_systems(
+    systems: &[String],
+    r: &Run,
+    stop: &tokio::task::JoinHandle<()>,
+) -> Result<Vec<scenario::SystemResult>> {
+    let mut results = vec![];
+    for s in systems {
+        if stop.is_finished() {
+            bail!("interrupted");
+        }
+        let t = Instant::now();
+        let res = match s.as_str() {
+            "ferry" => systems::ferry::run(r).await,
+            "direct" => systems::direct::run(r).await,
+            "bittorrent" => systems::bittorrent::run(r).await,
+            other => bail!("unknown system `{other}` (ferry, direct, bittorrent)"),
+        }
+        .with_context(|| format!("system {s}"))?;
+        eprintln!(
+            "{s}: makespan {:.2} s, efficiency {:.2} ({:.0} s wall)",
+            res.makespan_s,
+            res.efficiency,
+            t.elapsed().as_secs_f64()
+        );
+        results.push(res);
+    }
+    Ok(results)
+}
+
+/// results.json, results.md and cdf.png in `--out`; the summary on stdout.
+fn write_results(a: &RunArgs, report: &Report) -> Result<()> {
     std::fs::create_dir_all(&a.out)?;
-    let json = serde_json::to_string_pretty(&report)?;
+    let json = serde_json::to_string_pretty(report)?;
     std::fs::write(a.out.join("results.json"), &json)?;
-    let md = report::markdown(&report);
+    let md = report::markdown(report);
     std::fs::write(a.out.join("results.md"), &md)?;
-    report::plot(&report, &a.out.join("cdf.png"))?;
+    report::plot(report, &a.out.join("cdf.png"))?;
     if a.json {
         println!("{json}");
     } else {

@@ -138,8 +138,9 @@ fn get_args(r: &Run, d: &Daemon, out: &std::path::Path) -> Vec<String> {
     }
 }
 
-pub async fn run(r: &Run) -> Result<SystemResult> {
-    let origin = r.start_origin()?;
+/// The scheduler on its own host, a daemon per host (the seed on host 0, or on its own
+/// host with `--seed-link`), all joined.
+async fn start_cluster(r: &Run) -> Result<(Proc, Vec<Daemon>)> {
     let sched_ns = r.net.node("sched").ns.clone();
     let mut sched = spawn_in(
         &sched_ns,
@@ -156,6 +157,50 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
         daemons.push(start_daemon(r, h, i == 0 && !r.seed_link)?);
     }
     wait_hosts(daemons.len()).await?;
+    Ok((sched, daemons))
+}
+
+/// Reads each daemon's counters into its host's result (the seed's own host gets one of
+/// its own), stops the daemons and adds their CPU time.
+async fn stop_daemons(
+    r: &Run,
+    daemons: Vec<Daemon>,
+    hosts: &mut Vec<HostResult>,
+    timelines: &mut std::collections::HashMap<String, Timeline>,
+) {
+    for d in &daemons {
+        let st = stats(&d.socket).await;
+        let up = st.bytes_uploaded;
+        if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
+            h.bytes_uploaded = up;
+            if r.image.is_some() || r.model.is_some() {
+                // skopeo and `get -r` report no total of sources: the daemon's counters do.
+                (h.bytes_from_origin, h.bytes_from_peers) = (st.bytes_from_origin, st.bytes_from_peers);
+            }
+        } else {
+            let seed = HostResult {
+                host: d.node.clone(),
+                completed: true,
+                verified: true,
+                bytes_uploaded: up,
+                timeline: timelines.remove(&d.node).unwrap_or_default(),
+                ..Default::default()
+            };
+            hosts.push(seed);
+        }
+        d.proc.signal(libc::SIGTERM);
+    }
+    for d in daemons {
+        let e = wait(d.proc.pid()).await;
+        if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
+            h.cpu_seconds += e.cpu_seconds;
+        }
+    }
+}
+
+pub async fn run(r: &Run) -> Result<SystemResult> {
+    let origin = r.start_origin()?;
+    let (sched, daemons) = start_cluster(r).await?;
 
     let kill_count = ((r.hosts.len() as f64) * r.kill_fraction).floor() as usize;
     // Never the seed's host: killing the only origin reader tests nothing about the swarm.
@@ -220,34 +265,7 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
         });
         r.remove_output(&out);
     }
-    for d in &daemons {
-        let st = stats(&d.socket).await;
-        let up = st.bytes_uploaded;
-        if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
-            h.bytes_uploaded = up;
-            if r.image.is_some() || r.model.is_some() {
-                // skopeo and `get -r` report no total of sources: the daemon's counters do.
-                (h.bytes_from_origin, h.bytes_from_peers) = (st.bytes_from_origin, st.bytes_from_peers);
-            }
-        } else {
-            let seed = HostResult {
-                host: d.node.clone(),
-                completed: true,
-                verified: true,
-                bytes_uploaded: up,
-                timeline: timelines.remove(&d.node).unwrap_or_default(),
-                ..Default::default()
-            };
-            hosts.push(seed);
-        }
-        d.proc.signal(libc::SIGTERM);
-    }
-    for d in daemons {
-        let e = wait(d.proc.pid()).await;
-        if let Some(h) = hosts.iter_mut().find(|h| h.host == d.node) {
-            h.cpu_seconds += e.cpu_seconds;
-        }
-    }
+    stop_daemons(r, daemons, &mut hosts, &mut timelines).await;
     sched.signal(libc::SIGTERM);
     wait(sched.pid()).await;
     let served = origin.stop();
