@@ -22,6 +22,9 @@ pub enum BackendError {
     UnsupportedScheme(String),
     #[error("{0}")]
     BadUrl(String),
+    /// A file imported into the cluster (`ferry:<digest>`) that no host holds any more.
+    #[error("{0} is held by no host in the cluster (it was never imported, was removed, or every holder is gone); put it there with `ferry cache import`")]
+    NotInCluster(String),
     #[error("origin answered {status} for {url}")]
     Status { status: u16, url: String },
     #[error("connect to origin for {url}: {reason}")]
@@ -55,6 +58,7 @@ impl BackendError {
     pub fn http_status(&self) -> Option<u16> {
         match self {
             Self::Status { status, .. } => Some(*status),
+            Self::NotInCluster(_) => Some(404),
             _ => None,
         }
     }
@@ -125,6 +129,7 @@ impl Backends {
         match url.scheme() {
             "http" | "https" => Ok(Backend::Http(&self.http)),
             s if object::is_object_scheme(s) => Ok(Backend::Object(&self.objects)),
+            ferry_types::CACHE_SCHEME => Err(BackendError::NotInCluster(url.path().to_owned())),
             other => Err(BackendError::UnsupportedScheme(other.to_owned())),
         }
     }

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use ferry_proto::daemon::daemon_server::Daemon;
 use ferry_proto::daemon::{
-    DownloadProgress, DownloadRequest, PreheatImageRequest, PreheatImageResponse, PreheatedBlob, StatsRequest,
-    StatsResponse, TaskStats,
+    CacheImportRequest, CacheImportResponse, CacheRemoveRequest, CacheRemoveResponse, CacheStatRequest,
+    CacheStatResponse, DownloadProgress, DownloadRequest, PreheatImageRequest, PreheatImageResponse, PreheatedBlob,
+    StatsRequest, StatsResponse, TaskStats,
 };
 use ferry_storage::PieceStore;
 use ferry_types::{FileDigest, OriginRequest, PieceDigest, TaskId, TaskIdInput, Validators};
@@ -42,7 +43,12 @@ fn bad(msg: String) -> Status {
 /// Validates a request into what the task needs, and its id.
 fn parse(req: &DownloadRequest) -> Result<(TaskId, OriginRequest, PathBuf), Status> {
     let url = url::Url::parse(&req.url).map_err(|e| bad(format!("malformed URL `{}`: {e}", req.url)))?;
-    if !matches!(url.scheme(), "http" | "https") && !ferry_backend::object::is_object_scheme(url.scheme()) {
+    if url.scheme() == ferry_types::CACHE_SCHEME {
+        let named = ferry_types::cache_digest(&url).ok_or_else(|| bad(format!("`{}` names no digest", req.url)))?;
+        if req.digest != named.to_string() {
+            return Err(bad(format!("`{}` must be asked for with its digest {named}", req.url)));
+        }
+    } else if !matches!(url.scheme(), "http" | "https") && !ferry_backend::object::is_object_scheme(url.scheme()) {
         return Err(bad(ferry_backend::BackendError::UnsupportedScheme(url.scheme().to_owned()).to_string()));
     }
     if ferry_backend::object::is_object_scheme(url.scheme()) {
@@ -350,5 +356,25 @@ impl Daemon for Api {
             .map_err(|e| e.to_status())?;
         let blobs = blobs.into_iter().map(|(d, size)| PreheatedBlob { digest: d.to_string(), size }).collect();
         Ok(Response::new(PreheatImageResponse { blobs }))
+    }
+
+    async fn cache_import(&self, req: Request<CacheImportRequest>) -> Result<Response<CacheImportResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("cache_import", path = %req.path, replicas = req.replicas);
+        let r = crate::cache::import(&self.ctx, req).instrument(span).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(r))
+    }
+
+    async fn cache_stat(&self, req: Request<CacheStatRequest>) -> Result<Response<CacheStatResponse>, Status> {
+        let digest = crate::cache::parse_digest(&req.into_inner().digest).map_err(|e| e.to_status())?;
+        let r = crate::cache::stat(&self.ctx, &digest).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(r))
+    }
+
+    async fn cache_remove(&self, req: Request<CacheRemoveRequest>) -> Result<Response<CacheRemoveResponse>, Status> {
+        let digest = crate::cache::parse_digest(&req.into_inner().digest).map_err(|e| e.to_status())?;
+        let span = tracing::info_span!("cache_remove", %digest);
+        let hosts = crate::cache::remove(&self.ctx, &digest).instrument(span).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(CacheRemoveResponse { hosts }))
     }
 }

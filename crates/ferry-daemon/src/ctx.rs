@@ -20,6 +20,8 @@ pub struct Ctx {
     /// The background loops, with their status (`Stats.workers`).
     pub workers: Arc<crate::workers::Workers>,
     pub backend: Backends,
+    /// The schedulers, for the calls that are not a task's session (`ferry cache`).
+    pub schedulers: Arc<crate::schedulers::Schedulers>,
     /// Requests that proved their access to the origin lately, with what the origin said.
     authorized: std::sync::Mutex<std::collections::HashMap<RequestKey, (std::time::Instant, Validators)>>,
 }
@@ -45,8 +47,9 @@ impl Ctx {
         server_stats: Arc<ServerStats>,
         workers: Arc<crate::workers::Workers>,
         backend: Backends,
+        schedulers: Arc<crate::schedulers::Schedulers>,
     ) -> Self {
-        Self { env, server_stats, workers, backend, authorized: Default::default() }
+        Self { env, server_stats, workers, backend, schedulers, authorized: Default::default() }
     }
 
     /// The task's shared download, started if it is not running.

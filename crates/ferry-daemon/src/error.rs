@@ -60,7 +60,7 @@ impl DaemonError {
         match self {
             Self::Origin(e) => match e {
                 BackendError::Status { status: 401 | 403, .. } => FailureCode::Unauthorized,
-                BackendError::Status { .. } => FailureCode::OriginStatus,
+                BackendError::Status { .. } | BackendError::NotInCluster(_) => FailureCode::OriginStatus,
                 BackendError::Connect { .. } | BackendError::Read { .. } | BackendError::Tls { .. } => {
                     FailureCode::OriginUnreachable
                 }

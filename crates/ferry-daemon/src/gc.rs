@@ -6,7 +6,8 @@
 //! is never taken: one still downloading, one a local request waits on or is landing, one a
 //! child is pulling from. What storage forgets, the registry forgets too, and the scheduler
 //! stops offering this host as its parent (a live task's session ends; a parked task is
-//! named in the next keepalive's `dropped`). Content files of idle finished tasks are closed
+//! named in the next keepalive's `dropped`). A pinned task (`ferry cache import --ttl`, and
+//! its replicas) stays until its pin ends, then is an ordinary cached task. Content files of idle finished tasks are closed
 //! ([`CacheGc::close_idle_files`]). Failed
 //! tasks are removed where they fail (`task::fail_locally`), not here.
 
@@ -100,7 +101,8 @@ impl CacheGc {
         };
         let live: HashMap<TaskId, Arc<TaskHandle>> = self.registry.all().into_iter().map(|h| (h.id, h)).collect();
         let in_use = |t: &StoredTask| live.get(&t.task).is_some_and(|h| busy(h));
-        let mut candidates: Vec<&StoredTask> = stored.iter().filter(|t| !in_use(t)).collect();
+        let pinned = |t: &StoredTask| t.pinned_until > now;
+        let mut candidates: Vec<&StoredTask> = stored.iter().filter(|t| !in_use(t) && !pinned(t)).collect();
         candidates.sort_by_key(|t| t.last_used);
         let mut done = Collected::default();
         let ttl = self.policy.ttl.as_secs();
@@ -147,6 +149,24 @@ impl CacheGc {
             }
             Err(e) => tracing::warn!(task = ?t.task, error = %e, "could not remove a task from the cache"),
         }
+    }
+
+    /// Removes one task now (`ferry cache rm`, a scheduler's drop order), in use or not:
+    /// a child pulling from it sees its requests refused and moves on. Whether it was held.
+    pub fn remove(&self, task: TaskId) -> bool {
+        let live: HashMap<TaskId, Arc<TaskHandle>> =
+            self.registry.all().into_iter().filter(|h| h.id == task).map(|h| (h.id, h)).collect();
+        let record = self.store.task_record(task).unwrap_or_else(|e| {
+            tracing::warn!(task = ?task, error = %e, "cannot read the task's record");
+            None
+        });
+        if live.is_empty() && record.is_none() {
+            return false;
+        }
+        let bytes = record.map_or(0, |r| r.content_length);
+        let t = StoredTask { task, content_length: bytes, last_used: 0, disk_bytes: bytes, pinned_until: 0 };
+        self.evict(&t, &live, &mut Collected::default(), "removed on request");
+        true
     }
 
     /// Runs a pass every `policy.interval` until cancelled.
@@ -233,6 +253,17 @@ mod tests {
         let c = gc(&store, GcPolicy { ttl: Duration::from_secs(150), ..Default::default() }).collect(0, 360);
         assert_eq!(c.tasks, 2);
         assert_eq!(left(&store), vec![task(3)]);
+    }
+
+    #[test]
+    fn a_pinned_task_stays_until_its_pin_ends() {
+        let (_d, store) = store();
+        store.pin(task(1), &ferry_storage::Pin { until: 1_000, digest: "sha256:00".into() }).unwrap();
+        let g = gc(&store, GcPolicy { ttl: Duration::from_secs(150), quota: Some(1 << 20), ..Default::default() });
+        g.collect(0, 500);
+        assert_eq!(left(&store), vec![task(1)], "expired and over the quota, but pinned");
+        g.collect(0, 1_000);
+        assert!(left(&store).is_empty(), "the pin ended: an ordinary, long expired task");
     }
 
     #[test]

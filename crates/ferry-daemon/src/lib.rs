@@ -10,9 +10,10 @@
 //! - [`ctx`]: the running daemon as the local API sees it; [`api`]: the local API
 //!   ([`local`]: its client, for CLIs and tools); [`output`]: landing the file at the caller's path.
 //! - [`mirror`]: the OCI registry mirror (blobs and manifests by digest through P2P).
+//! - [`cache`]: files imported into the cluster from this host, their replicas and removal.
 //! - [`run`]: the wiring of all of the above.
 //!
-//! Dependencies run one way: `run` -> `api` -> `mirror` -> `ctx` -> `task` -> (`gc`, `registry`,
+//! Dependencies run one way: `run` -> `api` -> (`mirror`, `cache`) -> `ctx` -> `task` -> (`gc`, `registry`,
 //! `output`, `counters`, `options`); `schedulers` implements `task::env::SchedulerLink`.
 
 // `tonic::Status` is the error type at this crate's gRPC edge; boxing it would only add noise.
@@ -20,6 +21,7 @@
 
 pub mod advertise;
 pub mod api;
+pub mod cache;
 pub mod counters;
 pub mod ctx;
 pub mod error;

@@ -74,7 +74,7 @@ pub async fn run(
         parents: Arc::new(TcpParents),
         origin: Arc::new(Origins(backend.clone())),
     });
-    let ctx = Arc::new(Ctx::new(env, server_stats.clone(), workers.clone(), backend));
+    let ctx = Arc::new(Ctx::new(env, server_stats.clone(), workers.clone(), backend, schedulers.clone()));
 
     let server = serve(
         listener,
@@ -92,6 +92,7 @@ pub async fn run(
     schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), &workers, cancel.clone());
     warn_if_silent(&schedulers).await;
     spawn_order_workers(&ctx, &schedulers, orders_rx, &cancel);
+    crate::cache::announce_pinned(&ctx);
     let (mirror, proxy_ca) = start_mirror(&ctx, &opts, &cancel).await?;
     tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, mirror = ?mirror, proxy = proxy_ca.is_some(), "daemon ready");
     if let Some(r) = ready {
@@ -224,7 +225,7 @@ fn reannounce_parked(ctx: &Arc<Ctx>, schedulers: &Schedulers) {
     }
 }
 
-/// A scheduler's order to this (seed) host.
+/// A scheduler's order to this host (fetch, cancel and replicate go to seeds).
 fn on_order(ctx: &Arc<Ctx>, order: host_command::Command) {
     match order {
         host_command::Command::Fetch(f) => fetch_order(ctx, f),
@@ -233,6 +234,16 @@ fn on_order(ctx: &Arc<Ctx>, order: host_command::Command) {
             if let Some(h) = ctx.env.registry.all().into_iter().find(|h| h.id == id) {
                 h.cancel.cancel();
             }
+        }
+        host_command::Command::Replicate(r) => crate::cache::replicate_order(ctx, r),
+        host_command::Command::Drop(d) => {
+            let Some(id) = TaskId::from_slice(&d.task_id) else { return };
+            let gc = ctx.env.gc.clone();
+            tokio::task::spawn_blocking(move || {
+                if gc.remove(id) {
+                    tracing::info!(task = ?id, "dropped on the scheduler's order");
+                }
+            });
         }
     }
 }

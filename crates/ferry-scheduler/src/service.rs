@@ -8,8 +8,9 @@ use std::time::Instant;
 use ferry_policy::{PeerState, RankOptions};
 use ferry_proto::scheduler::scheduler_server::Scheduler;
 use ferry_proto::scheduler::{
-    host_command, peer_command, peer_message, CancelFetch, FailReason, Failure, FailureCode, HostCommand, HostMessage,
-    PeerCommand, PeerMessage, PieceDigests, Register, StatsRequest, StatsResponse, TaskFailed,
+    host_command, peer_command, peer_message, CancelFetch, DropTaskRequest, DropTaskResponse, FailReason, Failure,
+    FailureCode, HostCommand, HostMessage, PeerCommand, PeerMessage, PieceDigests, Register, ReplicateRequest,
+    ReplicateResponse, StatsRequest, StatsResponse, TaskFailed, TaskHoldersRequest, TaskHoldersResponse,
 };
 use ferry_types::{HostId, TaskId};
 use futures::Stream;
@@ -116,6 +117,7 @@ impl SchedulerService {
                 waiting: false,
                 session,
                 parked: false,
+                pinned_until: v.pinned_until,
             },
         );
         if !v.from_origin && !complete {
@@ -434,6 +436,23 @@ impl Scheduler for SchedulerService {
             .instrument(span),
         );
         Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(|b| *b))))
+    }
+
+    async fn replicate(&self, req: Request<ReplicateRequest>) -> Result<Response<ReplicateResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("replicate", host = %req.host_id, replicas = req.replicas);
+        let holders = crate::holders::replicate(&self.state, &req).instrument(span).await?;
+        Ok(Response::new(ReplicateResponse { holders }))
+    }
+
+    async fn task_holders(&self, req: Request<TaskHoldersRequest>) -> Result<Response<TaskHoldersResponse>, Status> {
+        let task = crate::holders::task_id(&req.into_inner().task_id)?;
+        Ok(Response::new(crate::holders::holders(&self.state, &task)))
+    }
+
+    async fn drop_task(&self, req: Request<DropTaskRequest>) -> Result<Response<DropTaskResponse>, Status> {
+        let task = crate::holders::task_id(&req.into_inner().task_id)?;
+        Ok(Response::new(crate::holders::drop_task(&self.state, &task)))
     }
 
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {

@@ -64,6 +64,8 @@ pub struct PeerEntry {
     /// Finished, and its stream closed by `Park`: a parent until its host says it dropped
     /// the task or its host session ends.
     pub parked: bool,
+    /// Unix seconds (the host's clock) until which the host keeps the task; 0: not pinned.
+    pub pinned_until: u64,
 }
 
 /// A seed asked to read the origin for a task, and whose request it reads with.

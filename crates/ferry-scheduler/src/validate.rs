@@ -49,6 +49,7 @@ pub struct ValidRegister {
     pub held: Vec<(PieceIndex, Option<PieceDigest>)>,
     pub from_origin: bool,
     pub piece_size_hint: u32,
+    pub pinned_until: u64,
 }
 
 /// `known` is the layout the scheduler already has for the task, if any; held pieces are
@@ -96,6 +97,7 @@ pub fn register(reg: &Register, known: impl FnOnce(&TaskId) -> Option<PieceLayou
         held,
         from_origin: reg.from_origin,
         piece_size_hint: reg.piece_size,
+        pinned_until: reg.pinned_until,
     })
 }
 

@@ -8,7 +8,7 @@
 
 mod store;
 
-pub use store::{DiskSpace, HeldPieces, PieceStore, Store, StoredTask, TaskFile, TaskRecord};
+pub use store::{DiskSpace, HeldPieces, PieceStore, Pin, Store, StoredTask, TaskFile, TaskRecord};
 
 use ferry_types::TaskId;
 

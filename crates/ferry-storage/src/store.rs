@@ -18,6 +18,9 @@ const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
 const PIECES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pieces");
 /// task id -> when a request last asked for it (seconds since the Unix epoch).
 const USED: TableDefinition<&[u8], u64> = TableDefinition::new("used");
+/// task id -> JSON [`Pin`]: kept until then whatever the cache collector would do
+/// (`ferry cache import --ttl`).
+const PINS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pins");
 /// Temporary output files being written (path -> nothing): removed at the next start if the
 /// daemon died before landing them.
 const OUTPUTS: TableDefinition<&str, ()> = TableDefinition::new("outputs");
@@ -38,6 +41,15 @@ pub struct TaskRecord {
     pub private: bool,
 }
 
+/// A task this host keeps until `until` (Unix seconds): an imported file or a replica of one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pin {
+    pub until: u64,
+    /// The task's whole-file digest (`sha256:<hex>`), which names it: what the daemon
+    /// registers the task with again after a restart.
+    pub digest: String,
+}
+
 /// Pieces already verified on disk, with their digests.
 pub type HeldPieces = Vec<(PieceIndex, PieceDigest)>;
 
@@ -50,6 +62,8 @@ pub struct StoredTask {
     pub last_used: u64,
     /// What its content file takes on disk (allocated blocks; a partial file takes less).
     pub disk_bytes: u64,
+    /// Kept until then (Unix seconds) whatever the collector would do; 0: not pinned.
+    pub pinned_until: u64,
 }
 
 /// The filesystem under the data directory.
@@ -127,6 +141,7 @@ fn open_database(root: &Path) -> Result<Database, StorageError> {
     tx.open_table(TASKS)?;
     tx.open_table(PIECES)?;
     tx.open_table(USED)?;
+    tx.open_table(PINS)?;
     tx.open_table(OUTPUTS)?;
     tx.commit()?;
     Ok(db)
@@ -242,6 +257,8 @@ impl Store {
         use std::os::unix::fs::MetadataExt;
         let tx = self.read_tx()?;
         let (tasks, used) = (tx.open_table(TASKS)?, tx.open_table(USED)?);
+        let pins: std::collections::HashMap<TaskId, u64> =
+            self.pins()?.into_iter().map(|(t, p)| (t, p.until)).collect();
         let mut out = vec![];
         for entry in tasks.iter()? {
             let (k, v) = entry?;
@@ -249,7 +266,40 @@ impl Store {
             let content_length = serde_json::from_slice::<TaskRecord>(v.value()).map_or(0, |r| r.content_length);
             let last_used = used.get(k.value())?.map_or(0, |u| u.value());
             let disk_bytes = std::fs::metadata(self.content_path(task)).map_or(0, |m| m.blocks() * 512);
-            out.push(StoredTask { task, content_length, last_used, disk_bytes });
+            let pinned_until = pins.get(&task).copied().unwrap_or(0);
+            out.push(StoredTask { task, content_length, last_used, disk_bytes, pinned_until });
+        }
+        Ok(out)
+    }
+
+    /// Keeps `task` until `pin.until` whatever the collector would do (a later pin replaces
+    /// an earlier one).
+    pub fn pin(&self, task: TaskId, pin: &Pin) -> Result<(), StorageError> {
+        let tx = self.write_tx()?;
+        {
+            let json = serde_json::to_vec(pin).expect("a pin serializes");
+            tx.open_table(PINS)?.insert(&task.0[..], &json[..])?;
+        }
+        self.commit(tx)
+    }
+
+    pub fn pinned(&self, task: TaskId) -> Result<Option<Pin>, StorageError> {
+        let tx = self.read_tx()?;
+        let table = tx.open_table(PINS)?;
+        let Some(v) = table.get(&task.0[..])? else { return Ok(None) };
+        Ok(serde_json::from_slice(v.value()).ok())
+    }
+
+    /// Every pinned task (expired pins included: the collector ends them).
+    pub fn pins(&self) -> Result<Vec<(TaskId, Pin)>, StorageError> {
+        let tx = self.read_tx()?;
+        let table = tx.open_table(PINS)?;
+        let mut out = vec![];
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            if let (Some(task), Ok(pin)) = (TaskId::from_slice(k.value()), serde_json::from_slice(v.value())) {
+                out.push((task, pin));
+            }
         }
         Ok(out)
     }
@@ -374,6 +424,7 @@ impl Store {
         {
             tx.open_table(TASKS)?.remove(&task.0[..])?;
             tx.open_table(USED)?.remove(&task.0[..])?;
+            tx.open_table(PINS)?.remove(&task.0[..])?;
             let mut pieces = tx.open_table(PIECES)?;
             let mut lo = [0u8; 36];
             lo[..32].copy_from_slice(&task.0);
@@ -478,6 +529,24 @@ mod tests {
         assert_eq!(store.task_record(a).unwrap(), None);
         assert_eq!(store.open_task(a, &record(30_000)).unwrap().1.len(), 0, "a new layout, no old pieces");
         assert_eq!(store.open_task(b, &record(40_000)).unwrap().1.len(), 1, "the other task is untouched");
+    }
+
+    #[test]
+    fn a_pin_is_listed_with_its_task_and_leaves_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (TaskId([1; 32]), TaskId([2; 32]));
+        store.open_task(a, &record(20_000)).unwrap();
+        store.open_task(b, &record(20_000)).unwrap();
+        let pin = Pin { until: 1_000, digest: "sha256:00".into() };
+        store.pin(a, &pin).unwrap();
+        let pinned = |store: &Store, t| store.tasks().unwrap().iter().find(|s| s.task == t).map(|s| s.pinned_until);
+        assert_eq!(pinned(&store, a), Some(1_000));
+        assert_eq!(pinned(&store, b), Some(0));
+        assert_eq!(store.pinned(a).unwrap(), Some(pin));
+        store.remove_task(a).unwrap();
+        assert_eq!(store.pinned(a).unwrap(), None);
+        assert!(store.pins().unwrap().is_empty());
     }
 
     #[test]

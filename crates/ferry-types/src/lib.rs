@@ -14,7 +14,8 @@ pub use digest::{DigestAlgo, FileDigest, FileHasher, PieceDigest};
 pub use id::{HostId, TaskId, TaskIdInput};
 pub use layout::{PieceIndex, PieceLayout, MAX_PIECES, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
 pub use request::{
-    host_port, is_object_store_scheme, is_secret_header, redact_url, OriginRequest, RequestKey, Validators,
+    cache_digest, cache_url, host_port, is_object_store_scheme, is_secret_header, redact_url, OriginRequest,
+    RequestKey, Validators, CACHE_SCHEME,
 };
 pub use size::ByteSize;
 

@@ -112,6 +112,20 @@ pub fn is_object_store_scheme(scheme: &str) -> bool {
     matches!(scheme, "s3" | "gs" | "azblob" | "abs")
 }
 
+/// The URL scheme of files imported into the cluster (`ferry cache import`): `ferry:<digest>`.
+/// Such a task has no origin; only hosts that hold it can serve it.
+pub const CACHE_SCHEME: &str = "ferry";
+
+/// The URL a file imported into the cluster is requested by.
+pub fn cache_url(digest: &FileDigest) -> url::Url {
+    url::Url::parse(&format!("{CACHE_SCHEME}:{digest}")).expect("a digest makes a valid URL path")
+}
+
+/// The digest a cache URL names; `None` for any other URL (or a malformed one).
+pub fn cache_digest(url: &url::Url) -> Option<FileDigest> {
+    (url.scheme() == CACHE_SCHEME).then(|| url.path().parse().ok()).flatten()
+}
+
 impl OriginRequest {
     /// Checks the URL's scheme and every header: a content-changing or reserved header, or a
     /// malformed one, is refused with a line that says what to do instead.

@@ -37,6 +37,75 @@ pub enum Command {
     /// Fetch content into the cluster ahead of time, writing no output.
     #[command(subcommand)]
     Preheat(PreheatCommand),
+    /// Files put into the cluster from a host (a checkpoint, a dataset shard), kept by seeds
+    /// and fetched anywhere by their digest.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Put a local file into the cluster under its sha256 and wait until --replicas seeds
+    /// hold it; prints the digest. This host may go away afterwards.
+    Import(CacheImportArgs),
+    /// Fetch an imported file (or any content the cluster holds by digest) through P2P.
+    Export(CacheExportArgs),
+    /// Which hosts hold a digest, and until when they keep it.
+    Stat(CacheDigestArgs),
+    /// Drop a digest from every host that holds it.
+    Rm(CacheDigestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CacheImportArgs {
+    /// The file to import.
+    pub file: PathBuf,
+    /// Seeds that must hold the file before the import returns (0: this host only).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// How long this host and the replicas keep the file whatever their cache collectors
+    /// would do (then it is ordinary cache).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Give up waiting for the replicas after this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print one JSON object with the result (or with the error).
+    #[arg(long)]
+    pub json: bool,
+    /// The local daemon's API socket.
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
+    pub socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheExportArgs {
+    /// The digest `ferry cache import` printed, sha256:<hex>.
+    pub digest: String,
+    /// Where to write the file.
+    #[arg(short = 'O', long)]
+    pub output: PathBuf,
+    /// Give up after this long (e.g. 90s, 10m); no limit when not given.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Print one JSON object with the result (or with the error).
+    #[arg(long)]
+    pub json: bool,
+    /// The local daemon's API socket.
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
+    pub socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CacheDigestArgs {
+    /// sha256:<hex>.
+    pub digest: String,
+    /// Print one JSON object with the result (or with the error).
+    #[arg(long)]
+    pub json: bool,
+    /// The local daemon's API socket.
+    #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
+    pub socket: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]

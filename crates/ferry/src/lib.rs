@@ -39,7 +39,7 @@ pub mod exit {
 
 pub fn init_tracing(cli: &Cli) {
     let default = match &cli.command {
-        Command::Get(_) | Command::Demo(_) | Command::Init(_) | Command::Preheat(_) => "warn",
+        Command::Get(_) | Command::Demo(_) | Command::Init(_) | Command::Preheat(_) | Command::Cache(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -57,6 +57,7 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Demo(a) => commands::demo::run(a).await,
         Command::Init(c) => commands::init::run(c).await,
         Command::Preheat(c) => commands::preheat::run(c).await,
+        Command::Cache(c) => commands::cache::run(c).await,
     }
 }
 

@@ -270,6 +270,7 @@ impl TaskRun {
                 info: self.shared.handle.content.get().map(content_info),
                 from_origin: self.from_origin,
                 piece_size: self.piece_size,
+                pinned_until: self.shared.env.store.pinned(self.shared.handle.id).ok().flatten().map_or(0, |p| p.until),
             })),
         }
     }

@@ -1,5 +1,6 @@
 //! One module per long-running role or CLI command.
 
+pub mod cache;
 pub mod daemon;
 pub mod demo;
 pub mod get;

@@ -68,19 +68,7 @@ fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
     if let Some(d) = &a.digest {
         d.parse::<ferry_types::FileDigest>().map_err(|e| usage(e.to_string()))?;
     }
-    let output = absolute(&a.output).map_err(|e| usage(format!("output path {}: {e}", a.output.display())))?;
-    if output.is_dir() {
-        return Err(usage(format!("output {} is a directory; give a file path", output.display())));
-    }
-    match output.parent() {
-        Some(dir) if dir.is_dir() => {}
-        _ => {
-            return Err(usage(format!(
-                "output directory {} does not exist; create it first",
-                output.parent().unwrap_or(&output).display()
-            )))
-        }
-    }
+    let output = output_file(&a.output)?;
     let headers = a
         .headers
         .iter()
@@ -105,6 +93,23 @@ fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
     })
 }
 
+/// The absolute path of a file to write: refused when it is a directory or its directory
+/// does not exist.
+pub(crate) fn output_file(path: &std::path::Path) -> Result<PathBuf, Exit> {
+    let usage = |m: String| Exit::new(exit::USAGE, m);
+    let output = absolute(path).map_err(|e| usage(format!("output path {}: {e}", path.display())))?;
+    if output.is_dir() {
+        return Err(usage(format!("output {} is a directory; give a file path", output.display())));
+    }
+    match output.parent() {
+        Some(dir) if dir.is_dir() => Ok(output),
+        _ => Err(usage(format!(
+            "output directory {} does not exist; create it first",
+            output.parent().unwrap_or(&output).display()
+        ))),
+    }
+}
+
 /// The CLI's own HTTP client (hub and registry APIs): the daemon's origin client, with its
 /// timeouts, TLS roots and `User-Agent`.
 fn http_client() -> Result<reqwest::Client, Exit> {
@@ -112,7 +117,7 @@ fn http_client() -> Result<reqwest::Client, Exit> {
     Ok(backend.map_err(|e| Exit::new(exit::FAILURE, e.to_string()))?.client().clone())
 }
 
-fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
+pub(crate) fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
     if p.is_absolute() {
         Ok(p.to_owned())
     } else {
