@@ -7,6 +7,8 @@
 //!   small files served here, LFS files redirected (302) to a second listener — the "CDN",
 //!   another host:port — with `X-Linked-Etag` / `X-Linked-Size`.
 //!
+//! The same repositories answer the ModelScope API too ([`crate::modelscope`]).
+//!
 //! It counts body bytes served per file, records whether the CDN ever saw an
 //! `Authorization` header, can require a token, and can serve an LFS file corrupted.
 
@@ -58,15 +60,15 @@ fn hex(b: &[u8]) -> String {
 }
 
 #[derive(Default)]
-struct Repo {
-    branches: HashMap<String, String>,
-    commits: HashMap<String, Vec<HubFile>>,
+pub(crate) struct Repo {
+    pub(crate) branches: HashMap<String, String>,
+    pub(crate) commits: HashMap<String, Vec<HubFile>>,
 }
 
 #[derive(Default)]
-struct Hub {
+pub(crate) struct Hub {
     /// By `kind/owner/name` (`models/org/model`).
-    repos: Mutex<HashMap<String, Repo>>,
+    pub(crate) repos: Mutex<HashMap<String, Repo>>,
     token: Option<String>,
     cdn: Mutex<String>,
     /// Body bytes served, by file sha256.
@@ -79,6 +81,7 @@ pub struct HubServer {
     pub addr: SocketAddr,
     pub cdn_addr: SocketAddr,
     hub: Arc<Hub>,
+    tls: bool,
     _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -106,11 +109,32 @@ impl HubServer {
                 let _ = axum::serve(cdn, cdn_app).await;
             }),
         ];
-        Ok(Self { addr, cdn_addr, hub, _tasks: tasks })
+        Ok(Self { addr, cdn_addr, hub, tls: false, _tasks: tasks })
+    }
+
+    /// The hub over HTTPS (the ModelScope client speaks nothing else), with a CA made in
+    /// `dir` (its certificate at the returned path); the CDN stays plain HTTP.
+    pub async fn start_tls(token: Option<&str>, dir: &std::path::Path) -> std::io::Result<(Self, std::path::PathBuf)> {
+        let tls = crate::tls::TestTls::new(dir)?;
+        let hub = Arc::new(Hub { token: token.map(str::to_owned), ..Default::default() });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let cdn = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let (addr, cdn_addr) = (l.local_addr()?, cdn.local_addr()?);
+        *hub.cdn.lock().unwrap() = format!("http://{cdn_addr}");
+        let app = axum::Router::new().fallback(serve_hub).with_state(hub.clone());
+        let cdn_app = axum::Router::new().fallback(serve_cdn).with_state(hub.clone());
+        let tasks = vec![
+            tokio::spawn(crate::tls::serve(l, tls.config, app)),
+            tokio::spawn(async move {
+                let _ = axum::serve(cdn, cdn_app).await;
+            }),
+        ];
+        Ok((Self { addr, cdn_addr, hub, tls: true, _tasks: tasks }, tls.ca_pem))
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Commits `files` (the whole tree) to `repo` (`models/org/name`) on `branch`; returns
@@ -150,7 +174,7 @@ impl HubServer {
     }
 }
 
-fn status(code: StatusCode, msg: &str) -> Response {
+pub(crate) fn status(code: StatusCode, msg: &str) -> Response {
     (code, [("content-type", "application/json")], serde_json::json!({ "error": msg }).to_string()).into_response()
 }
 
@@ -168,6 +192,9 @@ async fn serve_hub(State(hub): State<Arc<Hub>>, req: Request) -> Response {
         .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
         .collect();
     if segs.first().map(String::as_str) == Some("api") {
+        if segs.get(1).map(String::as_str) == Some("v1") {
+            return crate::modelscope::serve(&hub, &segs[2..], &req);
+        }
         return revision_info(&hub, &segs[1..]);
     }
     let (kind, rest) = match segs.first().map(String::as_str) {
@@ -203,7 +230,7 @@ async fn serve_hub(State(hub): State<Arc<Hub>>, req: Request) -> Response {
 }
 
 /// The commit `rev` names in `repo`, and the file at `path` in it (when asked).
-fn find(hub: &Hub, repo: &str, rev: &str, path: Option<&str>) -> Option<(String, Option<HubFile>)> {
+pub(crate) fn find(hub: &Hub, repo: &str, rev: &str, path: Option<&str>) -> Option<(String, Option<HubFile>)> {
     let repos = hub.repos.lock().unwrap();
     let r = repos.get(repo)?;
     let commit = r.branches.get(rev).cloned().or_else(|| r.commits.contains_key(rev).then(|| rev.to_owned()))?;
@@ -259,7 +286,7 @@ async fn serve_cdn(State(hub): State<Arc<Hub>>, req: Request) -> Response {
 }
 
 /// The file's bytes (or the asked range of them), counted.
-fn body(hub: &Hub, file: &HubFile, method: &Method, headers: &HeaderMap, corrupt: bool) -> Response {
+pub(crate) fn body(hub: &Hub, file: &HubFile, method: &Method, headers: &HeaderMap, corrupt: bool) -> Response {
     let len = file.bytes.len();
     let range = headers.get("range").and_then(|v| v.to_str().ok()).and_then(|r| parse_range(r, len));
     let (start, end) = range.unwrap_or((0, len));

@@ -8,11 +8,15 @@
 //! - [`data`]: deterministic file contents;
 //! - [`registry`]: a real registry (`docker-registry`) as a child process; [`oci`]: image
 //!   layouts to push to it; [`token`]: a token issuer for registries behind bearer tokens.
+//! - [`hub`]: a model hub speaking the Hugging Face and ModelScope APIs ([`modelscope`]);
+//!   [`tls`]: a throwaway CA and HTTPS for the servers here.
 
 pub mod cluster;
 pub mod data;
 pub mod hub;
+pub mod modelscope;
 pub mod oci;
 pub mod origin;
 pub mod registry;
+pub mod tls;
 pub mod token;

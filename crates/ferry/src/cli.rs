@@ -356,7 +356,8 @@ pub struct DaemonArgs {
 pub struct GetArgs {
     /// What to download: an http(s):// URL; an object `s3://bucket/key`, `gs://...`,
     /// `azblob://container/key` (a prefix with -r); a hub repository
-    /// `hf://[models/|datasets/|spaces/]owner/repo[/path]` (one file; a directory with -r);
+    /// `hf://[models/|datasets/|spaces/]owner/repo[/path]` or `modelscope://owner/repo[/path]`
+    /// (one file; a directory with -r);
     /// or an OCI artifact `oci://registry/repository[:tag|@digest]` (a directory).
     pub url: String,
     /// Where to write the file (with -r: the directory to write the files into).
@@ -366,15 +367,22 @@ pub struct GetArgs {
     /// prefix, each as its own task.
     #[arg(short = 'r', long)]
     pub recursive: bool,
-    /// The hub revision (branch, tag or commit); resolved once to its commit id.
-    #[arg(long, default_value = "main")]
-    pub revision: String,
+    /// The hub revision (branch, tag or commit); resolved once to its commit id
+    /// [default: main for hf://, master for modelscope://].
+    #[arg(long)]
+    pub revision: Option<String>,
     /// The hub's token (sent to the hub only, never to a host it redirects to).
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     pub hf_token: Option<String>,
     /// The hub's endpoint.
     #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
     pub hf_endpoint: String,
+    /// ModelScope's token (sent to its API only).
+    #[arg(long, env = "MODELSCOPE_API_TOKEN", hide_env_values = true)]
+    pub modelscope_token: Option<String>,
+    /// ModelScope's endpoint.
+    #[arg(long, env = "MODELSCOPE_ENDPOINT", default_value = "https://www.modelscope.cn")]
+    pub modelscope_endpoint: String,
     /// With -r: fetch only files whose path (in the repository) matches; `*` and `?`,
     /// repeatable.
     #[arg(long)]

@@ -191,3 +191,83 @@ async fn bad_repository_input_gets_one_line_and_its_exit_code() {
     assert_eq!(o.status.code(), Some(ferry::exit::ORIGIN as i32));
     assert!(String::from_utf8_lossy(&o.stderr).contains("refused access"));
 }
+
+const MS_REPO: &str = "models/org/ms-model";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modelscope_snapshot_download_works_against_the_test_hub() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, ca) = HubServer::start_tls(None, dir.path()).await.unwrap();
+    let want = files(9, 2, 300_000);
+    hub.commit(MS_REPO, "master", want.clone());
+    let script = "import sys\nfrom modelscope.hub.snapshot_download import snapshot_download\n\
+                  print(snapshot_download('org/ms-model', revision='master', local_dir=sys.argv[1]))";
+    let python = std::env::var("FERRY_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    // The client speaks HTTPS only, to `MODELSCOPE_DOMAIN`.
+    let out = tokio::process::Command::new(python)
+        .args(["-c", script])
+        .arg(dir.path().join("snapshot"))
+        .env("MODELSCOPE_DOMAIN", hub.addr.to_string())
+        .env("MODELSCOPE_CACHE", dir.path().join("cache"))
+        .env("REQUESTS_CA_BUNDLE", &ca)
+        .env("CI_TEST", "1")
+        .output()
+        .await
+        .expect("run python3 (scripts/test installs modelscope)");
+    assert!(out.status.success(), "snapshot_download: {}", String::from_utf8_lossy(&out.stderr));
+    same_tree(&want, &dir.path().join("snapshot")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_modelscope_repository_reaches_two_daemons_over_https_with_sha256_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, ca) = HubServer::start_tls(None, dir.path()).await.unwrap();
+    let want = files(20, 3, 1 << 20);
+    let commit = hub.commit(MS_REPO, "master", want.clone());
+    let ca_arg = ca.display().to_string();
+    let peer_args = ["--ca-cert", ca_arg.as_str()];
+    let s = Setup::start(Spec {
+        peers: 2,
+        files: &[("unused", 1)],
+        peer_args: &peer_args,
+        seed_args: &peer_args,
+        ..Default::default()
+    })
+    .await;
+    let endpoint = hub.endpoint();
+    let ms = |p: &ferry_demo::cluster::DaemonInfo, url: &str, out: &Path, extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(common::bin());
+        cmd.args(["get", url, "-O"]).arg(out).args(["--modelscope-endpoint", &endpoint, "--json", "--quiet"]);
+        cmd.args(extra).arg("--socket").arg(&p.socket).env("SSL_CERT_FILE", &ca);
+        async move { cmd.output().await.unwrap() }
+    };
+    let mut ids = vec![];
+    for p in &s.peers {
+        let out = dir.path().join(&p.name);
+        let o = ms(p, "modelscope://org/ms-model", &out, &["-r"]).await;
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        same_tree(&want, &out).unwrap();
+        let v = report(&o);
+        assert_eq!((v["commit"].as_str(), v["revision"].as_str()), (Some(commit.as_str()), Some("master")));
+        ids.push(task_ids(&v));
+    }
+    assert_eq!(ids[0], ids[1]);
+    for f in &want {
+        assert_eq!(hub.served(f), f.bytes.len() as u64, "{}: read from the hub once", f.path);
+        // The task is the file's sha256 whatever its URL: the branch name is in no task id.
+        let digest = format!("sha256:{}", f.sha256());
+        let id = ferry_types::TaskId::derive(&ferry_types::TaskIdInput {
+            digest: Some(&digest.parse().unwrap()),
+            ..Default::default()
+        });
+        assert_eq!(ids[0][&f.path], id.to_string(), "{}", f.path);
+    }
+    // One file, and a revision that does not exist.
+    let one = dir.path().join("config.json");
+    let o = ms(&s.peers[0], "modelscope://org/ms-model/config.json", &one, &[]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = ms(&s.peers[0], "modelscope://org/ms-model", &dir.path().join("x"), &["-r", "--revision", "v9"]).await;
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(ferry::exit::ORIGIN as i32), "{err}");
+    assert!(err.contains("no revision `v9`") && err.trim().lines().count() == 1, "{err}");
+}

@@ -1,10 +1,10 @@
-//! `ferry get hf://...`: a hub repository resolved once to its commit id; each file a
-//! download of its URL at that commit, with the digest the hub lists for it (LFS sha256 or
-//! git blob id) as its task id, checked end to end.
+//! `ferry get hf://...` and `modelscope://...`: a hub repository resolved once to its commit
+//! id; each file a download of its URL at that commit, with the digest the hub lists for it
+//! (sha256, or git's blob id) as its task id, checked end to end.
 
 use std::path::PathBuf;
 
-use ferry_backend::hub::{Hub, HubError, HubRepo, RepoFile};
+use ferry_backend::hub::{Flavor, Hub, HubError, HubRepo, RepoFile};
 use ferry_proto::daemon::{DownloadRequest, Header};
 
 use super::many::{self, Job};
@@ -22,14 +22,19 @@ fn hub_exit(e: HubError) -> Exit {
 pub async fn run(a: GetArgs) -> Result<(), Exit> {
     let usage = |m: String| Exit::new(exit::USAGE, m);
     let repo = HubRepo::parse(&a.url).map_err(hub_exit)?;
-    let endpoint = url::Url::parse(&a.hf_endpoint)
+    let (flag, endpoint, token) = match repo.flavor {
+        Flavor::HuggingFace => ("--hf-endpoint", &a.hf_endpoint, &a.hf_token),
+        Flavor::ModelScope => ("--modelscope-endpoint", &a.modelscope_endpoint, &a.modelscope_token),
+    };
+    let endpoint = url::Url::parse(endpoint)
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
-        .ok_or_else(|| usage(format!("--hf-endpoint `{}` is not an http(s) URL", a.hf_endpoint)))?;
+        .ok_or_else(|| usage(format!("{flag} `{endpoint}` is not an http(s) URL")))?;
+    let revision = a.revision.clone().unwrap_or_else(|| repo.flavor.default_revision().to_owned());
     let output = super::absolute(&a.output).map_err(|e| usage(format!("output {}: {e}", a.output.display())))?;
     let client = super::http_client()?;
-    let hub = Hub::new(client, endpoint, a.hf_token.clone());
-    let snapshot = hub.snapshot(&repo, &a.revision).await.map_err(hub_exit)?;
+    let hub = Hub::new(client, endpoint, token.clone());
+    let snapshot = hub.snapshot(&repo, &revision).await.map_err(hub_exit)?;
     let auth = hub.authorization();
     let job = |f: &RepoFile, output: PathBuf, path: String| Job {
         path,
@@ -45,13 +50,13 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
             } else {
                 format!("no file `{}`", repo.path)
             };
-            usage(format!("{what} in {} at `{}` ({})", repo.id(), a.revision, snapshot.commit))
+            usage(format!("{what} in {} at `{revision}` ({})", repo.id(), snapshot.commit))
         })?;
         if output.is_dir() {
             return Err(usage(format!("output {} is a directory; give a file path (or use -r)", output.display())));
         }
         let outcomes = many::fetch_all(&a.socket, vec![job(f, output, f.path.clone())], 1).await?;
-        return many::report(&outcomes, a.json, summary(&repo, &snapshot.commit, &a));
+        return many::report(&outcomes, a.json, summary(&repo, &snapshot.commit, &revision));
     }
     let mut jobs = vec![];
     for f in snapshot.files.iter().filter(|f| many::selected(&a, &f.path)) {
@@ -60,12 +65,11 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         jobs.push(job(f, output.join(safe), rel));
     }
     let nothing = format!(
-        "no file of {} at `{}` ({}) matches the path and --include/--exclude given",
+        "no file of {} at `{revision}` ({}) matches the path and --include/--exclude given",
         repo.id(),
-        a.revision,
         snapshot.commit
     );
-    many::fetch_dir(&a, &output, jobs, nothing, summary(&repo, &snapshot.commit, &a)).await
+    many::fetch_dir(&a, &output, jobs, nothing, summary(&repo, &snapshot.commit, &revision)).await
 }
 
 /// A listing that names a file outside the output directory is refused whole.
@@ -102,6 +106,6 @@ fn request(f: &RepoFile, output: &std::path::Path, auth: Option<&str>, a: &GetAr
     }
 }
 
-fn summary(repo: &HubRepo, commit: &str, a: &GetArgs) -> serde_json::Value {
-    serde_json::json!({ "repository": repo.id(), "revision": a.revision, "commit": commit })
+fn summary(repo: &HubRepo, commit: &str, revision: &str) -> serde_json::Value {
+    serde_json::json!({ "repository": repo.id(), "revision": revision, "commit": commit })
 }

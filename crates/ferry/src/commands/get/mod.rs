@@ -1,4 +1,4 @@
-//! `ferry get URL -O PATH`: one download through the local daemon; `hf://` repositories
+//! `ferry get URL -O PATH`: one download through the local daemon; `hf://` and `modelscope://` repositories
 //! (one file, or with `-r` many, each its own task) in [`hub`].
 
 mod hub;
@@ -126,7 +126,7 @@ pub(crate) fn absolute(p: &std::path::Path) -> std::io::Result<PathBuf> {
 }
 
 pub async fn run(a: GetArgs) -> Result<(), Exit> {
-    if a.url.starts_with("hf://") {
+    if a.url.starts_with("hf://") || a.url.starts_with("modelscope://") {
         return hub::run(a).await;
     }
     if a.url.starts_with("oci://") {

@@ -1,14 +1,42 @@
-//! Model hubs speaking the Hugging Face API (huggingface.co and compatible endpoints): a
-//! repository named `hf://[models/|datasets/|spaces/]owner/repo[/path]`, resolved at a
-//! revision to the commit id it points at and the files it holds there.
+//! Model hubs: a repository named `hf://[models/|datasets/|spaces/]owner/repo[/path]` (the
+//! Hugging Face API: huggingface.co and compatible endpoints) or `modelscope://owner/repo[/path]`
+//! (the ModelScope API, [`modelscope`]), resolved at a revision to the commit id it points at
+//! and the files it holds there.
 //!
 //! The commit id, never the branch name, is what file URLs use. Every file comes with a
 //! digest that becomes its task id and is checked end to end: the hub's sha256 for a file
 //! stored in LFS, git's blob id for one kept in git. So when the branch moves, only files
 //! whose content changed get new tasks.
 
+mod modelscope;
+
 use ferry_types::FileDigest;
 use serde::Deserialize;
+
+/// Which API a repository is read with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    HuggingFace,
+    ModelScope,
+}
+
+impl Flavor {
+    /// The flag that gives this hub a token, for error messages.
+    fn token_flag(self) -> &'static str {
+        match self {
+            Flavor::HuggingFace => "--hf-token or HF_TOKEN",
+            Flavor::ModelScope => "--modelscope-token or MODELSCOPE_API_TOKEN",
+        }
+    }
+
+    /// The revision a repository is read at when none is named.
+    pub fn default_revision(self) -> &'static str {
+        match self {
+            Flavor::HuggingFace => "main",
+            Flavor::ModelScope => "master",
+        }
+    }
+}
 
 /// What went wrong resolving a repository; each maps to one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +83,7 @@ impl RepoKind {
 /// A repository (and a path inside it) as the user named it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubRepo {
+    pub flavor: Flavor,
     pub kind: RepoKind,
     pub owner: String,
     pub name: String,
@@ -77,14 +106,18 @@ fn valid_name(s: &str) -> bool {
 impl HubRepo {
     pub fn parse(url: &str) -> Result<Self, HubError> {
         let bad = |why: &str| HubError::BadName(format!("`{url}` is not a hub repository: {why}"));
-        let rest = url
-            .strip_prefix("hf://")
-            .ok_or_else(|| bad("expected hf://[models/|datasets/|spaces/]owner/repo[/path]"))?;
-        let (kind, rest) = match rest.split_once('/') {
-            Some(("models", r)) => (RepoKind::Model, r),
-            Some(("datasets", r)) => (RepoKind::Dataset, r),
-            Some(("spaces", r)) => (RepoKind::Space, r),
-            _ => (RepoKind::Model, rest),
+        let (flavor, kind, rest) = if let Some(rest) = url.strip_prefix("modelscope://") {
+            (Flavor::ModelScope, RepoKind::Model, rest)
+        } else {
+            let rest = url.strip_prefix("hf://").ok_or_else(|| {
+                bad("expected hf://[models/|datasets/|spaces/]owner/repo[/path] or modelscope://owner/repo[/path]")
+            })?;
+            match rest.split_once('/') {
+                Some(("models", r)) => (Flavor::HuggingFace, RepoKind::Model, r),
+                Some(("datasets", r)) => (Flavor::HuggingFace, RepoKind::Dataset, r),
+                Some(("spaces", r)) => (Flavor::HuggingFace, RepoKind::Space, r),
+                _ => (Flavor::HuggingFace, RepoKind::Model, rest),
+            }
         };
         let mut parts = rest.splitn(3, '/');
         let owner = parts.next().unwrap_or_default();
@@ -96,7 +129,7 @@ impl HubRepo {
         if !path.is_empty() && path.split('/').any(|s| s.is_empty() || s == ".." || s == ".") {
             return Err(bad("the path inside the repository may not hold `.`, `..` or empty segments"));
         }
-        Ok(Self { kind, owner: owner.to_owned(), name: name.to_owned(), path })
+        Ok(Self { flavor, kind, owner: owner.to_owned(), name: name.to_owned(), path })
     }
 
     pub fn id(&self) -> String {
@@ -162,13 +195,28 @@ impl Hub {
         self.token.as_ref().map(|t| format!("Bearer {t}"))
     }
 
-    /// The repository's commit at `revision` and its files (under `repo.path`), in one
-    /// request: the whole listing, however many files.
+    /// The repository's commit at `revision` and its files (under `repo.path`): the whole
+    /// listing, however many files.
     pub async fn snapshot(&self, repo: &HubRepo, revision: &str) -> Result<Snapshot, HubError> {
-        let endpoint = self.endpoint.as_str().trim_end_matches('/').to_owned();
-        let rev: String = url::form_urlencoded::byte_serialize(revision.as_bytes()).collect();
-        let api = format!("{endpoint}/api/{}/{}/revision/{rev}?blobs=true", repo.kind.api(), repo.id());
-        let mut req = self.client.get(&api);
+        match repo.flavor {
+            Flavor::HuggingFace => self.hf_snapshot(repo, revision).await,
+            Flavor::ModelScope => modelscope::snapshot(self, repo, revision).await,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        self.endpoint.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// GETs a JSON answer of the hub's API; `missing` says what a 404 means.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        api: &str,
+        repo: &HubRepo,
+        missing: impl FnOnce() -> String,
+    ) -> Result<T, HubError> {
+        let endpoint = self.endpoint();
+        let mut req = self.client.get(api);
         if let Some(a) = self.authorization() {
             req = req.header("authorization", a);
         }
@@ -179,24 +227,34 @@ impl Hub {
             200 => {}
             401 | 403 => {
                 return Err(HubError::Unauthorized(format!(
-                    "hub refused access to {} ({}): give a token with --hf-token or HF_TOKEN",
+                    "hub refused access to {} ({}): give a token with {}",
                     repo.id(),
-                    resp.status()
+                    resp.status(),
+                    repo.flavor.token_flag()
                 )))
             }
-            404 => {
-                return Err(HubError::NotFound(format!(
-                    "{} {} or its revision `{revision}` does not exist on {endpoint}",
-                    repo.kind.api().trim_end_matches('s'),
-                    repo.id()
-                )))
-            }
+            404 => return Err(HubError::NotFound(missing())),
             s => return Err(HubError::BadResponse { endpoint, reason: format!("status {s} for {api}") }),
         }
-        let bad = |reason: String| HubError::BadResponse { endpoint: endpoint.clone(), reason };
         // A listing of 100,000 files is about 20 MB.
-        let info: RevisionInfo =
-            crate::json_limited(resp, 256 << 20).await.map_err(|e| bad(format!("revision info: {e}")))?;
+        crate::json_limited(resp, 256 << 20)
+            .await
+            .map_err(|e| HubError::BadResponse { endpoint, reason: format!("{api}: {e}") })
+    }
+
+    async fn hf_snapshot(&self, repo: &HubRepo, revision: &str) -> Result<Snapshot, HubError> {
+        let endpoint = self.endpoint();
+        let rev: String = url::form_urlencoded::byte_serialize(revision.as_bytes()).collect();
+        let api = format!("{endpoint}/api/{}/{}/revision/{rev}?blobs=true", repo.kind.api(), repo.id());
+        let missing = || {
+            format!(
+                "{} {} or its revision `{revision}` does not exist on {endpoint}",
+                repo.kind.api().trim_end_matches('s'),
+                repo.id()
+            )
+        };
+        let info: RevisionInfo = self.get_json(&api, repo, missing).await?;
+        let bad = |reason: String| HubError::BadResponse { endpoint: endpoint.clone(), reason };
         let commit = info.sha.filter(|s| s.len() == 40 && s.chars().all(|c| c.is_ascii_hexdigit()));
         let commit = commit.ok_or_else(|| bad("no 40-hex commit id (`sha`) for the revision".into()))?;
         let mut files = vec![];
