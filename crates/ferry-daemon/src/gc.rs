@@ -61,6 +61,9 @@ pub struct CacheGc {
     held: std::sync::atomic::AtomicU64,
     /// No full pass has run yet: `held` means nothing.
     unknown: std::sync::atomic::AtomicBool,
+    /// Tasks and bytes removed since the daemon started (`ferry_daemon_gc_removed_*`).
+    pub removed_tasks: std::sync::atomic::AtomicU64,
+    pub removed_bytes: std::sync::atomic::AtomicU64,
 }
 
 pub fn now_unix() -> u64 {
@@ -69,7 +72,15 @@ pub fn now_unix() -> u64 {
 
 impl CacheGc {
     pub fn new(store: Arc<Store>, registry: Arc<Registry>, policy: GcPolicy) -> Self {
-        Self { store, registry, policy, held: Default::default(), unknown: std::sync::atomic::AtomicBool::new(true) }
+        Self {
+            store,
+            registry,
+            policy,
+            held: Default::default(),
+            unknown: std::sync::atomic::AtomicBool::new(true),
+            removed_tasks: Default::default(),
+            removed_bytes: Default::default(),
+        }
     }
 
     /// Makes room for a new task of `incoming` bytes: a full pass only when the quota or the
@@ -144,6 +155,8 @@ impl CacheGc {
         match self.store.remove_task(t.task) {
             Ok(()) => {
                 tracing::info!(task = ?t.task, bytes = t.disk_bytes, reason = why, "removed from the cache");
+                self.removed_tasks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.removed_bytes.fetch_add(t.disk_bytes, std::sync::atomic::Ordering::Relaxed);
                 done.tasks += 1;
                 done.bytes += t.disk_bytes;
             }

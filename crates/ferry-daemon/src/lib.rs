@@ -6,7 +6,8 @@
 //! - [`task`]: one task's download, shared by every local request for it: its lifecycle, the
 //!   two ways pieces arrive (from parents, from the origin), and the seams ([`task::env`])
 //!   through which it meets its scheduler, parents and origin.
-//! - [`gc`]: the cache collector; [`workers`]: the background loops and their status.
+//! - [`gc`]: the cache collector; [`workers`]: the background loops and their status;
+//!   [`metrics`]: Prometheus metrics and readiness.
 //! - [`ctx`]: the running daemon as the local API sees it; [`api`]: the local API
 //!   ([`local`]: its client, for CLIs and tools); [`output`]: landing the file at the caller's path.
 //! - [`mirror`]: the OCI registry mirror (blobs and manifests by digest through P2P).
@@ -27,6 +28,7 @@ pub mod ctx;
 pub mod error;
 pub mod gc;
 pub mod local;
+pub mod metrics;
 pub mod mirror;
 pub mod options;
 pub mod output;

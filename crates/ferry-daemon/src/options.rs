@@ -56,6 +56,10 @@ pub struct DaemonOptions {
     pub always_authorize: bool,
     /// The OCI registry mirror; `None`: not served.
     pub mirror: Option<crate::mirror::MirrorOptions>,
+    /// Where Prometheus metrics (`/metrics`) are served; `None`: not served.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where liveness and readiness (`/livez`, `/readyz`) are served; `None`: not served.
+    pub health_listen: Option<std::net::SocketAddr>,
 }
 
 impl DaemonOptions {
@@ -88,6 +92,8 @@ impl DaemonOptions {
             insecure_origins: vec![],
             always_authorize: false,
             mirror: None,
+            metrics_listen: None,
+            health_listen: None,
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct Ready {
     pub mirror: Option<SocketAddr>,
     /// The CA certificate the mirror's proxy clients must trust, if it serves as a proxy.
     pub proxy_ca: Option<std::path::PathBuf>,
+    /// Prometheus metrics (`/metrics`) and health (`/livez`, `/readyz`).
+    pub metrics: Option<SocketAddr>,
+    pub health: Option<SocketAddr>,
 }
 
 /// Runs the daemon until `cancel` fires. `ready` receives the piece server's address once
@@ -94,9 +97,10 @@ pub async fn run(
     spawn_order_workers(&ctx, &schedulers, orders_rx, &cancel);
     crate::cache::announce_pinned(&ctx);
     let (mirror, proxy_ca) = start_mirror(&ctx, &opts, &cancel).await?;
+    let (metrics, health) = start_telemetry(&ctx, &opts, &cancel).await?;
     tracing::info!(host = %opts.host_id, piece = %bound, %advertise, socket = %opts.socket.display(), seed = opts.seed, mirror = ?mirror, proxy = proxy_ca.is_some(), "daemon ready");
     if let Some(r) = ready {
-        let _ = r.send(Ready { pieces: bound, mirror, proxy_ca });
+        let _ = r.send(Ready { pieces: bound, mirror, proxy_ca, metrics, health });
     }
     let api = DaemonServer::new(crate::api::Api { ctx: ctx.clone() });
     let result = tonic::transport::Server::builder()
@@ -109,6 +113,28 @@ pub async fn run(
         addr: opts.socket.display().to_string(),
         source: std::io::Error::other(e),
     })
+}
+
+/// Serves metrics and health where configured; returns where they listen.
+async fn start_telemetry(
+    ctx: &Arc<Ctx>,
+    opts: &DaemonOptions,
+    cancel: &CancellationToken,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), DaemonError> {
+    let bind =
+        |what: &'static str, addr: SocketAddr| move |source| DaemonError::Bind { what, addr: addr.to_string(), source };
+    let mut out = (None, None);
+    if let Some(addr) = opts.metrics_listen {
+        let endpoints =
+            ferry_telemetry::Endpoints { metrics: Some(Arc::new(crate::metrics::registry(ctx))), ..Default::default() };
+        out.0 = Some(ferry_telemetry::serve(addr, endpoints, cancel.clone()).await.map_err(bind("metrics", addr))?);
+    }
+    if let Some(addr) = opts.health_listen {
+        let endpoints =
+            ferry_telemetry::Endpoints { ready: Some(crate::metrics::readiness(ctx)), ..Default::default() };
+        out.1 = Some(ferry_telemetry::serve(addr, endpoints, cancel.clone()).await.map_err(bind("health", addr))?);
+    }
+    Ok(out)
 }
 
 /// Binds and serves the registry mirror (and proxy), if configured; returns where it

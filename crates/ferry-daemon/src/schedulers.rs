@@ -77,6 +77,15 @@ impl Schedulers {
         self.entries.len()
     }
 
+    /// How many host sessions are up now.
+    pub fn live_count(&self) -> usize {
+        self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).count()
+    }
+
+    pub fn any_live(&self) -> bool {
+        self.live_count() > 0
+    }
+
     /// The scheduler owning `task`: rendezvous over the live ones, or over all when none is.
     pub fn pick(&self, task: &TaskId) -> (String, SchedulerClient<Channel>) {
         let e = self.owner_entry(task);

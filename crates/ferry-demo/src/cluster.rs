@@ -29,6 +29,9 @@ pub struct Proc {
     pub addr: String,
     /// A daemon's registry mirror, `IP:PORT`.
     pub mirror: Option<String>,
+    /// Where metrics and health are served, `IP:PORT`.
+    pub metrics: Option<String>,
+    pub health: Option<String>,
     pub log: PathBuf,
 }
 
@@ -41,6 +44,9 @@ pub struct DaemonInfo {
     pub piece_addr: String,
     /// The daemon's OCI registry mirror, `IP:PORT`.
     pub mirror_addr: String,
+    /// Its Prometheus metrics and its health endpoints, `IP:PORT`.
+    pub metrics_addr: String,
+    pub health_addr: String,
 }
 
 impl Cluster {
@@ -83,10 +89,11 @@ impl Cluster {
         };
         let v: serde_json::Value = serde_json::from_str(&line).map_err(std::io::Error::other)?;
         let addr = v["addr"].as_str().unwrap_or_default().to_owned();
-        let mirror = v["mirror"].as_str().map(str::to_owned);
+        let field = |k: &str| v[k].as_str().map(str::to_owned);
+        let (mirror, metrics, health) = (field("mirror"), field("metrics"), field("health"));
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.procs.insert(name.to_owned(), Proc { child, args, addr, mirror, log });
+        self.procs.insert(name.to_owned(), Proc { child, args, addr, mirror, metrics, health, log });
         Ok(&self.procs[name])
     }
 
@@ -96,10 +103,15 @@ impl Cluster {
 
     /// Starts a scheduler listening on `listen` (`IP:PORT`, port 0 picks one).
     pub async fn start_scheduler_on(&mut self, name: &str, listen: &str) -> std::io::Result<String> {
-        let args = vec!["scheduler".into(), "--listen".into(), listen.into()];
+        let args = ["scheduler", "--listen", listen, "--metrics-listen", "127.0.0.1:0"].map(String::from).to_vec();
         let addr = self.spawn(name, args).await?.addr.clone();
         self.schedulers.push(addr.clone());
         Ok(addr)
+    }
+
+    /// Where a process serves metrics (and, for a scheduler, health), `IP:PORT`.
+    pub fn metrics_of(&self, name: &str) -> Option<String> {
+        self.procs.get(name).and_then(|p| p.metrics.clone())
     }
 
     pub fn daemon_info(&self, name: &str) -> DaemonInfo {
@@ -109,6 +121,8 @@ impl Cluster {
             socket: data_dir.join("ferry.sock"),
             piece_addr: self.procs.get(name).map(|p| p.addr.clone()).unwrap_or_default(),
             mirror_addr: self.procs.get(name).and_then(|p| p.mirror.clone()).unwrap_or_default(),
+            metrics_addr: self.procs.get(name).and_then(|p| p.metrics.clone()).unwrap_or_default(),
+            health_addr: self.procs.get(name).and_then(|p| p.health.clone()).unwrap_or_default(),
             data_dir,
         }
     }
@@ -154,8 +168,13 @@ impl Cluster {
             self.schedulers.join(","),
             "--piece-port".into(),
             "0".into(),
-            // Many daemons share this host: each mirror on a port of its own.
+            // Many daemons share this host: each mirror, metrics and health server on a
+            // port of its own.
             "--mirror-listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--health-listen".into(),
             "127.0.0.1:0".into(),
             // The data directories share the machine's disk, which build artifacts fill: at
             // the default 90 % every daemon would empty its cache mid-test. Tests of the

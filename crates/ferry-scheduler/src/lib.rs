@@ -11,6 +11,7 @@
 
 pub mod gc;
 mod holders;
+pub mod metrics;
 mod schedule;
 pub mod service;
 pub mod state;

@@ -23,6 +23,23 @@ pub(crate) const STARVING_PARENTS: usize = 4;
 
 /// Decides what one peer of a task is told now, and tells it.
 pub(crate) fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_origin: bool, opts: &SchedulerOptions) {
+    let started = std::time::Instant::now();
+    let metrics = st.metrics.clone();
+    if let Some(kind) = decide_and_tell(st, task_id, peer, want_origin, opts) {
+        metrics.decisions[kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.decision_seconds.observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// [`schedule`]'s work; the kind of decision made (`None`: the peer is gone).
+fn decide_and_tell(
+    st: &mut State,
+    task_id: &TaskId,
+    peer: &HostId,
+    want_origin: bool,
+    opts: &SchedulerOptions,
+) -> Option<usize> {
+    use crate::metrics::{DECISION_ASK_SEED, DECISION_BACK_TO_SOURCE, DECISION_PARENTS, DECISION_WAIT};
     let seeds: Vec<SeedCandidate> = st
         .hosts
         .iter()
@@ -33,12 +50,10 @@ pub(crate) fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_ori
             upload_slots: h.host.upload_slots,
         })
         .collect();
-    let State { hosts, tasks, seed_fetches, back_to_source_grants, .. } = st;
-    let Some(task) = tasks.get_mut(task_id) else {
-        return;
-    };
+    let State { hosts, tasks, seed_fetches, back_to_source_grants, metrics, .. } = st;
+    let task = tasks.get_mut(task_id)?;
     if !task.peers.contains_key(peer) {
-        return;
+        return None;
     }
     let ranked = ranked_parents(task, hosts, peer, &opts.rank);
     let input = DecisionInput {
@@ -51,8 +66,9 @@ pub(crate) fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_ori
     let decision = decide(&input, &mut task.budget);
     tracing::debug!(task = ?task_id, %peer, ?decision, parents = ranked.len(), "scheduled");
     let tx = task.peers[peer].tx.clone();
-    let waiting = match decision {
+    let (waiting, kind) = match decision {
         Decision::Parents => {
+            metrics.parents.observe(ranked.len() as f64);
             let mut parents = vec![];
             for id in &ranked {
                 if opts.rank.avoid_cycles {
@@ -64,7 +80,7 @@ pub(crate) fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_ori
             }
             send(&tx, peer_command::Command::Parents(Parents { parents }));
             offer_back(task, hosts, peer, &ranked, &opts.rank);
-            false
+            (false, DECISION_PARENTS)
         }
         Decision::BackToSource => {
             *back_to_source_grants += 1;
@@ -72,22 +88,23 @@ pub(crate) fn schedule(st: &mut State, task_id: &TaskId, peer: &HostId, want_ori
                 p.granted = true;
             }
             send(&tx, peer_command::Command::BackToSource(BackToSource {}));
-            false
+            (false, DECISION_BACK_TO_SOURCE)
         }
         Decision::WaitForSeed => {
             send(&tx, peer_command::Command::Wait(WaitForSeed {}));
-            true
+            (true, DECISION_WAIT)
         }
         Decision::AskSeed(seed) => {
             *seed_fetches += 1;
             ask_seed(task, hosts, task_id, peer, seed);
             send(&tx, peer_command::Command::Wait(WaitForSeed {}));
-            true
+            (true, DECISION_ASK_SEED)
         }
     };
     if let Some(p) = task.peers.get_mut(peer) {
         p.waiting = waiting;
     }
+    Some(kind)
 }
 
 fn parent_message(hosts: &HashMap<HostId, HostEntry>, task: &TaskEntry, id: &HostId) -> Option<Parent> {

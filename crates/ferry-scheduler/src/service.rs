@@ -86,6 +86,7 @@ impl SchedulerService {
         let v = validate::register(reg, |t| st.tasks.get(t).and_then(|t| t.layout()))?;
         let (task_id, peer) = (v.task, v.peer.clone());
         let session = st.session();
+        st.metrics.registrations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let task = st.tasks.entry(task_id).or_insert_with(|| TaskEntry::new(self.opts.back_to_source_limit, now));
         task.last_active = now;
         if task.piece_size_hint == 0 {

@@ -167,6 +167,7 @@ pub struct State {
     pub next_session: u64,
     pub seed_fetches: u64,
     pub back_to_source_grants: u64,
+    pub metrics: std::sync::Arc<crate::metrics::SchedulerMetrics>,
 }
 
 impl State {

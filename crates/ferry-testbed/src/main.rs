@@ -96,6 +96,14 @@ struct RunArgs {
     /// The `ferry` binary (default: next to this one).
     #[arg(long)]
     ferry_bin: Option<PathBuf>,
+    /// Where the run's files live (daemon caches, outputs, the origin's data): memory by
+    /// default; a directory on disk for workloads larger than memory (16 hosts x 2 GiB).
+    #[arg(long, default_value = "/dev/shm")]
+    work_dir: PathBuf,
+    /// Ferry lands outputs as hard links to its cache (`ferry get --link`): one copy of the
+    /// data per host instead of two (file and model workloads).
+    #[arg(long)]
+    link_outputs: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -216,7 +224,7 @@ async fn run(a: RunArgs) -> Result<()> {
     }
     let hosts: Vec<String> = (0..a.hosts).map(|i| format!("h{i}")).collect();
     let nodes = nodes(&a, &hosts);
-    let work = PathBuf::from(format!("/dev/shm/ftb{}", std::process::id()));
+    let work = a.work_dir.join(format!("ftb{}", std::process::id()));
     let _cleanup = RemoveDir(work.clone());
     std::fs::create_dir_all(&work)?;
     std::fs::create_dir_all(a.out.join("logs"))?;
@@ -262,6 +270,7 @@ async fn run(a: RunArgs) -> Result<()> {
         bound_s,
         image,
         model,
+        link_outputs: a.link_outputs,
     };
     let calibration = calibrate(&r).await?;
     let results = run_systems(&a.systems, &r, &stop).await?;
@@ -273,6 +282,7 @@ async fn run(a: RunArgs) -> Result<()> {
         seed_link: a.seed_link,
         arrival: a.arrival.clone(),
         kill_fraction: a.kill_fraction,
+        link_outputs: a.link_outputs,
         calibration,
         tcp_congestion_control: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
             .map(|s| s.trim().to_owned())

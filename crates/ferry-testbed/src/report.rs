@@ -17,6 +17,8 @@ pub struct Report {
     pub seed_link: bool,
     pub arrival: String,
     pub kill_fraction: f64,
+    /// Ferry's outputs were hard links to its cache (`--link-outputs`).
+    pub link_outputs: bool,
     pub calibration: Calibration,
     /// The kernel's default TCP congestion control, which every namespace inherits: it shapes
     /// how uploads and downloads share a capped link.

@@ -38,6 +38,8 @@ pub struct Run {
     pub image: Option<crate::image::ImageWorkload>,
     /// The model workload (a hub repository) instead of one file over HTTP.
     pub model: Option<crate::model::ModelWorkload>,
+    /// `ferry get --link`: outputs are hard links to the daemon's cache.
+    pub link_outputs: bool,
 }
 
 /// What hosts fetch from: the HTTP file origin or the registry.

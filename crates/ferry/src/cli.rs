@@ -220,6 +220,10 @@ pub struct SchedulerArgs {
     /// ways. Off by default: in a mesh every peer passes on what it got first.
     #[arg(long, env = "FERRY_AVOID_CYCLES")]
     pub avoid_cycles: bool,
+    /// Where Prometheus metrics (`/metrics`) and health (`/livez`, `/readyz`) are served,
+    /// IP:PORT, or `off`.
+    #[arg(long, default_value = "0.0.0.0:8000", env = "FERRY_SCHEDULER_METRICS_LISTEN")]
+    pub metrics_listen: String,
 }
 
 #[derive(Args, Debug)]
@@ -350,6 +354,12 @@ pub struct DaemonArgs {
     /// The private key (PEM) of --proxy-ca-cert.
     #[arg(long, requires = "proxy_ca_cert")]
     pub proxy_ca_key: Option<std::path::PathBuf>,
+    /// Where Prometheus metrics (`/metrics`) are served, IP:PORT, or `off`.
+    #[arg(long, default_value = "0.0.0.0:4002", env = "FERRY_METRICS_LISTEN")]
+    pub metrics_listen: String,
+    /// Where liveness and readiness (`/livez`, `/readyz`) are served, IP:PORT, or `off`.
+    #[arg(long, default_value = "0.0.0.0:4003", env = "FERRY_HEALTH_LISTEN")]
+    pub health_listen: String,
 }
 
 #[derive(Args, Debug)]

@@ -76,7 +76,19 @@ pub fn announce_daemon_ready(ready: &ferry_daemon::Ready) {
     use std::io::Write;
     let mirror = ready.mirror.map(|m| m.to_string());
     let proxy_ca = ready.proxy_ca.as_ref().map(|p| p.display().to_string());
-    let line = serde_json::json!({ "ready": "daemon", "addr": ready.pieces.to_string(), "mirror": mirror, "proxy_ca": proxy_ca });
+    let (metrics, health) = (ready.metrics.map(|m| m.to_string()), ready.health.map(|h| h.to_string()));
+    let line = serde_json::json!({
+        "ready": "daemon", "addr": ready.pieces.to_string(), "mirror": mirror, "proxy_ca": proxy_ca,
+        "metrics": metrics, "health": health,
+    });
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+pub fn announce_scheduler_ready(addr: &str, metrics: Option<&str>) {
+    use std::io::Write;
+    let line = serde_json::json!({ "ready": "scheduler", "addr": addr, "metrics": metrics });
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();

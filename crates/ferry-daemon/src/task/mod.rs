@@ -87,6 +87,9 @@ fn fail_locally(shared: &Shared, e: Arc<DaemonError>) {
         tracing::info!("the task was reset by another request's failure; dropping what is held");
     } else {
         tracing::warn!(error = %e, "task failed");
+        if let Some(n) = shared.env.counters.failures.get(e.code() as usize) {
+            crate::counters::Counters::add(n, 1);
+        }
     }
     shared.env.registry.remove(handle);
     if let Err(err) = shared.env.store.remove_task(handle.id) {
@@ -346,6 +349,7 @@ impl TaskRun {
             return;
         }
         self.origin_running = true;
+        crate::counters::Counters::add(&self.shared.env.counters.back_to_source, 1);
         let shared = self.shared.clone();
         let piece_size = self.piece_size;
         self.workers.spawn(async move {

@@ -361,6 +361,8 @@ impl Shared {
         cost: Duration,
         claimed: Option<PieceDigest>,
     ) -> Result<Stored, DaemonError> {
+        // Every byte a parent sent, kept or not (a duplicate, a bad piece): what the wire carried.
+        Counters::add(&self.env.counters.bytes_received_from_peers, bytes.len() as u64);
         let Some(content) = self.handle.content.get() else {
             return Ok(Stored::Skipped);
         };
@@ -420,7 +422,8 @@ impl Shared {
                 Counters::add(&c.pieces_from_origin, 1);
                 Counters::add(&self.handle.counters.from_origin, len as u64);
             }
-            Source::Parent { .. } => {
+            Source::Parent { cost, .. } => {
+                c.piece_seconds.observe(cost.as_secs_f64());
                 Counters::add(&c.bytes_from_peers, len as u64);
                 Counters::add(&c.pieces_from_peers, 1);
                 Counters::add(&self.handle.counters.from_peers, len as u64);

@@ -126,15 +126,19 @@ async fn sample(
 /// What a host runs to fetch the workload through its daemon.
 fn get_args(r: &Run, d: &Daemon, out: &std::path::Path) -> Vec<String> {
     let out_s = out.display().to_string();
+    let link: &[&str] = if r.link_outputs { &["--link"] } else { &[] };
     match (&r.image, &r.model) {
         (Some(_), _) => crate::image::pull_args("127.0.0.1:4001", out),
         (_, Some(_)) => {
             let repo = format!("hf://{}", crate::model::REPO);
             let endpoint = crate::model::endpoint();
             let get = ["get", "-r", &repo, "--hf-endpoint", &endpoint, "-O", &out_s, "--socket", &d.socket];
-            ferry(r, &[&get[..], &["--json", "--quiet"]].concat())
+            ferry(r, &[&get[..], &["--json", "--quiet"], link].concat())
         }
-        _ => ferry(r, &["get", &r.url(), "-O", &out_s, "--socket", &d.socket, "--json", "--quiet"]),
+        _ => {
+            let get = ["get", &r.url(), "-O", &out_s, "--socket", &d.socket, "--json", "--quiet"];
+            ferry(r, &[&get[..], link].concat())
+        }
     }
 }
 
@@ -266,6 +270,8 @@ pub async fn run(r: &Run) -> Result<SystemResult> {
         r.remove_output(&out);
     }
     stop_daemons(r, daemons, &mut hosts, &mut timelines).await;
+    // The caches: room for the next system's outputs.
+    let _ = std::fs::remove_dir_all(r.work.join("ferry"));
     sched.signal(libc::SIGTERM);
     wait(sched.pid()).await;
     let served = origin.stop();

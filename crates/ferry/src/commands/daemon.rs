@@ -62,6 +62,10 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
         m.credentials = credentials;
         m.public = a.mirror_public.clone();
     }
+    o.metrics_listen =
+        ferry_telemetry::parse_listen(&a.metrics_listen).map_err(|e| usage(format!("--metrics-listen {e}")))?;
+    o.health_listen =
+        ferry_telemetry::parse_listen(&a.health_listen).map_err(|e| usage(format!("--health-listen {e}")))?;
     if let Some(ps) = a.piece_size {
         let ps32 = u32::try_from(ps.0).map_err(|_| usage(format!("--piece-size {ps} is too large")))?;
         PieceLayout::new(0, ps32).map_err(|e| usage(format!("--piece-size: {e}")))?;

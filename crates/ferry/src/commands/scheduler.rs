@@ -27,10 +27,25 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
     };
     let svc = SchedulerService::new(opts);
     let cancel = CancellationToken::new();
+    let usage = |e: String| Exit::new(exit::USAGE, format!("--metrics-listen {e}"));
+    let metrics = match ferry_telemetry::parse_listen(&a.metrics_listen).map_err(usage)? {
+        Some(at) => {
+            let endpoints = ferry_telemetry::Endpoints {
+                metrics: Some(std::sync::Arc::new(ferry_scheduler::metrics::registry(svc.state()))),
+                // Serving sessions from here on: its listener is bound.
+                ready: Some(std::sync::Arc::new(|| None)),
+            };
+            let bound = ferry_telemetry::serve(at, endpoints, cancel.clone())
+                .await
+                .map_err(|e| Exit::new(exit::FAILURE, format!("cannot serve metrics on {at}: {e}")))?;
+            Some(bound.to_string())
+        }
+        None => None,
+    };
     let gc = GcWorker { state: svc.state(), host_ttl: Duration::from_secs(15), task_ttl: Duration::from_secs(300) };
     tokio::spawn(gc.run(cancel.clone()));
     tracing::info!(%addr, "scheduler listening");
-    crate::announce_ready("scheduler", &addr.to_string());
+    crate::announce_scheduler_ready(&addr.to_string(), metrics.as_deref());
     let server = tonic::transport::Server::builder()
         .add_service(SchedulerServer::new(svc).max_decoding_message_size(64 << 20))
         .serve_with_incoming_shutdown(
