@@ -27,6 +27,8 @@ pub struct HttpOptions {
     /// Origin hosts whose TLS certificate is not verified (`--insecure-origin`): the
     /// operator's explicit opt-out, logged at start and on every read.
     pub insecure_hosts: Vec<String>,
+    /// Settings for object-store origins (they share the CA certificates above).
+    pub object_store: crate::object::ObjectStoreConfig,
 }
 
 impl Default for HttpOptions {
@@ -36,6 +38,7 @@ impl Default for HttpOptions {
             read_timeout: Duration::from_secs(30),
             ca_certs: vec![],
             insecure_hosts: vec![],
+            object_store: Default::default(),
         }
     }
 }

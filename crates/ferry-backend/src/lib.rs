@@ -112,7 +112,10 @@ pub struct Backends {
 
 impl Backends {
     pub fn new(opts: &HttpOptions) -> Result<Self, BackendError> {
-        Ok(Self { http: HttpBackend::new(opts)?, objects: object::ObjectStores::new(&opts.ca_certs)? })
+        Ok(Self {
+            http: HttpBackend::new(opts)?,
+            objects: object::ObjectStores::new(&opts.ca_certs, opts.object_store.clone())?,
+        })
     }
 
     /// The HTTP client (its TLS roots and `User-Agent`), for callers that speak HTTP

@@ -64,10 +64,21 @@ impl ObjectUrl {
 /// Stores by scheme and bucket.
 type StoreMap = HashMap<(Scheme, String), Arc<dyn ObjectStore>>;
 
+/// Settings given to every store of a kind on top of its environment (credentials from a
+/// config file, say), as `object_store` names them: `aws_access_key_id`, `aws_endpoint`,
+/// `azure_storage_account_key`, `google_service_account_key`, ...
+#[derive(Clone, Debug, Default)]
+pub struct ObjectStoreConfig {
+    pub s3: Vec<(String, String)>,
+    pub azure: Vec<(String, String)>,
+    pub gcs: Vec<(String, String)>,
+}
+
 /// The stores opened so far, one per scheme and bucket.
 #[derive(Clone, Default)]
 pub struct ObjectStores {
     stores: Arc<Mutex<StoreMap>>,
+    config: ObjectStoreConfig,
     /// With `--ca-cert`: the client options every store gets (the extra roots, and
     /// `allow_http` as the environment set it); `None` leaves the stores' own.
     client: Option<object_store::ClientOptions>,
@@ -82,9 +93,9 @@ pub struct Listed {
 
 impl ObjectStores {
     /// Stores whose TLS also trusts the PEM certificates in `ca_certs` (a private CA).
-    pub fn new(ca_certs: &[std::path::PathBuf]) -> Result<Self, BackendError> {
+    pub fn new(ca_certs: &[std::path::PathBuf], config: ObjectStoreConfig) -> Result<Self, BackendError> {
         if ca_certs.is_empty() {
-            return Ok(Self::default());
+            return Ok(Self { config, ..Self::default() });
         }
         let mut client = object_store::ClientOptions::new();
         for path in ca_certs {
@@ -94,7 +105,7 @@ impl ObjectStores {
                 client = client.with_root_certificate(c);
             }
         }
-        Ok(Self { stores: Arc::default(), client: Some(client) })
+        Ok(Self { stores: Arc::default(), client: Some(client), config })
     }
 
     /// The client options for a store whose environment says `allow_http` (or not).
@@ -117,8 +128,12 @@ impl ObjectStores {
         // Each builder from the environment, given our client options (keeping the
         // environment's `allow_http`), built. Three builder types, one recipe.
         macro_rules! build {
-            ($builder:expr, $key:expr) => {{
+            ($builder:expr, $key:expr, $settings:expr, $kind:ty) => {{
                 let mut b = $builder;
+                for (k, v) in $settings {
+                    let key: $kind = k.parse().map_err(config)?;
+                    b = b.with_config(key, v);
+                }
                 if let Some(c) = self.client_options(b.get_config_value(&$key)) {
                     b = b.with_client_options(c);
                 }
@@ -128,15 +143,21 @@ impl ObjectStores {
         let store = match o.scheme {
             Scheme::S3 => build!(
                 object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&o.bucket),
-                object_store::aws::AmazonS3ConfigKey::Client(AllowHttp)
+                object_store::aws::AmazonS3ConfigKey::Client(AllowHttp),
+                &self.config.s3,
+                object_store::aws::AmazonS3ConfigKey
             ),
             Scheme::Gcs => build!(
                 object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(&o.bucket),
-                object_store::gcp::GoogleConfigKey::Client(AllowHttp)
+                object_store::gcp::GoogleConfigKey::Client(AllowHttp),
+                &self.config.gcs,
+                object_store::gcp::GoogleConfigKey
             ),
             Scheme::Azure => build!(
                 object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(&o.bucket),
-                object_store::azure::AzureConfigKey::Client(AllowHttp)
+                object_store::azure::AzureConfigKey::Client(AllowHttp),
+                &self.config.azure,
+                object_store::azure::AzureConfigKey
             ),
         };
         stores.insert((o.scheme, o.bucket.clone()), store.clone());

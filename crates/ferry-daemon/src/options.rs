@@ -56,6 +56,8 @@ pub struct DaemonOptions {
     pub always_authorize: bool,
     /// The OCI registry mirror; `None`: not served.
     pub mirror: Option<crate::mirror::MirrorOptions>,
+    /// Settings (credentials, endpoints) for object-store origins.
+    pub object_store: ferry_backend::object::ObjectStoreConfig,
     /// Where Prometheus metrics (`/metrics`) are served; `None`: not served.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where liveness and readiness (`/livez`, `/readyz`) are served; `None`: not served.
@@ -92,6 +94,7 @@ impl DaemonOptions {
             insecure_origins: vec![],
             always_authorize: false,
             mirror: None,
+            object_store: Default::default(),
             metrics_listen: None,
             health_listen: None,
         }

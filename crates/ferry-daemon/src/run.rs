@@ -63,6 +63,7 @@ pub async fn run(
     let backend = Backends::new(&HttpOptions {
         ca_certs: opts.ca_certs.clone(),
         insecure_hosts: opts.insecure_origins.clone(),
+        object_store: opts.object_store.clone(),
         ..Default::default()
     })?;
     let env = Arc::new(TaskEnv {

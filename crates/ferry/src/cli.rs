@@ -224,6 +224,14 @@ pub struct SchedulerArgs {
     /// IP:PORT, or `off`.
     #[arg(long, default_value = "0.0.0.0:8000", env = "FERRY_SCHEDULER_METRICS_LISTEN")]
     pub metrics_listen: String,
+    /// A TOML file of settings: its keys are this command's long flag names
+    /// (`cache-ttl = "24h"`, `scheduler = ["a:8002"]`, `seed = true`); flags and their
+    /// environment variables override it.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +368,38 @@ pub struct DaemonArgs {
     /// Where liveness and readiness (`/livez`, `/readyz`) are served, IP:PORT, or `off`.
     #[arg(long, default_value = "0.0.0.0:4003", env = "FERRY_HEALTH_LISTEN")]
     pub health_listen: String,
+    /// S3 credentials and endpoint for s3:// origins (the usual `AWS_*` variables work too).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// See --s3-access-key-id.
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// See --s3-access-key-id.
+    #[arg(long, env = "AWS_SESSION_TOKEN", hide_env_values = true)]
+    pub s3_session_token: Option<String>,
+    /// S3 region.
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+    /// An S3-compatible endpoint (MinIO, Ceph, moto), e.g. http://minio:9000.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+    /// Azure storage account for azblob:// origins (the usual `AZURE_*` variables work too).
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT_NAME")]
+    pub azure_storage_account: Option<String>,
+    /// See --azure-storage-account.
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT_KEY", hide_env_values = true)]
+    pub azure_storage_access_key: Option<String>,
+    /// A GCP service account key (JSON) for gs:// origins (`GOOGLE_*` variables work too).
+    #[arg(long, env = "GOOGLE_SERVICE_ACCOUNT_KEY", hide_env_values = true)]
+    pub gcs_service_account_key: Option<String>,
+    /// A TOML file of settings: its keys are this command's long flag names
+    /// (`cache-ttl = "24h"`, `scheduler = ["a:8002"]`, `seed = true`); flags and their
+    /// environment variables override it.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 #[derive(Args, Debug)]

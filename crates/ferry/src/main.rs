@@ -1,9 +1,15 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = ferry::cli::Cli::parse();
+    let cli = match ferry::config::parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            if !e.message.is_empty() {
+                eprintln!("ferry: {}", e.message);
+            }
+            return ExitCode::from(e.code);
+        }
+    };
     ferry::init_tracing(&cli);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(ferry::run(cli)) {

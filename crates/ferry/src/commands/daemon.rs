@@ -17,7 +17,9 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
         Some(p) => Some(ferry_backend::registry_auth::RegistryCredentials::load(p).map_err(usage)?),
         None => None,
     };
+    let object_store = object_store_config(&a);
     let mut o = DaemonOptions::new(a.data_dir, a.schedulers);
+    o.object_store = object_store;
     o.host_id = match a.host_id {
         Some(h) => HostId::new(h).map_err(|e| usage(e.to_string()))?,
         None => HostId::random(),
@@ -72,6 +74,27 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
         o.piece_size = Some(ps32);
     }
     Ok(o)
+}
+
+/// Object-store settings given as flags (or in the config file), by `object_store`'s names.
+fn object_store_config(a: &DaemonArgs) -> ferry_backend::object::ObjectStoreConfig {
+    let pairs = |v: &[(&str, &Option<String>)]| -> Vec<(String, String)> {
+        v.iter().filter_map(|(k, v)| v.as_ref().map(|v| (k.to_string(), v.clone()))).collect()
+    };
+    ferry_backend::object::ObjectStoreConfig {
+        s3: pairs(&[
+            ("aws_access_key_id", &a.s3_access_key_id),
+            ("aws_secret_access_key", &a.s3_secret_access_key),
+            ("aws_session_token", &a.s3_session_token),
+            ("aws_region", &a.s3_region),
+            ("aws_endpoint", &a.s3_endpoint),
+        ]),
+        azure: pairs(&[
+            ("azure_storage_account_name", &a.azure_storage_account),
+            ("azure_storage_account_key", &a.azure_storage_access_key),
+        ]),
+        gcs: pairs(&[("google_service_account_key", &a.gcs_service_account_key)]),
+    }
 }
 
 fn mirror_options(
