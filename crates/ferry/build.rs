@@ -1,7 +1,13 @@
-//! Puts the git commit the binary was built from into `ferry --version` (`unknown` outside a
-//! git checkout, e.g. a source tarball).
+//! Puts the git commit the binary was built from into `ferry --version`: `FERRY_GIT_COMMIT`
+//! when the build sets it (a container build without `.git`), else git's, else `unknown`
+//! (a source tarball).
 
 fn main() {
+    println!("cargo:rerun-if-env-changed=FERRY_GIT_COMMIT");
+    if let Some(c) = std::env::var("FERRY_GIT_COMMIT").ok().filter(|c| !c.is_empty()) {
+        println!("cargo:rustc-env=FERRY_GIT_COMMIT={c}");
+        return;
+    }
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

@@ -84,6 +84,7 @@ async fn metrics_count_the_bytes_that_moved() {
     assert!(from_peers > 0.0 && from_peers <= received);
 
     let sched = scrape(&s.cluster.metrics_of("scheduler-0").unwrap()).await;
+    dashboard_names_exist(&[&scrape(&s.peers[0].metrics_addr).await, &sched]);
     assert_eq!(value(&sched, "ferry_scheduler_hosts", &[("role", "seed")]), 1.0);
     assert_eq!(value(&sched, "ferry_scheduler_hosts", &[("role", "peer")]), 4.0);
     assert!(value(&sched, "ferry_scheduler_registrations_total", &[]) >= 5.0);
@@ -91,6 +92,28 @@ async fn metrics_count_the_bytes_that_moved() {
     let decisions = value(&sched, "ferry_scheduler_decisions_total", &[]);
     assert_eq!(value(&sched, "ferry_scheduler_decision_seconds_count", &[]), decisions);
     assert!(decisions >= 4.0);
+}
+
+/// Every series the Grafana dashboard queries is one the roles export.
+fn dashboard_names_exist(scrapes: &[&Vec<Sample>]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/ferry.json");
+    let text = std::fs::read_to_string(path).unwrap();
+    let exported: std::collections::HashSet<&str> =
+        scrapes.iter().flat_map(|s| s.iter().map(|(n, _, _)| n.as_str())).collect();
+    let mut queried: Vec<&str> = text
+        .match_indices("ferry_")
+        .map(|(at, _)| {
+            let rest = &text[at..];
+            &rest[..rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len())]
+        })
+        .filter(|n| n.starts_with("ferry_daemon_") || n.starts_with("ferry_scheduler_"))
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in queried {
+        assert!(exported.contains(name), "the dashboard queries {name}, which no role exports");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
