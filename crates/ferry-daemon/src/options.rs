@@ -56,6 +56,10 @@ pub struct DaemonOptions {
     pub always_authorize: bool,
     /// The OCI registry mirror; `None`: not served.
     pub mirror: Option<crate::mirror::MirrorOptions>,
+    /// Bytes per second this daemon serves to children, over every connection; `None`: no cap.
+    pub upload_limit: Option<std::sync::Arc<ferry_transport::RateLimit>>,
+    /// Bytes per second this daemon takes in from parents and origins together.
+    pub download_limit: Option<std::sync::Arc<ferry_transport::RateLimit>>,
     /// Settings (credentials, endpoints) for object-store origins.
     pub object_store: ferry_backend::object::ObjectStoreConfig,
     /// Where Prometheus metrics (`/metrics`) are served; `None`: not served.
@@ -94,6 +98,8 @@ impl DaemonOptions {
             insecure_origins: vec![],
             always_authorize: false,
             mirror: None,
+            upload_limit: None,
+            download_limit: None,
             object_store: Default::default(),
             metrics_listen: None,
             health_listen: None,

@@ -86,6 +86,7 @@ pub async fn run(
         ServerOptions {
             #[cfg(feature = "fault-injection")]
             corrupt_uploads: opts.corrupt_uploads,
+            upload_limit: opts.upload_limit.clone(),
             ..ServerOptions::default()
         },
         server_stats,

@@ -103,8 +103,18 @@ impl Cluster {
 
     /// Starts a scheduler listening on `listen` (`IP:PORT`, port 0 picks one).
     pub async fn start_scheduler_on(&mut self, name: &str, listen: &str) -> std::io::Result<String> {
-        let args = ["scheduler", "--listen", listen, "--metrics-listen", "127.0.0.1:0"].map(String::from).to_vec();
+        self.start_scheduler_with(name, listen, &[]).await
+    }
+
+    /// A scheduler on `listen` with flags of its own. Its `--listen` is its bound address
+    /// from then on, so a restart comes back where daemons look for it.
+    pub async fn start_scheduler_with(&mut self, name: &str, listen: &str, extra: &[&str]) -> std::io::Result<String> {
+        let mut args = ["scheduler", "--listen", listen, "--metrics-listen", "127.0.0.1:0"].map(String::from).to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let addr = self.spawn(name, args).await?.addr.clone();
+        if let Some(p) = self.procs.get_mut(name) {
+            p.args[2] = addr.clone();
+        }
         self.schedulers.push(addr.clone());
         Ok(addr)
     }

@@ -24,6 +24,26 @@ use tokio_util::sync::CancellationToken;
 pub struct OriginStats {
     pub bytes_served: AtomicU64,
     pub requests: AtomicU64,
+    /// Response bodies being sent now, and the most there ever were at once.
+    pub active: AtomicU64,
+    pub max_active: AtomicU64,
+}
+
+/// One response body in flight: counted while it lives.
+struct Active(Arc<OriginStats>);
+
+impl Active {
+    fn new(stats: Arc<OriginStats>) -> Self {
+        let now = stats.active.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.max_active.fetch_max(now, Ordering::SeqCst);
+        Self(stats)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -125,6 +145,11 @@ impl Origin {
     pub fn bytes_served(&self) -> u64 {
         self.stats.bytes_served.load(Ordering::Relaxed)
     }
+
+    /// The most response bodies the origin was sending at once.
+    pub fn max_concurrent(&self) -> u64 {
+        self.stats.max_active.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Origin {
@@ -196,8 +221,10 @@ async fn serve_file(State(o): State<Arc<Inner>>, Path(name): Path<String>, heade
     let throttle = o.opts.throttle;
     let cut_at = if cut_now { body_len / 2 } else { usize::MAX };
     const CHUNK: usize = 64 * 1024;
+    // Dropped with the stream: when the body is sent, or the client went away.
+    let active = Arc::new(Active::new(stats.clone()));
     let stream = futures::stream::unfold(0usize, move |at| {
-        let (body, stats) = (body.clone(), stats.clone());
+        let (body, stats, _active) = (body.clone(), stats.clone(), active.clone());
         async move {
             if at >= body.len() {
                 return None;

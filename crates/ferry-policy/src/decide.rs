@@ -9,6 +9,9 @@
 //!    however many peers ask at once);
 //! 4. a live seed exists -> `AskSeed` (the caller records the request, then waits);
 //! 5. no seed: the budget allows -> `BackToSource`, else `WaitForSeed`.
+//!
+//! While the origin host is at its cluster-wide cap of concurrent reads (`origin_full`),
+//! nothing that reads it is decided (no `BackToSource`, no `AskSeed`): the peer waits.
 
 use ferry_types::{HostId, TaskId};
 
@@ -28,6 +31,8 @@ pub struct DecisionInput<'a> {
     pub seed_requested: bool,
     pub seeds: &'a [SeedCandidate],
     pub task: &'a TaskId,
+    /// The request's origin host already has as many reads under way as it may.
+    pub origin_full: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -38,6 +43,9 @@ pub struct SeedCandidate {
 }
 
 pub fn decide(input: &DecisionInput<'_>, budget: &mut BackToSourceBudget) -> Decision {
+    if input.origin_full {
+        return if input.has_parents { Decision::Parents } else { Decision::WaitForSeed };
+    }
     if input.want_origin && budget.try_grant() {
         return Decision::BackToSource;
     }
@@ -80,7 +88,7 @@ mod tests {
     }
 
     fn input<'a>(seeds: &'a [SeedCandidate], task: &'a TaskId) -> DecisionInput<'a> {
-        DecisionInput { has_parents: false, want_origin: false, seed_requested: false, seeds, task }
+        DecisionInput { has_parents: false, want_origin: false, seed_requested: false, seeds, task, origin_full: false }
     }
 
     const T: TaskId = TaskId([1; 32]);
@@ -134,5 +142,16 @@ mod tests {
         let seeds = [seed("s1", 9), seed("s2", 1)];
         assert_eq!(pick_seed(&seeds, &T).unwrap().as_str(), "s2");
         assert_eq!(pick_seed(&[], &T), None);
+    }
+
+    #[test]
+    fn a_full_origin_is_never_read_more() {
+        let seeds = [seed("s", 0)];
+        let mut b = BackToSourceBudget::new(4);
+        let full = DecisionInput { origin_full: true, want_origin: true, ..input(&seeds, &T) };
+        assert_eq!(decide(&full, &mut b), Decision::WaitForSeed, "no seed asked, no grant");
+        assert_eq!(b.granted(), 0);
+        let with_parents = DecisionInput { has_parents: true, ..full };
+        assert_eq!(decide(&with_parents, &mut b), Decision::Parents);
     }
 }

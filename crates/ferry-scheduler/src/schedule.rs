@@ -50,6 +50,12 @@ fn decide_and_tell(
             upload_slots: h.host.upload_slots,
         })
         .collect();
+    let settling = st.started.is_some_and(|s| s.elapsed() < crate::state::ORIGIN_SETTLE);
+    let origin_full = match (opts.origin_concurrency, st.tasks.get(task_id).and_then(|t| t.peers.get(peer))) {
+        (Some(_), Some(_)) if settling => true,
+        (Some(cap), Some(p)) => st.origin_reads(&crate::state::origin_of(&p.request)) >= cap as usize,
+        _ => false,
+    };
     let State { hosts, tasks, seed_fetches, back_to_source_grants, metrics, .. } = st;
     let task = tasks.get_mut(task_id)?;
     if !task.peers.contains_key(peer) {
@@ -62,6 +68,7 @@ fn decide_and_tell(
         seed_requested: task.fetch.is_some(),
         seeds: &seeds,
         task: task_id,
+        origin_full,
     };
     let decision = decide(&input, &mut task.budget);
     tracing::debug!(task = ?task_id, %peer, ?decision, parents = ranked.len(), "scheduled");
@@ -141,6 +148,20 @@ fn offer_back(
     }
 }
 
+/// An origin read ended somewhere: with a cap on reads per origin, peers of other tasks may
+/// be waiting for it; every waiting peer gets another chance.
+pub(crate) fn wake_origin_waiters(st: &mut State, opts: &SchedulerOptions) {
+    if opts.origin_concurrency.is_none() {
+        return;
+    }
+    let mut tasks: Vec<TaskId> =
+        st.tasks.iter().filter(|(_, t)| t.peers.values().any(|p| p.waiting)).map(|(id, _)| *id).collect();
+    tasks.sort();
+    for t in tasks {
+        schedule_waiting(st, &t, opts);
+    }
+}
+
 /// Gives every waiting peer of the task another chance (something changed).
 pub(crate) fn schedule_waiting(st: &mut State, task_id: &TaskId, opts: &SchedulerOptions) {
     let waiting: Vec<HostId> = match st.tasks.get(task_id) {
@@ -190,7 +211,8 @@ fn ranked_parents(
 /// registered with it (and proved it against the origin first if it carries credentials).
 fn ask_seed(task: &mut TaskEntry, hosts: &HashMap<HostId, HostEntry>, task_id: &TaskId, peer: &HostId, seed: HostId) {
     let request = &task.peers[peer].request;
-    task.fetch = Some(SeedFetch { seed: seed.clone(), request: request.key() });
+    task.fetch =
+        Some(SeedFetch { seed: seed.clone(), request: request.key(), origin: crate::state::origin_of(request) });
     let fetch = FetchFromOrigin {
         task_id: task_id.0.to_vec(),
         url: request.url().to_string(),

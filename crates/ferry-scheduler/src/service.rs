@@ -20,7 +20,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::schedule::{schedule, schedule_waiting, send};
+use crate::schedule::{schedule, schedule_waiting, send, wake_origin_waiters};
 use crate::state::{HostEntry, PeerEntry, State, TaskEntry};
 use crate::validate;
 
@@ -29,11 +29,14 @@ pub struct SchedulerOptions {
     pub rank: RankOptions,
     /// How many ordinary peers of one task may read the origin.
     pub back_to_source_limit: u32,
+    /// Origin reads at once per origin host over all tasks (seeds and peers sent back to
+    /// source); `None`: no cap.
+    pub origin_concurrency: Option<u32>,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        Self { rank: RankOptions::default(), back_to_source_limit: 1 }
+        Self { rank: RankOptions::default(), back_to_source_limit: 1, origin_concurrency: None }
     }
 }
 
@@ -47,7 +50,23 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl SchedulerService {
     pub fn new(opts: SchedulerOptions) -> Self {
-        Self { state: Arc::default(), opts: Arc::new(opts) }
+        let state = State { started: Some(Instant::now()), ..Default::default() };
+        Self { state: Arc::new(Mutex::new(state)), opts: Arc::new(opts) }
+    }
+
+    /// Runs every second: peers waiting for a capped origin (or for this scheduler to
+    /// settle after its start) get another chance even when nothing else happens.
+    pub async fn wake_periodically(self, cancel: tokio_util::sync::CancellationToken) {
+        if self.opts.origin_concurrency.is_none() {
+            return;
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => wake_origin_waiters(&mut self.lock(), &self.opts),
+            }
+        }
     }
 
     pub fn state(&self) -> Arc<Mutex<State>> {
@@ -103,6 +122,12 @@ impl SchedulerService {
         }
         let held = v.held.len() as u32;
         let complete = task.piece_count().is_some_and(|n| n > 0 && held >= n);
+        // Reading the origin since before this registration (a scheduler restart): it holds
+        // a grant whether or not the budget has one left, and counts against the cap.
+        let granted = v.reading_origin && !v.from_origin && !complete;
+        if granted {
+            task.budget.try_grant();
+        }
         task.peers.insert(
             peer.clone(),
             PeerEntry {
@@ -112,7 +137,7 @@ impl SchedulerService {
                 state: if complete { PeerState::Succeeded } else { PeerState::Running },
                 pieces_held: held,
                 from_origin: v.from_origin,
-                granted: false,
+                granted,
                 blocklist: vec![],
                 throughput: None,
                 waiting: false,
@@ -177,9 +202,11 @@ impl SchedulerService {
                     me.state = PeerState::Succeeded;
                     me.pieces_held = me.pieces_held.max(count);
                 }
+                wake_origin_waiters(&mut st, &self.opts);
             }
             peer_message::Message::Failed(f) => {
-                on_failed(&mut st, task_id, peer, f.failure.unwrap_or_default(), &self.opts)
+                on_failed(&mut st, task_id, peer, f.failure.unwrap_or_default(), &self.opts);
+                wake_origin_waiters(&mut st, &self.opts);
             }
             peer_message::Message::Park(_) => unreachable!("handled above"),
         }
@@ -244,6 +271,7 @@ fn remove_peer(st: &mut State, task_id: &TaskId, peer: &HostId, opts: &Scheduler
     task.last_active = Instant::now();
     cancel_fetch_if_unwanted(task, hosts, task_id);
     schedule_waiting(st, task_id, opts);
+    wake_origin_waiters(st, opts);
 }
 
 /// Records reported pieces: origin digests (relayed to everyone), holdings, parents' speed.

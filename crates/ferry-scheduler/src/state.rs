@@ -73,6 +73,8 @@ pub struct PeerEntry {
 pub struct SeedFetch {
     pub seed: HostId,
     pub request: RequestKey,
+    /// The origin's `host[:port]` it reads.
+    pub origin: String,
 }
 
 pub struct TaskEntry {
@@ -168,9 +170,40 @@ pub struct State {
     pub seed_fetches: u64,
     pub back_to_source_grants: u64,
     pub metrics: std::sync::Arc<crate::metrics::SchedulerMetrics>,
+    /// When this scheduler started: until peers had time to register again, it cannot know
+    /// which of them read an origin (see [`ORIGIN_SETTLE`]).
+    pub started: Option<Instant>,
+}
+
+/// How long after a start a capped origin gets no new reads: peers that were reading it
+/// when the last scheduler died register again (and say so) within this.
+pub const ORIGIN_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The origin `host[:port]` a request reads (empty when the URL has none).
+pub fn origin_of(request: &OriginRequest) -> String {
+    ferry_types::host_port(request.url()).unwrap_or_default()
 }
 
 impl State {
+    /// Origin reads under way against `origin` over every task here: seeds reading for a
+    /// task (asked, or registered as reading) and peers allowed back to source.
+    pub fn origin_reads(&self, origin: &str) -> usize {
+        let mut n = 0;
+        for t in self.tasks.values() {
+            for p in t.peers.values() {
+                let reading = (p.from_origin && p.state == PeerState::Running) || p.granted;
+                if reading && origin_of(&p.request) == origin {
+                    n += 1;
+                }
+            }
+            // Asked, and not registered yet.
+            if t.fetch.as_ref().is_some_and(|f| !t.peers.contains_key(&f.seed) && f.origin == origin) {
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub fn session(&mut self) -> u64 {
         self.next_session += 1;
         self.next_session

@@ -50,6 +50,7 @@ pub struct ValidRegister {
     pub from_origin: bool,
     pub piece_size_hint: u32,
     pub pinned_until: u64,
+    pub reading_origin: bool,
 }
 
 /// `known` is the layout the scheduler already has for the task, if any; held pieces are
@@ -98,6 +99,7 @@ pub fn register(reg: &Register, known: impl FnOnce(&TaskId) -> Option<PieceLayou
         from_origin: reg.from_origin,
         piece_size_hint: reg.piece_size,
         pinned_until: reg.pinned_until,
+        reading_origin: reg.reading_origin,
     })
 }
 

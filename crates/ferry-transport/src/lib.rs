@@ -8,10 +8,12 @@
 pub mod avail;
 pub mod client;
 pub mod io;
+pub mod rate;
 pub mod server;
 
 pub use avail::Availability;
 pub use client::{connect, ParentEvent, ParentReader, ParentWriter};
+pub use rate::RateLimit;
 pub use server::{serve, ServerOptions, ServerStats, TaskLookup};
 
 use ferry_proto::frame::FrameError;

@@ -50,6 +50,8 @@ pub struct ServerOptions {
     pub max_per_address: usize,
     /// A connection that has not said `Hello` within this long is closed.
     pub hello_timeout: Duration,
+    /// The daemon's upload rate, shared by every connection; `None`: unlimited.
+    pub upload_limit: Option<Arc<crate::RateLimit>>,
 }
 
 impl ServerOptions {
@@ -70,6 +72,7 @@ impl Default for ServerOptions {
             max_connections: 1024,
             max_per_address: 64,
             hello_timeout: Duration::from_secs(10),
+            upload_limit: None,
         }
     }
 }
@@ -334,6 +337,9 @@ impl Writer<'_> {
             }
         };
         let len = layout.len(idx);
+        if let Some(limit) = &self.opts.upload_limit {
+            limit.acquire(len as u64).await;
+        }
         let mut head = BytesMut::with_capacity(frame::HEAD_LEN + frame::PIECE_HEAD_LEN);
         let digest = self.avail.digest(index).unwrap_or([0; 32]);
         frame::encode_piece_head(PieceHead { index, len, digest }, &mut head);

@@ -220,6 +220,11 @@ pub struct SchedulerArgs {
     /// ways. Off by default: in a mesh every peer passes on what it got first.
     #[arg(long, env = "FERRY_AVOID_CYCLES")]
     pub avoid_cycles: bool,
+    /// Origin reads at once per origin host (`host[:port]`) over all tasks of this scheduler:
+    /// seeds reading for a task and peers sent back to source. Over it, peers wait; nothing
+    /// reads the origin anyway. 0: no cap.
+    #[arg(long, default_value_t = 0, env = "FERRY_ORIGIN_CONCURRENCY")]
+    pub origin_concurrency: u32,
     /// Where Prometheus metrics (`/metrics`) and health (`/livez`, `/readyz`) are served,
     /// IP:PORT, or `off`.
     #[arg(long, default_value = "0.0.0.0:8000", env = "FERRY_SCHEDULER_METRICS_LISTEN")]
@@ -270,6 +275,13 @@ pub struct DaemonArgs {
     /// Children this host serves at once, over all tasks.
     #[arg(long, default_value_t = 32)]
     pub upload_slots: u32,
+    /// Most bytes per second this host serves to other peers, over all connections (e.g.
+    /// 100MiB); no cap when not given.
+    #[arg(long, env = "FERRY_UPLOAD_RATE")]
+    pub upload_rate: Option<ByteSize>,
+    /// Most bytes per second this host takes in from peers and origins together.
+    #[arg(long, env = "FERRY_DOWNLOAD_RATE")]
+    pub download_rate: Option<ByteSize>,
     /// Requests in flight per parent.
     #[arg(long, default_value_t = 4, env = "FERRY_PIECES_IN_FLIGHT")]
     pub pieces_in_flight: usize,

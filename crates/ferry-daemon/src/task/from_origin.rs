@@ -191,6 +191,9 @@ async fn read_from(
                 Ok(Some(c)) => {
                     let c = if c.len() as u64 > left { extra = true; c.slice(..left as usize) } else { c };
                     left -= c.len() as u64;
+                    if let Some(limit) = &shared.env.opts.download_limit {
+                        limit.acquire(c.len() as u64).await;
+                    }
                     if chunks.send(c).await.is_err() {
                         break; // The writer stopped: its reason comes through `done`.
                     }

@@ -267,7 +267,12 @@ impl<'a> Worker<'a> {
         let cost = now - asked.max(self.last_arrival);
         self.last_arrival = now;
         let (shared, parent, claimed) = (self.shared, self.parent.clone(), claimed.map(PieceDigest));
-        let store = async move { (index, by_index, shared.store_piece(index, bytes, parent, cost, claimed).await) };
+        let store = async move {
+            if let Some(limit) = &shared.env.opts.download_limit {
+                limit.acquire(bytes.len() as u64).await;
+            }
+            (index, by_index, shared.store_piece(index, bytes, parent, cost, claimed).await)
+        };
         self.stores.push(Box::pin(store));
         self.storing.push(index);
         Ok(())

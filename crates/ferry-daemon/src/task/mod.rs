@@ -274,6 +274,7 @@ impl TaskRun {
                 from_origin: self.from_origin,
                 piece_size: self.piece_size,
                 pinned_until: self.shared.env.store.pinned(self.shared.handle.id).ok().flatten().map_or(0, |p| p.until),
+                reading_origin: self.origin_running,
             })),
         }
     }

@@ -32,6 +32,8 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
     o.zone = a.zone;
     o.rack = a.rack;
     o.upload_slots = a.upload_slots;
+    o.upload_limit = a.upload_rate.map(|r| std::sync::Arc::new(ferry_transport::RateLimit::new(r.0)));
+    o.download_limit = a.download_rate.map(|r| std::sync::Arc::new(ferry_transport::RateLimit::new(r.0)));
     o.pieces_in_flight = a.pieces_in_flight.max(1);
     o.back_to_source_after = a.back_to_source_after;
     o.piece_timeout = a.piece_timeout;

@@ -24,6 +24,7 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
             ..Default::default()
         },
         back_to_source_limit: a.back_to_source_limit,
+        origin_concurrency: (a.origin_concurrency > 0).then_some(a.origin_concurrency),
     };
     let svc = SchedulerService::new(opts);
     let cancel = CancellationToken::new();
@@ -44,6 +45,7 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
     };
     let gc = GcWorker { state: svc.state(), host_ttl: Duration::from_secs(15), task_ttl: Duration::from_secs(300) };
     tokio::spawn(gc.run(cancel.clone()));
+    tokio::spawn(svc.clone().wake_periodically(cancel.clone()));
     tracing::info!(%addr, "scheduler listening");
     crate::announce_scheduler_ready(&addr.to_string(), metrics.as_deref());
     let server = tonic::transport::Server::builder()

@@ -41,6 +41,7 @@ pub struct Spec<'a> {
     pub seed_args: &'a [&'a str],
     /// Start a seed peer (`Setup::seed` is then the seed; without one it is unused).
     pub seed: bool,
+    pub scheduler_args: &'a [&'a str],
 }
 
 impl Default for Spec<'_> {
@@ -53,6 +54,7 @@ impl Default for Spec<'_> {
             peer_args: &[],
             seed_args: &[],
             seed: true,
+            scheduler_args: &[],
         }
     }
 }
@@ -68,7 +70,7 @@ impl Setup {
         let origin = Origin::start(files.clone(), spec.origin).await.unwrap();
         let mut cluster = Cluster::new(bin()).unwrap();
         for i in 0..spec.schedulers {
-            cluster.start_scheduler(&format!("scheduler-{i}")).await.unwrap();
+            cluster.start_scheduler_with(&format!("scheduler-{i}"), "127.0.0.1:0", spec.scheduler_args).await.unwrap();
         }
         let seed = match spec.seed {
             true => {
