@@ -58,7 +58,9 @@ fn decide_and_tell(
     };
     let State { hosts, tasks, seed_fetches, back_to_source_grants, metrics, .. } = st;
     let task = tasks.get_mut(task_id)?;
-    if !task.peers.contains_key(peer) {
+    // Gone, or done: a finished peer is told nothing more (a grant now would never be
+    // given back).
+    if task.peers.get(peer).is_none_or(|p| p.state == PeerState::Succeeded) {
         return None;
     }
     let ranked = ranked_parents(task, hosts, peer, &opts.rank);

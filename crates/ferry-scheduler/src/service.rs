@@ -146,7 +146,8 @@ impl SchedulerService {
                 pinned_until: v.pinned_until,
             },
         );
-        if !v.from_origin && !complete {
+        // A peer reading the origin needs no decision; one that is complete neither.
+        if !v.from_origin && !complete && !granted {
             schedule(&mut st, &task_id, &peer, false, &self.opts);
         }
         schedule_waiting(&mut st, &task_id, &self.opts);
@@ -201,6 +202,7 @@ impl SchedulerService {
                 if let Some(me) = task.peers.get_mut(peer) {
                     me.state = PeerState::Succeeded;
                     me.pieces_held = me.pieces_held.max(count);
+                    me.waiting = false;
                 }
                 wake_origin_waiters(&mut st, &self.opts);
             }
@@ -300,6 +302,7 @@ fn on_pieces(
         me.pieces_held = (me.pieces_held + pieces.len() as u32).min(count);
         if me.pieces_held >= count {
             me.state = PeerState::Succeeded;
+            me.waiting = false;
         }
     }
     for p in pieces {
@@ -697,5 +700,39 @@ mod tests {
         let mut c = join(&svc, "c", false);
         let got = parents(&mut c).expect("parents, not a wait");
         assert!(!got.is_empty() && got.len() <= STARVING_PARENTS, "{got:?}");
+    }
+
+    #[test]
+    fn a_capped_origin_is_read_once_at_a_time_over_tasks_and_a_restart() {
+        let opts = SchedulerOptions { origin_concurrency: Some(1), ..Default::default() };
+        let svc = SchedulerService::new(opts);
+        svc.lock().started = None; // No settling: this is the scheduler after it.
+        let reg = |id: &str, task: u8, reading: bool| {
+            let host =
+                Host { id: id.into(), ip: "127.0.0.1".into(), piece_port: 1, upload_slots: 8, ..Default::default() };
+            let url = format!("http://origin/f{task}");
+            let r = Register {
+                task_id: vec![task; 32],
+                host: Some(host),
+                url,
+                reading_origin: reading,
+                ..Default::default()
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            svc.register(&r, tx).unwrap();
+            rx
+        };
+        // `a` was reading task 1 when the last scheduler died; `b` wants task 2 of the same origin.
+        let _a = reg("a", 1, true);
+        let mut b = reg("b", 2, false);
+        assert!(!got_back_to_source(&mut b), "the origin is busy with a's read");
+        let a = HostId::new("a").unwrap();
+        svc.on_message(&TaskId([1; 32]), &a, peer_message::Message::Finished(Finished {})).unwrap();
+        assert!(got_back_to_source(&mut b), "a's read ended: b's turn");
+        // A finished peer is never granted a read, even when it was left marked waiting.
+        svc.lock().tasks.get_mut(&TaskId([1; 32])).unwrap().peers.get_mut(&a).unwrap().waiting = true;
+        svc.on_message(&TaskId([2; 32]), &HostId::new("b").unwrap(), peer_message::Message::Finished(Finished {}))
+            .unwrap();
+        assert_eq!(svc.lock().origin_reads("origin"), 0, "no read left counted");
     }
 }
