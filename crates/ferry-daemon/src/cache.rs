@@ -148,7 +148,8 @@ fn store_file(ctx: &Ctx, path: &Path, ttl: u64) -> Result<(TaskId, FileDigest, P
         None => PieceLayout::for_length(len),
     };
     let store = &ctx.env.store;
-    let layout = match store.task_record(id)? {
+    let existed = store.task_record(id)?;
+    let layout = match &existed {
         // Held already (imported before, or fetched as a blob): keep its layout.
         Some(r) => PieceLayout::new(r.content_length, r.piece_size).unwrap_or(layout),
         None => {
@@ -162,40 +163,61 @@ fn store_file(ctx: &Ctx, path: &Path, ttl: u64) -> Result<(TaskId, FileDigest, P
         piece_size: layout.piece_size(),
         ..Default::default()
     };
-    let (content, held) = store.open_task(id, &record)?;
-    let held: std::collections::HashSet<u32> = held.iter().map(|(i, _)| i.get()).collect();
-    let mut check = FileHasher::new(DigestAlgo::Sha256, len);
-    let copied = (|| -> Result<(), DaemonError> {
-        for index in layout.indices() {
-            let mut buf = vec![0u8; layout.len(index) as usize];
-            file.read_exact_at(&mut buf, layout.offset(index)).map_err(open_err)?;
-            check.update(&buf);
-            if !held.contains(&index.get()) {
-                content.write_piece(index, &buf)?;
-                store.record_piece(id, index, PieceDigest::of(&buf))?;
-            }
-        }
-        Ok(())
-    })();
-    let again = copied.map(|_| check.finish());
-    match again {
-        Ok(d) if d == digest => {}
-        Ok(d) => {
+    let copied = copy_pieces(ctx, &file, id, &record).map_err(|e| match e {
+        CopyError::Io(e) => open_err(e),
+        CopyError::Daemon(e) => e,
+    });
+    let failure = match copied {
+        Ok(d) if d == digest => None,
+        Ok(d) => Some(DaemonError::BadRequest(format!(
+            "{} changed while it was imported ({digest}, then {d}); import it again once it is written",
+            path.display()
+        ))),
+        Err(e) => Some(e),
+    };
+    if let Some(e) = failure {
+        // What this import added goes; a task held before stays (its pieces were verified).
+        if existed.is_none() {
             let _ = store.remove_task(id);
-            return Err(DaemonError::BadRequest(format!(
-                "{} changed while it was imported ({digest}, then {d}); import it again once it is written",
-                path.display()
-            )));
         }
-        Err(e) => {
-            let _ = store.remove_task(id);
-            return Err(e);
-        }
+        return Err(e);
     }
     if ttl > 0 {
         store.pin(id, &Pin { until: now_unix().saturating_add(ttl), digest: digest.to_string() })?;
     }
     Ok((id, digest, layout))
+}
+
+enum CopyError {
+    Io(std::io::Error),
+    Daemon(DaemonError),
+}
+
+impl From<ferry_storage::StorageError> for CopyError {
+    fn from(e: ferry_storage::StorageError) -> Self {
+        Self::Daemon(e.into())
+    }
+}
+
+/// Writes every piece of `file` the store does not hold yet, with its digest; returns the
+/// sha256 of what it read.
+fn copy_pieces(ctx: &Ctx, file: &std::fs::File, id: TaskId, record: &TaskRecord) -> Result<FileDigest, CopyError> {
+    let store = &ctx.env.store;
+    let (content, held) = store.open_task(id, record)?;
+    let held: std::collections::HashSet<u32> = held.iter().map(|(i, _)| i.get()).collect();
+    let layout = *content.layout();
+    let mut check = FileHasher::new(DigestAlgo::Sha256, layout.content_length());
+    let mut buf = vec![];
+    for index in layout.indices() {
+        buf.resize(layout.len(index) as usize, 0);
+        file.read_exact_at(&mut buf, layout.offset(index)).map_err(CopyError::Io)?;
+        check.update(&buf);
+        if !held.contains(&index.get()) {
+            content.write_piece(index, &buf)?;
+            store.record_piece(id, index, PieceDigest::of(&buf))?;
+        }
+    }
+    Ok(check.finish())
 }
 
 fn sha256_of(file: &std::fs::File, len: u64) -> std::io::Result<FileDigest> {
