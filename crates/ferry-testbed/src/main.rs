@@ -104,6 +104,10 @@ struct RunArgs {
     /// data per host instead of two (file and model workloads).
     #[arg(long)]
     link_outputs: bool,
+    /// Cap Ferry's seed's upload (`ferry daemon --upload-rate`, bytes per second, e.g. 5.9MB)
+    /// below its link: its own origin read's ACKs then do not queue behind its uploads.
+    #[arg(long)]
+    seed_upload_rate: Option<String>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -271,6 +275,7 @@ async fn run(a: RunArgs) -> Result<()> {
         image,
         model,
         link_outputs: a.link_outputs,
+        seed_upload_rate: a.seed_upload_rate.clone(),
     };
     let calibration = calibrate(&r).await?;
     let results = run_systems(&a.systems, &r, &stop).await?;
@@ -283,6 +288,7 @@ async fn run(a: RunArgs) -> Result<()> {
         arrival: a.arrival.clone(),
         kill_fraction: a.kill_fraction,
         link_outputs: a.link_outputs,
+        seed_upload_rate: a.seed_upload_rate.clone(),
         calibration,
         tcp_congestion_control: std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
             .map(|s| s.trim().to_owned())

@@ -19,6 +19,8 @@ pub struct Report {
     pub kill_fraction: f64,
     /// Ferry's outputs were hard links to its cache (`--link-outputs`).
     pub link_outputs: bool,
+    /// Ferry's seed's upload cap (`--seed-upload-rate`).
+    pub seed_upload_rate: Option<String>,
     pub calibration: Calibration,
     /// The kernel's default TCP congestion control, which every namespace inherits: it shapes
     /// how uploads and downloads share a capped link.

@@ -40,6 +40,8 @@ pub struct Run {
     pub model: Option<crate::model::ModelWorkload>,
     /// `ferry get --link`: outputs are hard links to the daemon's cache.
     pub link_outputs: bool,
+    /// `--upload-rate` of Ferry's seed (bytes per second, e.g. `5MB`).
+    pub seed_upload_rate: Option<String>,
 }
 
 /// What hosts fetch from: the HTTP file origin or the registry.

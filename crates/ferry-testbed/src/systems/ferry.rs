@@ -53,6 +53,9 @@ fn start_daemon(r: &Run, node: &str, seed: bool) -> Result<Daemon> {
         if let Some(ps) = &r.piece_size {
             args.extend(["--piece-size".into(), ps.clone()]);
         }
+        if let Some(rate) = &r.seed_upload_rate {
+            args.extend(["--upload-rate".into(), rate.clone()]);
+        }
     }
     let mut proc = spawn_in(&n.ns, &args, Stdio::piped(), &r.log(&format!("ferry-{node}")))?;
     ready_line(&mut proc, node)?;
