@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build the network, run the systems, write results, tear everything down.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// (internal) The HTTP origin, run inside the origin's namespace.
     #[command(hide = true)]
     Origin {
@@ -114,7 +114,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let r = match cli.cmd {
-        Cmd::Run(a) => rt.block_on(run(a)),
+        Cmd::Run(a) => rt.block_on(run(*a)),
         Cmd::Origin { size, listen } => rt.block_on(origin(size, listen)),
         Cmd::Hub { size, listen } => rt.block_on(model::serve(size, listen)),
     };
