@@ -54,7 +54,7 @@ impl SchedulerService {
         Self { state: Arc::new(Mutex::new(state)), opts: Arc::new(opts) }
     }
 
-    /// Runs every second: peers waiting for a capped origin (or for this scheduler to
+    /// Runs twice a second: peers waiting for a capped origin (or for this scheduler to
     /// settle after its start) get another chance even when nothing else happens.
     pub async fn wake_periodically(self, cancel: tokio_util::sync::CancellationToken) {
         if self.opts.origin_concurrency.is_none() {
