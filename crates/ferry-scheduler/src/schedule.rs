@@ -40,22 +40,8 @@ fn decide_and_tell(
     opts: &SchedulerOptions,
 ) -> Option<usize> {
     use crate::metrics::{DECISION_ASK_SEED, DECISION_BACK_TO_SOURCE, DECISION_PARENTS, DECISION_WAIT};
-    let seeds: Vec<SeedCandidate> = st
-        .hosts
-        .iter()
-        .filter(|(_, h)| h.host.seed)
-        .map(|(id, h)| SeedCandidate {
-            host: id.clone(),
-            uploads_active: h.host.uploads_active,
-            upload_slots: h.host.upload_slots,
-        })
-        .collect();
-    let settling = st.started.is_some_and(|s| s.elapsed() < crate::state::ORIGIN_SETTLE);
-    let origin_full = match (opts.origin_concurrency, st.tasks.get(task_id).and_then(|t| t.peers.get(peer))) {
-        (Some(_), Some(_)) if settling => true,
-        (Some(cap), Some(p)) => st.origin_reads(&crate::state::origin_of(&p.request)) >= cap as usize,
-        _ => false,
-    };
+    let seeds = seed_candidates(st);
+    let origin_full = origin_full(st, task_id, peer, opts);
     let State { hosts, tasks, seed_fetches, back_to_source_grants, metrics, .. } = st;
     let task = tasks.get_mut(task_id)?;
     // Gone, or done: a finished peer is told nothing more (a grant now would never be
@@ -114,6 +100,29 @@ fn decide_and_tell(
         p.waiting = waiting;
     }
     Some(kind)
+}
+
+/// Every live seed, as the policy sees it.
+fn seed_candidates(st: &State) -> Vec<SeedCandidate> {
+    st.hosts
+        .iter()
+        .filter(|(_, h)| h.host.seed)
+        .map(|(id, h)| SeedCandidate {
+            host: id.clone(),
+            uploads_active: h.host.uploads_active,
+            upload_slots: h.host.upload_slots,
+        })
+        .collect()
+}
+
+/// Whether `peer`'s origin may take no more reads now: it is at the cap, or this scheduler
+/// started too recently to know who reads it.
+fn origin_full(st: &State, task_id: &TaskId, peer: &HostId, opts: &SchedulerOptions) -> bool {
+    let (Some(cap), Some(p)) = (opts.origin_concurrency, st.tasks.get(task_id).and_then(|t| t.peers.get(peer))) else {
+        return false;
+    };
+    let settling = st.started.is_some_and(|s| s.elapsed() < crate::state::ORIGIN_SETTLE);
+    settling || st.origin_reads(&crate::state::origin_of(&p.request)) >= cap as usize
 }
 
 fn parent_message(hosts: &HashMap<HostId, HostEntry>, task: &TaskEntry, id: &HostId) -> Option<Parent> {

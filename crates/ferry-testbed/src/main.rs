@@ -279,7 +279,19 @@ async fn run(a: RunArgs) -> Result<()> {
     };
     let calibration = calibrate(&r).await?;
     let results = run_systems(&a.systems, &r, &stop).await?;
-    let report = Report {
+    let report = report(&a, size, calibration, (bound_s, bound_note), results);
+    write_results(&a, &report)
+}
+
+/// The run's settings and what each system did.
+fn report(
+    a: &RunArgs,
+    size: u64,
+    calibration: report::Calibration,
+    (bound_s, bound_note): (f64, String),
+    systems: Vec<scenario::SystemResult>,
+) -> Report {
+    Report {
         hosts: a.hosts,
         size_bytes: size,
         link_bps: a.link.0,
@@ -295,9 +307,8 @@ async fn run(a: RunArgs) -> Result<()> {
             .unwrap_or_default(),
         bound_s,
         bound_note,
-        systems: results,
-    };
-    write_results(&a, &report)
+        systems,
+    }
 }
 
 /// Runs each system in turn over the same network; stops at Ctrl-C.
