@@ -90,14 +90,15 @@ pub async fn import(ctx: &Arc<Ctx>, req: CacheImportRequest) -> Result<CacheImpo
     })
 }
 
-/// The scheduler's refusal as this host's error: too few seeds is the caller's to fix.
+/// The scheduler's refusal as this host's error: too few seeds is the caller's to fix; a
+/// replication the scheduler gave up on (a seed left or failed) is its own error.
 fn replicate_error(addr: &str, s: tonic::Status, timeout: Duration) -> DaemonError {
     match s.code() {
         tonic::Code::FailedPrecondition | tonic::Code::InvalidArgument => {
             DaemonError::BadRequest(s.message().to_owned())
         }
         tonic::Code::DeadlineExceeded => DaemonError::Timeout(timeout),
-        tonic::Code::Unavailable if s.message().contains("seed") => DaemonError::BadRequest(s.message().to_owned()),
+        tonic::Code::Aborted => DaemonError::Replication(s.message().to_owned()),
         _ => DaemonError::NoScheduler(format!("{addr}: {}", s.message())),
     }
 }

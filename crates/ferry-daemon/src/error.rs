@@ -49,6 +49,9 @@ pub enum DaemonError {
     Proxy(String),
     #[error("a daemon already listens on {0}")]
     AlreadyRunning(String),
+    /// The scheduler gave up having seeds replicate an imported file.
+    #[error("replication failed: {0}")]
+    Replication(String),
 }
 
 fn is_disk_full(e: &std::io::Error) -> bool {

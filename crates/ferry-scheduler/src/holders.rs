@@ -124,12 +124,12 @@ pub async fn replicate(state: &Mutex<State>, req: &ReplicateRequest) -> Result<V
                 return Ok(holders);
             }
             if let Some(gone) = targets.iter().find(|id| !st.hosts.contains_key(*id)) {
-                return Err(Status::unavailable(format!("seed {gone} left before it held the task; import again")));
+                return Err(Status::aborted(format!("seed {gone} left before it held the task; import again")));
             }
             if let Some(failed) =
                 targets.iter().find(|id| t.peers.get(*id).is_some_and(|p| p.state == PeerState::Failed))
             {
-                return Err(Status::unavailable(format!("seed {failed} failed to fetch the task; see its log")));
+                return Err(Status::aborted(format!("seed {failed} failed to fetch the task; see its log")));
             }
             if tokio::time::Instant::now() >= deadline {
                 let held = targets.iter().filter(|id| done(id)).count();
