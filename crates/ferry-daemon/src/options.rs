@@ -19,6 +19,17 @@ pub struct DaemonOptions {
     pub piece_port: u16,
     /// `host:port` of every scheduler.
     pub schedulers: Vec<String>,
+    /// The managers' gRPC addresses (replicas, tried in turn): they name the schedulers (by
+    /// this host's cluster), and the set follows their changes. `--scheduler`s, if given
+    /// too, serve until one answers.
+    pub managers: Vec<String>,
+    /// How often to ask the manager; `None`: as often as it says.
+    pub manager_refresh: Option<Duration>,
+    /// This host's name, as schedulers and the manager show it (and cluster scopes match it).
+    pub hostname: String,
+    pub idc: String,
+    /// `country|region|city|...`, matched by cluster scopes by prefix.
+    pub location: String,
     pub seed: bool,
     pub zone: String,
     pub rack: String,
@@ -78,6 +89,13 @@ impl DaemonOptions {
             listen_ip: IpAddr::from([0, 0, 0, 0]),
             piece_port: 4005,
             schedulers,
+            managers: vec![],
+            manager_refresh: None,
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            idc: String::new(),
+            location: String::new(),
             seed: false,
             zone: String::new(),
             rack: String::new(),

@@ -51,15 +51,18 @@ pub async fn run(
     }
     let (listener, bound) = bind_pieces(&opts).await?;
     let uds = bind_socket(&opts.socket).await?;
-    let schedulers = Arc::new(Schedulers::new(&opts.schedulers).map_err(DaemonError::NoScheduler)?);
+    let schedulers =
+        Arc::new(Schedulers::new(&opts.schedulers, !opts.managers.is_empty()).map_err(DaemonError::NoScheduler)?);
     let server_stats = Arc::new(ServerStats::default());
     let registry = Arc::new(Registry::default());
 
     let workers = Arc::new(crate::workers::Workers::default());
     let gc = Arc::new(crate::gc::CacheGc::new(store.clone(), registry.clone(), opts.gc.clone()));
     workers.spawn("cache-collector", cancel.clone(), gc.clone().run(cancel.clone()));
-    let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &opts.schedulers).await;
+    let route_to = if opts.schedulers.is_empty() { opts.managers.clone() } else { opts.schedulers.clone() };
+    let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &route_to).await;
     let host_info = host_info(&opts, advertise, bound, server_stats.clone());
+    let manager = ask_manager(&opts, &schedulers, advertise, bound).await?;
     let backend = Backends::new(&HttpOptions {
         ca_certs: opts.ca_certs.clone(),
         insecure_hosts: opts.insecure_origins.clone(),
@@ -94,7 +97,11 @@ pub async fn run(
     );
     workers.spawn("piece-server", cancel.clone(), server);
     let (orders_tx, orders_rx) = tokio::sync::mpsc::unbounded_channel();
-    schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), &workers, cancel.clone());
+    schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), workers.clone(), cancel.clone());
+    if let Some((link, request)) = manager {
+        let follow = link.follow(schedulers.clone(), request, opts.manager_refresh, cancel.clone());
+        workers.spawn("manager-follower", cancel.clone(), follow);
+    }
     warn_if_silent(&schedulers).await;
     spawn_order_workers(&ctx, &schedulers, orders_rx, &cancel);
     crate::cache::announce_pinned(&ctx);
@@ -153,10 +160,47 @@ async fn start_mirror(
     Ok((Some(addr), ca))
 }
 
+/// With `--manager`: asks it once for this host's schedulers (bounded, so a manager that is
+/// down does not stop the daemon) and returns the link to keep asking over.
+async fn ask_manager(
+    opts: &DaemonOptions,
+    schedulers: &Schedulers,
+    advertise: std::net::IpAddr,
+    bound: SocketAddr,
+) -> Result<Option<(crate::manager::ManagerLink, ListRequest)>, DaemonError> {
+    if opts.managers.is_empty() {
+        return Ok(None);
+    }
+    let mut link = crate::manager::ManagerLink::new(&opts.managers)?;
+    let o = opts.clone();
+    let request: ListRequest = Arc::new(move || ferry_proto::manager::ListSchedulersRequest {
+        host_id: o.host_id.to_string(),
+        hostname: o.hostname.clone(),
+        ip: advertise.to_string(),
+        zone: o.zone.clone(),
+        idc: o.idc.clone(),
+        location: o.location.clone(),
+        seed: o.seed,
+        piece_port: u32::from(bound.port()),
+    });
+    match tokio::time::timeout(Duration::from_secs(5), link.ask(request())).await {
+        Ok(Ok(resp)) => link.apply(schedulers, &resp),
+        Ok(Err(s)) => {
+            tracing::warn!(error = %s.message(), "no manager named this host's schedulers; asking again later")
+        }
+        Err(_) => tracing::warn!("no manager answers; asking again later"),
+    }
+    Ok(Some((link, request)))
+}
+
+type ListRequest = Arc<dyn Fn() -> ferry_proto::manager::ListSchedulersRequest + Send + Sync>;
+
 /// Waits (bounded) for a first answer from every scheduler and says which are silent.
 async fn warn_if_silent(schedulers: &Schedulers) {
     let silent = schedulers.settle(Duration::from_secs(5)).await;
-    if silent.len() == schedulers.count() {
+    if schedulers.count() == 0 {
+        tracing::warn!("no scheduler yet: downloads wait until the manager names one");
+    } else if silent.len() == schedulers.count() {
         tracing::warn!(
             schedulers = %silent.join(","),
             "no scheduler answers: downloads will wait for one and fail with 'no scheduler' if none comes; \
@@ -173,7 +217,7 @@ async fn warn_if_silent(schedulers: &Schedulers) {
 fn spawn_order_workers(
     ctx: &Arc<Ctx>,
     schedulers: &Arc<Schedulers>,
-    mut orders: tokio::sync::mpsc::UnboundedReceiver<host_command::Command>,
+    mut orders: tokio::sync::mpsc::UnboundedReceiver<crate::schedulers::Order>,
     cancel: &CancellationToken,
 ) {
     let (c, s) = (ctx.clone(), schedulers.clone());
@@ -185,8 +229,8 @@ fn spawn_order_workers(
     });
     let c = ctx.clone();
     ctx.workers.spawn("scheduler-orders", cancel.clone(), async move {
-        while let Some(order) = orders.recv().await {
-            on_order(&c, order);
+        while let Some((from, order)) = orders.recv().await {
+            on_order(&c, from, order);
         }
     });
 }
@@ -233,6 +277,7 @@ fn host_info(
         upload_slots: opts.upload_slots,
         uploads_active: stats.connections_active.load(Ordering::Relaxed) as u32,
         seed: opts.seed,
+        hostname: opts.hostname.clone(),
     })
 }
 
@@ -254,8 +299,9 @@ fn reannounce_parked(ctx: &Arc<Ctx>, schedulers: &Schedulers) {
 }
 
 /// A scheduler's order to this host (fetch, cancel and replicate go to seeds).
-fn on_order(ctx: &Arc<Ctx>, order: host_command::Command) {
+fn on_order(ctx: &Arc<Ctx>, from: String, order: host_command::Command) {
     match order {
+        host_command::Command::Preheat(p) => crate::preheat::on_order(ctx, from, p),
         host_command::Command::Fetch(f) => fetch_order(ctx, f),
         host_command::Command::Cancel(c) => {
             let Some(id) = TaskId::from_slice(&c.task_id) else { return };

@@ -7,7 +7,7 @@
 //! scheduler moves only the tasks it wins, and a dead scheduler's tasks spread over the rest.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferry_proto::scheduler::scheduler_client::SchedulerClient;
@@ -23,11 +23,26 @@ use crate::retry::Backoff;
 /// Most task ids one keepalive names as dropped (the scheduler's limit).
 const MAX_DROPPED: usize = 4096;
 
+/// A scheduler's order, with the address of the scheduler that sent it.
+pub type Order = (String, host_command::Command);
+
 pub struct Schedulers {
-    entries: Vec<Entry>,
-    /// Bumped whenever a host session comes up or goes down: tasks may change owner, and a
-    /// scheduler that restarted knows none of the tasks parked with it.
+    /// Changes when the manager names other schedulers (`--manager`); fixed otherwise.
+    entries: RwLock<Vec<Arc<Entry>>>,
+    /// Bumped whenever a host session comes up or goes down, or the set changes: tasks may
+    /// change owner, and a scheduler that restarted knows none of the tasks parked with it.
     topology: tokio::sync::watch::Sender<u64>,
+    /// What a session worker needs, set once sessions start.
+    sessions: std::sync::OnceLock<SessionDeps>,
+}
+
+#[derive(Clone)]
+struct SessionDeps {
+    host: Arc<dyn Fn() -> Host + Send + Sync>,
+    orders: mpsc::UnboundedSender<Order>,
+    registry: Arc<Registry>,
+    workers: Arc<crate::workers::Workers>,
+    cancel: CancellationToken,
 }
 
 struct Entry {
@@ -38,6 +53,8 @@ struct Entry {
     tried: AtomicBool,
     /// How many host sessions with it have come up.
     generation: std::sync::atomic::AtomicU64,
+    /// Ends this scheduler's session worker (it left the set).
+    stop: CancellationToken,
 }
 
 fn score(task: &TaskId, addr: &str) -> u64 {
@@ -47,39 +64,86 @@ fn score(task: &TaskId, addr: &str) -> u64 {
     u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
+fn entry(a: &str) -> Result<Arc<Entry>, String> {
+    let uri = if a.contains("://") { a.to_owned() } else { format!("http://{a}") };
+    let ep = Endpoint::from_shared(uri)
+        .map_err(|e| format!("scheduler address `{a}`: {e}"))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true);
+    Ok(Arc::new(Entry {
+        addr: a.to_owned(),
+        channel: ep.connect_lazy(),
+        live: AtomicBool::new(false),
+        tried: AtomicBool::new(false),
+        generation: Default::default(),
+        stop: CancellationToken::new(),
+    }))
+}
+
 impl Schedulers {
-    pub fn new(addrs: &[String]) -> Result<Self, String> {
-        let entries = addrs
-            .iter()
-            .map(|a| {
-                let uri = if a.contains("://") { a.clone() } else { format!("http://{a}") };
-                let ep = Endpoint::from_shared(uri)
-                    .map_err(|e| format!("scheduler address `{a}`: {e}"))?
-                    .connect_timeout(Duration::from_secs(3))
-                    .tcp_nodelay(true);
-                Ok(Entry {
-                    addr: a.clone(),
-                    channel: ep.connect_lazy(),
-                    live: AtomicBool::new(false),
-                    tried: AtomicBool::new(false),
-                    generation: Default::default(),
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        if entries.is_empty() {
-            return Err("no scheduler address given (--scheduler HOST:PORT)".into());
+    /// The schedulers at `addrs`; an empty set only when a manager will name them.
+    pub fn new(addrs: &[String], from_manager: bool) -> Result<Self, String> {
+        let entries = addrs.iter().map(|a| entry(a)).collect::<Result<Vec<_>, String>>()?;
+        if entries.is_empty() && !from_manager {
+            return Err("no scheduler address given (--scheduler HOST:PORT, or --manager HOST:PORT)".into());
         }
-        Ok(Self { entries, topology: tokio::sync::watch::Sender::new(0) })
+        Ok(Self {
+            entries: RwLock::new(entries),
+            topology: tokio::sync::watch::Sender::new(0),
+            sessions: Default::default(),
+        })
     }
 
-    /// How many schedulers this daemon was given.
+    fn entries(&self) -> Vec<Arc<Entry>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The addresses of the schedulers in the set.
+    pub fn addrs(&self) -> Vec<String> {
+        self.entries().iter().map(|e| e.addr.clone()).collect()
+    }
+
+    /// Makes `addrs` the set: sessions start with the new ones and end with those gone.
+    /// Returns whether anything changed.
+    pub fn set(&self, addrs: &[String]) -> Result<bool, String> {
+        let mut added = vec![];
+        let removed: Vec<Arc<Entry>>;
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            for a in addrs {
+                if !entries.iter().any(|e| &e.addr == a) {
+                    let e = entry(a)?;
+                    entries.push(e.clone());
+                    added.push(e);
+                }
+            }
+            removed = entries.iter().filter(|e| !addrs.contains(&e.addr)).cloned().collect();
+            entries.retain(|e| addrs.contains(&e.addr));
+        }
+        for e in &removed {
+            e.stop.cancel();
+            e.live.store(false, Ordering::Relaxed);
+            tracing::info!(scheduler = %e.addr, "scheduler left this host's set");
+        }
+        for e in &added {
+            tracing::info!(scheduler = %e.addr, "scheduler joined this host's set");
+            self.spawn_session(e.clone());
+        }
+        let changed = !added.is_empty() || !removed.is_empty();
+        if changed {
+            self.topology.send_modify(|g| *g += 1);
+        }
+        Ok(changed)
+    }
+
+    /// How many schedulers are in the set.
     pub fn count(&self) -> usize {
-        self.entries.len()
+        self.entries().len()
     }
 
     /// How many host sessions are up now.
     pub fn live_count(&self) -> usize {
-        self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).count()
+        self.entries().iter().filter(|e| e.live.load(Ordering::Relaxed)).count()
     }
 
     pub fn any_live(&self) -> bool {
@@ -87,21 +151,33 @@ impl Schedulers {
     }
 
     /// The scheduler owning `task`: rendezvous over the live ones, or over all when none is.
+    /// With no scheduler at all (a manager has named none yet), an address that refuses.
     pub fn pick(&self, task: &TaskId) -> (String, SchedulerClient<Channel>) {
-        let e = self.owner_entry(task);
-        (e.addr.clone(), SchedulerClient::new(e.channel.clone()).max_decoding_message_size(64 << 20))
+        let (addr, channel) = match self.owner_entry(task) {
+            Some(e) => (e.addr.clone(), e.channel.clone()),
+            None => ("(none yet)".to_owned(), Endpoint::from_static("http://127.0.0.1:1").connect_lazy()),
+        };
+        (addr, SchedulerClient::new(channel).max_decoding_message_size(64 << 20))
     }
 
-    fn owner_entry(&self, task: &TaskId) -> &Entry {
-        let live: Vec<&Entry> = self.entries.iter().filter(|e| e.live.load(Ordering::Relaxed)).collect();
-        let pool: Vec<&Entry> = if live.is_empty() { self.entries.iter().collect() } else { live };
-        pool.into_iter().max_by_key(|e| score(task, &e.addr)).expect("at least one scheduler")
+    /// A client for the scheduler at `addr`, if it is in the set.
+    pub fn client(&self, addr: &str) -> Option<SchedulerClient<Channel>> {
+        self.entries().into_iter().find(|e| e.addr == addr).map(|e| SchedulerClient::new(e.channel.clone()))
+    }
+
+    fn owner_entry(&self, task: &TaskId) -> Option<Arc<Entry>> {
+        let all = self.entries();
+        let live: Vec<&Arc<Entry>> = all.iter().filter(|e| e.live.load(Ordering::Relaxed)).collect();
+        let pool: Vec<&Arc<Entry>> = if live.is_empty() { all.iter().collect() } else { live };
+        pool.into_iter().max_by_key(|e| score(task, &e.addr)).cloned()
     }
 
     /// Where a finished task would be parked now: its owner and our session generation there.
     pub fn owner(&self, task: &TaskId) -> ParkedAt {
-        let e = self.owner_entry(task);
-        ParkedAt { scheduler: e.addr.clone(), generation: e.generation.load(Ordering::Relaxed) }
+        match self.owner_entry(task) {
+            Some(e) => ParkedAt { scheduler: e.addr.clone(), generation: e.generation.load(Ordering::Relaxed) },
+            None => ParkedAt { scheduler: String::new(), generation: 0 },
+        }
     }
 
     /// Changes whenever a host session comes up or goes down.
@@ -115,83 +191,105 @@ impl Schedulers {
     /// Returns the addresses of the schedulers that do not answer.
     pub async fn settle(&self, timeout: Duration) -> Vec<String> {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !self.entries.iter().all(|e| e.tried.load(Ordering::Relaxed)) && tokio::time::Instant::now() < deadline {
+        while !self.entries().iter().all(|e| e.tried.load(Ordering::Relaxed)) && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.entries.iter().filter(|e| !e.live.load(Ordering::Relaxed)).map(|e| e.addr.clone()).collect()
+        self.entries().iter().filter(|e| !e.live.load(Ordering::Relaxed)).map(|e| e.addr.clone()).collect()
     }
 
-    /// Starts one session worker per scheduler; a scheduler's orders (fetch, cancel) go to
-    /// `orders`.
+    /// Starts one session worker per scheduler, now and for those that join later; a
+    /// scheduler's orders (fetch, cancel, preheat, ...) go to `orders`.
     pub fn spawn_sessions(
         self: &Arc<Self>,
         host: Arc<dyn Fn() -> Host + Send + Sync>,
-        fetches: mpsc::UnboundedSender<host_command::Command>,
+        orders: mpsc::UnboundedSender<Order>,
         registry: Arc<Registry>,
-        workers: &crate::workers::Workers,
+        workers: Arc<crate::workers::Workers>,
         cancel: CancellationToken,
     ) {
-        for i in 0..self.entries.len() {
-            let (this, host, fetches, registry) = (self.clone(), host.clone(), fetches.clone(), registry.clone());
-            let name = format!("host-session {}", self.entries[i].addr);
-            workers.spawn(name, cancel.clone(), async move { this.session_worker(i, host, fetches, registry).await });
+        let deps = SessionDeps { host, orders, registry, workers, cancel };
+        if self.sessions.set(deps).is_err() {
+            return;
+        }
+        for e in self.entries() {
+            self.spawn_session(e);
         }
     }
 
-    async fn session_worker(
-        &self,
-        i: usize,
-        host: Arc<dyn Fn() -> Host + Send + Sync>,
-        fetches: mpsc::UnboundedSender<host_command::Command>,
-        registry: Arc<Registry>,
-    ) {
-        let e = &self.entries[i];
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), None);
-        loop {
-            let (ticks, ticks_rx) = mpsc::channel::<HostMessage>(2);
-            let (h, registry, addr) = (host.clone(), registry.clone(), e.addr.clone());
-            // A new session: whatever was parked with this scheduler is unknown to it now.
-            registry.clear_dropped(&addr);
-            let keepalive = tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(1));
-                loop {
-                    every.tick().await;
-                    let dropped = registry.take_dropped(&addr, MAX_DROPPED).iter().map(|t| t.0.to_vec()).collect();
-                    if ticks.send(HostMessage { host: Some(h()), dropped }).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            let mut client = SchedulerClient::new(e.channel.clone());
-            let result = client.host_session(tokio_stream::wrappers::ReceiverStream::new(ticks_rx)).await;
-            if result.is_err() {
-                e.tried.store(true, Ordering::Relaxed);
+    fn spawn_session(&self, e: Arc<Entry>) {
+        let Some(deps) = self.sessions.get().cloned() else { return };
+        let name = format!("host-session {}", e.addr);
+        let topology = self.topology.clone();
+        let cancel = deps.cancel.child_token();
+        let stop = e.stop.clone();
+        let workers = deps.workers.clone();
+        workers.spawn(name, cancel, async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = session_worker(&e, &topology, deps) => {}
             }
-            match result {
-                Ok(resp) => {
-                    e.generation.fetch_add(1, Ordering::Relaxed);
-                    e.live.store(true, Ordering::Relaxed);
-                    e.tried.store(true, Ordering::Relaxed);
-                    self.topology.send_modify(|g| *g += 1);
-                    tracing::info!(scheduler = %e.addr, "host session up");
-                    backoff.reset();
-                    let mut cmds = resp.into_inner();
-                    while let Ok(Some(cmd)) = cmds.message().await {
-                        if let Some(c) = cmd.command {
-                            let _ = fetches.send(c);
-                        }
-                    }
-                    e.live.store(false, Ordering::Relaxed);
-                    self.topology.send_modify(|g| *g += 1);
-                    tracing::warn!(scheduler = %e.addr, "host session lost");
-                }
-                Err(err) => {
-                    tracing::debug!(scheduler = %e.addr, error = %err, "host session failed")
+            e.live.store(false, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn session_worker(e: &Entry, topology: &tokio::sync::watch::Sender<u64>, deps: SessionDeps) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), None);
+    loop {
+        let (ticks, ticks_rx) = mpsc::channel::<HostMessage>(2);
+        let (h, registry, addr) = (deps.host.clone(), deps.registry.clone(), e.addr.clone());
+        // A new session: whatever was parked with this scheduler is unknown to it now.
+        registry.clear_dropped(&addr);
+        let keepalive = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let dropped = registry.take_dropped(&addr, MAX_DROPPED).iter().map(|t| t.0.to_vec()).collect();
+                if ticks.send(HostMessage { host: Some(h()), dropped }).await.is_err() {
+                    return;
                 }
             }
-            keepalive.abort();
-            tokio::time::sleep(backoff.next_pause().unwrap_or(Duration::from_secs(2))).await;
+        });
+        let _stop_keepalive = AbortOnDrop(keepalive);
+        let mut client = SchedulerClient::new(e.channel.clone());
+        let result = client.host_session(tokio_stream::wrappers::ReceiverStream::new(ticks_rx)).await;
+        if result.is_err() {
+            e.tried.store(true, Ordering::Relaxed);
         }
+        match result {
+            Ok(resp) => {
+                e.generation.fetch_add(1, Ordering::Relaxed);
+                e.live.store(true, Ordering::Relaxed);
+                e.tried.store(true, Ordering::Relaxed);
+                topology.send_modify(|g| *g += 1);
+                tracing::info!(scheduler = %e.addr, "host session up");
+                backoff.reset();
+                let mut cmds = resp.into_inner();
+                while let Ok(Some(cmd)) = cmds.message().await {
+                    if let Some(c) = cmd.command {
+                        let _ = deps.orders.send((e.addr.clone(), c));
+                    }
+                }
+                e.live.store(false, Ordering::Relaxed);
+                topology.send_modify(|g| *g += 1);
+                tracing::warn!(scheduler = %e.addr, "host session lost");
+            }
+            Err(err) => {
+                tracing::debug!(scheduler = %e.addr, error = %err, "host session failed")
+            }
+        }
+        drop(_stop_keepalive);
+        tokio::time::sleep(backoff.next_pause().unwrap_or(Duration::from_secs(2))).await;
+    }
+}
+
+/// Aborts a spawned task when dropped (the session worker was cancelled mid-session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

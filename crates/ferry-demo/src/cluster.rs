@@ -32,6 +32,8 @@ pub struct Proc {
     /// Where metrics and health are served, `IP:PORT`.
     pub metrics: Option<String>,
     pub health: Option<String>,
+    /// The whole line the process printed when it was ready.
+    pub ready: serde_json::Value,
     pub log: PathBuf,
 }
 
@@ -93,8 +95,14 @@ impl Cluster {
         let (mirror, metrics, health) = (field("mirror"), field("metrics"), field("health"));
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.procs.insert(name.to_owned(), Proc { child, args, addr, mirror, metrics, health, log });
+        self.procs.insert(name.to_owned(), Proc { child, args, addr, mirror, metrics, health, ready: v, log });
         Ok(&self.procs[name])
+    }
+
+    /// Starts any role with `args` (a manager, a scheduler of a manager's cluster, ...);
+    /// returns the line it printed when ready.
+    pub async fn start_process(&mut self, name: &str, args: Vec<String>) -> std::io::Result<serde_json::Value> {
+        Ok(self.spawn(name, args).await?.ready.clone())
     }
 
     pub async fn start_scheduler(&mut self, name: &str) -> std::io::Result<String> {
@@ -174,8 +182,6 @@ impl Cluster {
             info.data_dir.display().to_string(),
             "--socket".into(),
             info.socket.display().to_string(),
-            "--scheduler".into(),
-            self.schedulers.join(","),
             "--piece-port".into(),
             "0".into(),
             // Many daemons share this host: each mirror, metrics and health server on a
@@ -194,6 +200,9 @@ impl Cluster {
             "--disk-low-watermark".into(),
             "98".into(),
         ];
+        if !self.schedulers.is_empty() {
+            args.extend(["--scheduler".into(), self.schedulers.join(",")]);
+        }
         if seed {
             args.push("--seed".into());
         }

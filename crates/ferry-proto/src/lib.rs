@@ -13,3 +13,7 @@ pub mod scheduler {
 pub mod daemon {
     tonic::include_proto!("ferry.daemon.v1");
 }
+
+pub mod manager {
+    tonic::include_proto!("ferry.manager.v1");
+}

@@ -52,6 +52,8 @@ fn holder_list(t: &TaskEntry, hosts: &HashMap<HostId, HostEntry>) -> Vec<Holder>
             pieces_held: p.pieces_held,
             complete: p.state == PeerState::Succeeded,
             pinned_until: p.pinned_until,
+            ip: hosts.get(id).map_or_else(|| p.host.ip.clone(), |h| h.host.ip.clone()),
+            hostname: hosts.get(id).map_or_else(|| p.host.hostname.clone(), |h| h.host.hostname.clone()),
         })
         .collect()
 }

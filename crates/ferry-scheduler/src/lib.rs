@@ -11,7 +11,9 @@
 
 pub mod gc;
 mod holders;
+pub mod manager;
 pub mod metrics;
+mod preheat;
 mod schedule;
 pub mod service;
 pub mod state;

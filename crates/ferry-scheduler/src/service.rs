@@ -9,8 +9,9 @@ use ferry_policy::{PeerState, RankOptions};
 use ferry_proto::scheduler::scheduler_server::Scheduler;
 use ferry_proto::scheduler::{
     host_command, peer_command, peer_message, CancelFetch, DropTaskRequest, DropTaskResponse, FailReason, Failure,
-    FailureCode, HostCommand, HostMessage, PeerCommand, PeerMessage, PieceDigests, Register, ReplicateRequest,
-    ReplicateResponse, StatsRequest, StatsResponse, TaskFailed, TaskHoldersRequest, TaskHoldersResponse,
+    FailureCode, HostCommand, HostMessage, PeerCommand, PeerMessage, PieceDigests, PreheatDoneResponse, PreheatReport,
+    PreheatRequest, PreheatResponse, Register, ReplicateRequest, ReplicateResponse, StatsRequest, StatsResponse,
+    TaskFailed, TaskHoldersRequest, TaskHoldersResponse,
 };
 use ferry_types::{HostId, TaskId};
 use futures::Stream;
@@ -43,7 +44,9 @@ impl Default for SchedulerOptions {
 #[derive(Clone)]
 pub struct SchedulerService {
     state: Arc<Mutex<State>>,
-    opts: Arc<SchedulerOptions>,
+    /// Replaced whole when the manager sends the cluster's settings.
+    opts: Arc<std::sync::RwLock<Arc<SchedulerOptions>>>,
+    preheats: Arc<crate::preheat::Preheats>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -51,20 +54,32 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 impl SchedulerService {
     pub fn new(opts: SchedulerOptions) -> Self {
         let state = State { started: Some(Instant::now()), ..Default::default() };
-        Self { state: Arc::new(Mutex::new(state)), opts: Arc::new(opts) }
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            opts: Arc::new(std::sync::RwLock::new(Arc::new(opts))),
+            preheats: Default::default(),
+        }
+    }
+
+    /// The settings in force now.
+    pub fn opts(&self) -> Arc<SchedulerOptions> {
+        self.opts.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts new settings in force (the manager changed the cluster's); decisions from now on
+    /// use them.
+    pub fn set_opts(&self, opts: SchedulerOptions) {
+        *self.opts.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(opts);
     }
 
     /// Runs twice a second: peers waiting for a capped origin (or for this scheduler to
     /// settle after its start) get another chance even when nothing else happens.
     pub async fn wake_periodically(self, cancel: tokio_util::sync::CancellationToken) {
-        if self.opts.origin_concurrency.is_none() {
-            return;
-        }
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tick.tick() => wake_origin_waiters(&mut self.lock(), &self.opts),
+                _ = tick.tick() => wake_origin_waiters(&mut self.lock(), &self.opts()),
             }
         }
     }
@@ -106,7 +121,7 @@ impl SchedulerService {
         let (task_id, peer) = (v.task, v.peer.clone());
         let session = st.session();
         st.metrics.registrations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let task = st.tasks.entry(task_id).or_insert_with(|| TaskEntry::new(self.opts.back_to_source_limit, now));
+        let task = st.tasks.entry(task_id).or_insert_with(|| TaskEntry::new(self.opts().back_to_source_limit, now));
         task.last_active = now;
         if task.piece_size_hint == 0 {
             task.piece_size_hint = v.piece_size_hint;
@@ -148,9 +163,9 @@ impl SchedulerService {
         );
         // A peer reading the origin needs no decision; one that is complete neither.
         if !v.from_origin && !complete && !granted {
-            schedule(&mut st, &task_id, &peer, false, &self.opts);
+            schedule(&mut st, &task_id, &peer, false, &self.opts());
         }
-        schedule_waiting(&mut st, &task_id, &self.opts);
+        schedule_waiting(&mut st, &task_id, &self.opts());
         Ok((task_id, peer, session))
     }
 
@@ -175,7 +190,7 @@ impl SchedulerService {
             }
             peer_message::Message::Pieces(batch) => {
                 let pieces = validate::pieces(task.layout(), &batch.pieces)?;
-                on_pieces(&mut st, task_id, peer, &pieces, &self.opts);
+                on_pieces(&mut st, task_id, peer, &pieces, &self.opts());
             }
             peer_message::Message::ParentFailed(f) => {
                 let parent = HostId::new(f.parent).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -192,9 +207,9 @@ impl SchedulerService {
                         bad.state = PeerState::Failed;
                     }
                 }
-                schedule(&mut st, task_id, peer, false, &self.opts);
+                schedule(&mut st, task_id, peer, false, &self.opts());
             }
-            peer_message::Message::NeedParents(n) => schedule(&mut st, task_id, peer, n.want_origin, &self.opts),
+            peer_message::Message::NeedParents(n) => schedule(&mut st, task_id, peer, n.want_origin, &self.opts()),
             peer_message::Message::Finished(_) => {
                 task.dag.clear_parents(peer);
                 task.release_grant(peer);
@@ -204,11 +219,11 @@ impl SchedulerService {
                     me.pieces_held = me.pieces_held.max(count);
                     me.waiting = false;
                 }
-                wake_origin_waiters(&mut st, &self.opts);
+                wake_origin_waiters(&mut st, &self.opts());
             }
             peer_message::Message::Failed(f) => {
-                on_failed(&mut st, task_id, peer, f.failure.unwrap_or_default(), &self.opts);
-                wake_origin_waiters(&mut st, &self.opts);
+                on_failed(&mut st, task_id, peer, f.failure.unwrap_or_default(), &self.opts());
+                wake_origin_waiters(&mut st, &self.opts());
             }
             peer_message::Message::Park(_) => unreachable!("handled above"),
         }
@@ -243,7 +258,7 @@ impl SchedulerService {
         if st.tasks.get(task_id).and_then(|t| t.peers.get(peer)).is_none_or(stays) {
             return;
         }
-        remove_peer(&mut st, task_id, peer, &self.opts);
+        remove_peer(&mut st, task_id, peer, &self.opts());
     }
 
     /// A host's parked tasks leave: it dropped them (`dropped`), or its session ended (all).
@@ -254,7 +269,7 @@ impl SchedulerService {
                 h.parked.remove(&task_id);
             }
             if st.tasks.get(&task_id).and_then(|t| t.peers.get(host)).is_some_and(|p| p.parked) {
-                remove_peer(&mut st, &task_id, host, &self.opts);
+                remove_peer(&mut st, &task_id, host, &self.opts());
             }
         }
     }
@@ -485,6 +500,17 @@ impl Scheduler for SchedulerService {
     async fn drop_task(&self, req: Request<DropTaskRequest>) -> Result<Response<DropTaskResponse>, Status> {
         let task = crate::holders::task_id(&req.into_inner().task_id)?;
         Ok(Response::new(crate::holders::drop_task(&self.state, &task)))
+    }
+
+    async fn preheat(&self, req: Request<PreheatRequest>) -> Result<Response<PreheatResponse>, Status> {
+        let req = req.into_inner();
+        let span = tracing::info_span!("preheat", scope = req.scope, count = req.count);
+        crate::preheat::preheat(&self.state, &self.preheats, req).instrument(span).await.map(Response::new)
+    }
+
+    async fn preheat_done(&self, req: Request<PreheatReport>) -> Result<Response<PreheatDoneResponse>, Status> {
+        self.preheats.report(req.into_inner())?;
+        Ok(Response::new(PreheatDoneResponse {}))
     }
 
     async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {

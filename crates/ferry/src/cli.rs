@@ -26,6 +26,9 @@ pub enum Command {
     Scheduler(SchedulerArgs),
     /// Run a daemon (one per host): downloads, stores and serves pieces.
     Daemon(Box<DaemonArgs>),
+    /// Run the manager: clusters and scopes, users and tokens, preheat jobs (REST and gRPC),
+    /// on an embedded SQLite file or PostgreSQL.
+    Manager(ManagerArgs),
     /// Download a URL, an object, a hub repository or an OCI artifact through the local daemon.
     Get(Box<GetArgs>),
     /// Start a whole cluster on loopback, download one file on every peer, report, clean up.
@@ -229,9 +232,64 @@ pub struct SchedulerArgs {
     /// IP:PORT, or `off`.
     #[arg(long, default_value = "0.0.0.0:8000", env = "FERRY_SCHEDULER_METRICS_LISTEN")]
     pub metrics_listen: String,
+    /// The manager's gRPC address, HOST:PORT (several: replicas, tried in turn): the
+    /// scheduler keeps alive with it as a member of --cluster-id and takes that cluster's
+    /// settings from it.
+    #[arg(long = "manager", value_delimiter = ',', env = "FERRY_MANAGER")]
+    pub managers: Vec<String>,
+    /// The manager's cluster this scheduler serves.
+    #[arg(long, default_value_t = 1, env = "FERRY_CLUSTER_ID")]
+    pub cluster_id: u64,
+    /// Address daemons reach this scheduler at, as told to the manager [default: the
+    /// listen address, or the interface that routes to the manager].
+    #[arg(long, env = "FERRY_ADVERTISE_IP")]
+    pub advertise_ip: Option<IpAddr>,
     /// A TOML file of settings: its keys are this command's long flag names
     /// (`cache-ttl = "24h"`, `scheduler = ["a:8002"]`, `seed = true`); flags and their
     /// environment variables override it.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration as TOML (secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ManagerArgs {
+    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB` [default: sqlite in --data-dir].
+    #[arg(long, env = "FERRY_MANAGER_DATABASE")]
+    pub database: Option<String>,
+    /// Where the default SQLite database lives.
+    #[arg(long, default_value = "/var/lib/ferry-manager", env = "FERRY_MANAGER_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address of the REST API (and `/healthy`).
+    #[arg(long, default_value = "0.0.0.0:8080", env = "FERRY_MANAGER_LISTEN")]
+    pub listen: SocketAddr,
+    /// Address of the gRPC service for schedulers and daemons.
+    #[arg(long, default_value = "0.0.0.0:65003", env = "FERRY_MANAGER_GRPC_LISTEN")]
+    pub grpc_listen: SocketAddr,
+    /// Where Prometheus metrics (`/metrics`) are served, IP:PORT, or `off`.
+    #[arg(long, default_value = "off", env = "FERRY_MANAGER_METRICS_LISTEN")]
+    pub metrics_listen: String,
+    /// The `root` user's password, used when the database has no user yet; without it a
+    /// password is generated and printed once.
+    #[arg(long, env = "FERRY_MANAGER_ROOT_PASSWORD")]
+    pub root_password: Option<String>,
+    /// How often schedulers and seeds keep alive (silent three times that: inactive).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+    /// Jobs this manager runs at once.
+    #[arg(long, default_value_t = 8)]
+    pub job_workers: usize,
+    /// How long a running job's lease lasts unrenewed: a dead manager's jobs are taken over
+    /// by another after this.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub job_lease: Duration,
+    /// A PEM file of CA certificates to trust for registries, besides the system's.
+    #[arg(long = "ca-cert", value_delimiter = ',')]
+    pub ca_certs: Vec<PathBuf>,
+    /// A TOML file of settings: its keys are this command's long flag names; flags and
+    /// their environment variables override it.
     #[arg(long, env = "FERRY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Print the effective configuration as TOML (secrets redacted) and exit.
@@ -248,8 +306,25 @@ pub struct DaemonArgs {
     #[arg(long, default_value = DEFAULT_SOCKET, env = "FERRY_SOCKET")]
     pub socket: PathBuf,
     /// Scheduler address(es), HOST:PORT; repeat or separate with commas.
-    #[arg(long = "scheduler", required = true, value_delimiter = ',', env = "FERRY_SCHEDULERS")]
+    #[arg(long = "scheduler", required_unless_present = "managers", value_delimiter = ',', env = "FERRY_SCHEDULERS")]
     pub schedulers: Vec<String>,
+    /// The manager's gRPC address, HOST:PORT (several: replicas, tried in turn): it names
+    /// this host's schedulers (by the scopes of its clusters) and the daemon follows its
+    /// changes.
+    #[arg(long = "manager", value_delimiter = ',', env = "FERRY_MANAGER")]
+    pub managers: Vec<String>,
+    /// How often to ask the manager for schedulers [default: as often as it says].
+    #[arg(long, value_parser = parse_duration)]
+    pub manager_refresh: Option<Duration>,
+    /// This host's name as the manager and schedulers show it [default: the system's].
+    #[arg(long, env = "FERRY_HOSTNAME")]
+    pub hostname: Option<String>,
+    /// IDC of this host, for the manager's cluster scopes.
+    #[arg(long, default_value = "")]
+    pub idc: String,
+    /// Location of this host (`country|region|city|...`), for the manager's cluster scopes.
+    #[arg(long, default_value = "")]
+    pub location: String,
     /// Fetch from origin when a scheduler asks, and serve first.
     #[arg(long)]
     pub seed: bool,

@@ -23,13 +23,13 @@ use crate::cli::Cli;
 use crate::{exit, Exit};
 
 /// Subcommands that read a config file.
-const ROLES: &[&str] = &["daemon", "scheduler"];
+const ROLES: &[&str] = &["daemon", "scheduler", "manager"];
 /// Flags about the configuration itself, never keys of it.
 const META: &[&str] = &["config", "print_config", "help", "version"];
 
 /// A flag whose value is a secret: never printed.
 fn is_secret(id: &str) -> bool {
-    ["token", "password", "secret", "access_key", "account_key"].iter().any(|s| id.contains(s))
+    ["token", "password", "secret", "access_key", "account_key", "database"].iter().any(|s| id.contains(s))
 }
 
 fn usage(m: String) -> Exit {

@@ -54,6 +54,7 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
     match cli.command {
         Command::Scheduler(a) => commands::scheduler::run(a).await,
         Command::Daemon(a) => commands::daemon::run(*a).await,
+        Command::Manager(a) => commands::manager::run(a).await,
         Command::Get(a) => commands::get::run(*a).await,
         Command::Demo(a) => commands::demo::run(a).await,
         Command::Init(c) => commands::init::run(c).await,

@@ -172,7 +172,7 @@ fn origin_request(
 }
 
 /// Joins (or starts) the digest's task and waits until it is complete.
-pub(super) async fn complete(
+pub(crate) async fn complete(
     ctx: &Arc<Ctx>,
     id: TaskId,
     request: &OriginRequest,

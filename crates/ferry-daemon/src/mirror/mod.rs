@@ -17,7 +17,7 @@
 //! The same port is the HTTP(S) proxy ([`proxy`]) when hosts are configured for it: a
 //! `CONNECT` or an absolute URL is a proxy request, a path alone a mirror request.
 
-mod content;
+pub(crate) mod content;
 pub mod oci;
 mod passthrough;
 pub mod preheat;

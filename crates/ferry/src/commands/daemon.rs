@@ -25,6 +25,13 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
         None => HostId::random(),
     };
     o.socket = a.socket;
+    o.managers = a.managers;
+    o.manager_refresh = a.manager_refresh;
+    if let Some(h) = a.hostname {
+        o.hostname = h;
+    }
+    o.idc = a.idc;
+    o.location = a.location;
     o.seed = a.seed;
     o.listen_ip = a.listen_ip;
     o.advertise_ip = a.advertise_ip;

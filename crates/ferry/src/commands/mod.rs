@@ -5,5 +5,6 @@ pub mod daemon;
 pub mod demo;
 pub mod get;
 pub mod init;
+pub mod manager;
 pub mod preheat;
 pub mod scheduler;

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ferry_proto::scheduler::scheduler_server::SchedulerServer;
 use ferry_scheduler::gc::GcWorker;
+use ferry_scheduler::manager::Registration;
 use ferry_scheduler::{RankOptions, SchedulerOptions, SchedulerService};
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +27,13 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
         back_to_source_limit: a.back_to_source_limit,
         origin_concurrency: (a.origin_concurrency > 0).then_some(a.origin_concurrency),
     };
-    let svc = SchedulerService::new(opts);
+    let svc = SchedulerService::new(opts.clone());
     let cancel = CancellationToken::new();
+    if !a.managers.is_empty() {
+        let reg = registration(&a, a.managers.clone(), addr).await;
+        tracing::info!(managers = %reg.managers.join(","), cluster = reg.cluster_id, ip = %reg.ip, "keeping alive with the manager");
+        tokio::spawn(ferry_scheduler::manager::keep_alive(svc.clone(), opts, reg, cancel.clone()));
+    }
     let usage = |e: String| Exit::new(exit::USAGE, format!("--metrics-listen {e}"));
     let metrics = match ferry_telemetry::parse_listen(&a.metrics_listen).map_err(usage)? {
         Some(at) => {
@@ -57,4 +63,17 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
     let r = server.await;
     cancel.cancel();
     r.map_err(|e| Exit::new(exit::FAILURE, format!("scheduler stopped: {e}")))
+}
+
+/// Who this scheduler says it is to the manager: the advertised IP (or the listen IP, or the
+/// interface that routes to the manager) and the bound port.
+async fn registration(a: &SchedulerArgs, managers: Vec<String>, bound: std::net::SocketAddr) -> Registration {
+    let ip = match a.advertise_ip {
+        Some(ip) => ip,
+        None if !bound.ip().is_unspecified() => bound.ip(),
+        None => ferry_daemon::advertise::choose(None, bound.ip(), &managers).await,
+    };
+    let hostname =
+        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    Registration { managers, cluster_id: a.cluster_id, hostname, ip: ip.to_string(), port: bound.port() }
 }
