@@ -36,11 +36,22 @@ pub mod exit {
     pub const ORIGIN_CHANGED: u8 = 9;
     /// The daemon went away in the middle of a download (crashed, killed, restarted).
     pub const DAEMON_LOST: u8 = 10;
+    /// The manager refused the credentials (none, wrong, revoked, expired, or a missing scope).
+    pub const UNAUTHORIZED: u8 = 11;
+    /// The manager knows no such cluster, job, token or image.
+    pub const NOT_FOUND: u8 = 12;
 }
 
 pub fn init_tracing(cli: &Cli) {
     let default = match &cli.command {
-        Command::Get(_) | Command::Demo(_) | Command::Init(_) | Command::Preheat(_) | Command::Cache(_) => "warn",
+        Command::Get(_)
+        | Command::Demo(_)
+        | Command::Init(_)
+        | Command::Preheat(_)
+        | Command::Cache(_)
+        | Command::Task(_)
+        | Command::Cluster(_)
+        | Command::Token(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -60,6 +71,9 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Init(c) => commands::init::run(c).await,
         Command::Preheat(c) => commands::preheat::run(c).await,
         Command::Cache(c) => commands::cache::run(c).await,
+        Command::Task(c) => commands::manage::task(c).await,
+        Command::Cluster(c) => commands::manage::cluster(c).await,
+        Command::Token(c) => commands::manage::token(c).await,
     }
 }
 

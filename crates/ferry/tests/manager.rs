@@ -538,3 +538,81 @@ async fn a_job_outlives_the_manager_running_it() {
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0]["host_id"], "seed");
 }
+
+async fn ferry(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(bin()).args(args).env_remove("FERRY_TOKEN").output().await.unwrap()
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `ferry token`, `ferry cluster`, `ferry preheat file` and `ferry task` against a manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_drives_the_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(bin()).unwrap();
+    let m = start_manager(&mut cluster, "manager", &sqlite(dir.path()), &[]).await;
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, format!("{ROOT_PASSWORD}\n")).unwrap();
+    let login = ["--manager-url", &m.rest, "--user", "root", "--password-file", pw.to_str().unwrap()];
+    let create: Vec<&str> =
+        ["token", "create", "--name", "ci", "--scope", "job,task,cluster,token"].iter().copied().chain(login).collect();
+    let token = stdout(&ferry(&create).await).trim().to_owned();
+    assert!(token.starts_with("ferry_"), "{token}");
+    let auth = ["--manager-url", m.rest.as_str(), "--token", token.as_str()];
+    let with = |cmd: &[&str]| cmd.iter().copied().chain(auth).map(str::to_owned).collect::<Vec<String>>();
+
+    let session = sign_in(&m).await;
+    let (_, c) = call(
+        "POST",
+        &format!("{}/api/v1/clusters", m.rest),
+        Some(&session),
+        Some(json!({"name": "main", "is_default": true})),
+    )
+    .await;
+    let id = c["id"].as_i64().unwrap();
+    start_scheduler(&mut cluster, "scheduler", &m.grpc, id).await;
+    wait_until("the scheduler to register", Duration::from_secs(20), || async {
+        let (_, v) = call("GET", &format!("{}/api/v1/schedulers", m.rest), Some(&session), None).await;
+        (v.as_array()?.iter().any(|s| s["state"] == "active")).then_some(())
+    })
+    .await;
+    start_daemon(&mut cluster, "seed", true, &m.grpc).await;
+    start_daemon(&mut cluster, "host-1", false, &m.grpc).await;
+    let list = stdout(&ferry(&with(&["cluster", "list"]).iter().map(String::as_str).collect::<Vec<_>>()).await);
+    assert!(list.contains("main (default)"), "{list}");
+    let show = stdout(
+        &ferry(&with(&["cluster", "show", &id.to_string()]).iter().map(String::as_str).collect::<Vec<_>>()).await,
+    );
+    assert!(show.contains("scheduler\t127.0.0.1:") && show.contains("active"), "{show}");
+
+    let files = [("model.bin".to_owned(), data::generate(8, 2 << 20))].into_iter().collect();
+    let origin = ferry_demo::origin::Origin::start(files, Default::default()).await.unwrap();
+    let url = origin.url("model.bin");
+    let run = |cmd: Vec<String>| async move { ferry(&cmd.iter().map(String::as_str).collect::<Vec<_>>()).await };
+    let out = stdout(&run(with(&["preheat", "file", &url, "--scope", "all_peers", "--json"])).await);
+    let job: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(job["state"], "SUCCESS", "{job}");
+    assert_eq!(origin.bytes_served(), 2 << 20, "the origin served the file once for both hosts");
+    let holders = stdout(&run(with(&["task", "holders", &url])).await);
+    assert!(holders.contains("seed\t") && holders.contains("host-1\t"), "{holders}");
+    let stat = stdout(&run(with(&["task", "stat", &url])).await);
+    assert!(stat.contains("2097152 bytes, held whole by 2 hosts"), "{stat}");
+    let rm = stdout(&run(with(&["task", "rm", &url])).await);
+    assert!(rm.contains("dropped by 2 hosts"), "{rm}");
+
+    // Tokens: listed without secrets, revoked, then refused with their own exit code.
+    let listed = stdout(&run(with(&["token", "list", "--json"])).await);
+    assert!(!listed.contains(&token));
+    let tokens: Value = serde_json::from_str(listed.trim()).unwrap();
+    let tid = tokens[0]["id"].to_string();
+    stdout(&run(with(&["token", "revoke", &tid])).await);
+    let refused = run(with(&["cluster", "list"])).await;
+    assert_eq!(refused.status.code(), Some(11), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("revoked"));
+    let none = ferry(&["cluster", "list", "--manager-url", &m.rest]).await;
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no credentials"));
+}

@@ -5,6 +5,7 @@ pub mod daemon;
 pub mod demo;
 pub mod get;
 pub mod init;
+pub mod manage;
 pub mod manager;
 pub mod preheat;
 pub mod scheduler;
