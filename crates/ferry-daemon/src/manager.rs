@@ -60,6 +60,25 @@ impl ManagerLink {
         self.clients.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>().join(",")
     }
 
+    /// Puts the cluster's upload rate in force (0: the daemon's own `--upload-rate`, else
+    /// none).
+    pub fn apply_upload_rate(
+        &self,
+        limit: Option<&ferry_transport::RateLimit>,
+        own: Option<u64>,
+        resp: &ListSchedulersResponse,
+    ) {
+        let Some(limit) = limit else { return };
+        let wanted = match resp.config.as_ref().map_or(0, |c| c.upload_rate_bytes) {
+            0 => own.unwrap_or(u64::MAX),
+            r => r,
+        };
+        if limit.bytes_per_second() != wanted {
+            tracing::info!(bytes_per_second = wanted, "upload rate set by the cluster's settings");
+            limit.set_rate(wanted);
+        }
+    }
+
     /// Makes the manager's answer the scheduler set; an answer naming none leaves the set.
     pub fn apply(&self, schedulers: &Schedulers, resp: &ListSchedulersResponse) {
         if resp.schedulers.is_empty() {
@@ -85,6 +104,7 @@ impl ManagerLink {
     pub async fn follow(
         mut self,
         schedulers: Arc<Schedulers>,
+        upload: (Option<Arc<ferry_transport::RateLimit>>, Option<u64>),
         request: Arc<dyn Fn() -> ListSchedulersRequest + Send + Sync>,
         refresh: Option<Duration>,
         cancel: CancellationToken,
@@ -106,6 +126,7 @@ impl ManagerLink {
                         every = Duration::from_secs(u64::from(resp.interval_seconds));
                     }
                     self.apply(&schedulers, &resp);
+                    self.apply_upload_rate(upload.0.as_deref(), upload.1, &resp);
                 }
                 Err(s) if reachable => {
                     reachable = false;

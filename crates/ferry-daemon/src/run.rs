@@ -43,6 +43,12 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<Ready>>,
 ) -> Result<(), DaemonError> {
     raise_fd_limit();
+    let mut opts = opts;
+    // The daemon's own upload rate; with a manager, a limiter the cluster's settings may set.
+    let own_upload_rate = opts.upload_limit.as_ref().map(|l| l.bytes_per_second());
+    if !opts.managers.is_empty() && opts.upload_limit.is_none() {
+        opts.upload_limit = Some(Arc::new(ferry_transport::RateLimit::unlimited()));
+    }
     let store = Arc::new(Store::open(&opts.data_dir)?);
     match store.remove_stale_outputs() {
         Ok(0) => {}
@@ -99,7 +105,8 @@ pub async fn run(
     let (orders_tx, orders_rx) = tokio::sync::mpsc::unbounded_channel();
     schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), workers.clone(), cancel.clone());
     if let Some((link, request)) = manager {
-        let follow = link.follow(schedulers.clone(), request, opts.manager_refresh, cancel.clone());
+        let upload = (opts.upload_limit.clone(), own_upload_rate);
+        let follow = link.follow(schedulers.clone(), upload, request, opts.manager_refresh, cancel.clone());
         workers.spawn("manager-follower", cancel.clone(), follow);
     }
     warn_if_silent(&schedulers).await;
@@ -184,7 +191,11 @@ async fn ask_manager(
         piece_port: u32::from(bound.port()),
     });
     match tokio::time::timeout(Duration::from_secs(5), link.ask(request())).await {
-        Ok(Ok(resp)) => link.apply(schedulers, &resp),
+        Ok(Ok(resp)) => {
+            link.apply(schedulers, &resp);
+            let own = opts.upload_limit.as_ref().map(|l| l.bytes_per_second()).filter(|r| *r != u64::MAX);
+            link.apply_upload_rate(opts.upload_limit.as_deref(), own, &resp);
+        }
         Ok(Err(s)) => {
             tracing::warn!(error = %s.message(), "no manager named this host's schedulers; asking again later")
         }

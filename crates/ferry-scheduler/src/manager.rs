@@ -42,19 +42,27 @@ pub fn apply(base: &SchedulerOptions, c: &ClusterConfig) -> SchedulerOptions {
     o
 }
 
-/// Keeps alive until `cancel`, with the first manager that answers.
-pub async fn keep_alive(svc: SchedulerService, base: SchedulerOptions, reg: Registration, cancel: CancellationToken) {
-    let mut clients = vec![];
-    for m in &reg.managers {
+type Client = ManagerClient<tonic::transport::Channel>;
+
+/// A client per manager address that parses.
+fn clients(managers: &[String]) -> Vec<(String, Client)> {
+    let mut out = vec![];
+    for m in managers {
         let uri = if m.contains("://") { m.clone() } else { format!("http://{m}") };
         match tonic::transport::Endpoint::from_shared(uri) {
             Ok(ep) => {
                 let ch = ep.connect_timeout(Duration::from_secs(3)).timeout(Duration::from_secs(10)).connect_lazy();
-                clients.push((m.clone(), ManagerClient::new(ch)));
+                out.push((m.clone(), ManagerClient::new(ch)));
             }
             Err(_) => tracing::error!(manager = %m, "the manager address is not a URI; skipping it"),
         }
     }
+    out
+}
+
+/// Keeps alive until `cancel`, with the first manager that answers.
+pub async fn keep_alive(svc: SchedulerService, base: SchedulerOptions, reg: Registration, cancel: CancellationToken) {
+    let mut clients = clients(&reg.managers);
     if clients.is_empty() {
         return;
     }

@@ -3,7 +3,7 @@
 //! `PreheatOrder` on its host session, downloads like any pull would (so of the hosts only
 //! the first reads the origin; the others feed on it), and answers with `PreheatDone`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -111,53 +111,9 @@ pub async fn preheat(
     };
     let order_id = preheats.next.fetch_add(1, Ordering::Relaxed) + 1;
     let notify = Arc::new(Notify::new());
-    let targets = {
-        let st = lock(state);
-        let targets = targets(&st, &req)?;
-        preheats
-            .pending()
-            .insert(order_id, Pending { answers: HashMap::new(), targets: targets.clone(), notify: notify.clone() });
-        let order = PreheatOrder {
-            order_id,
-            work: req.work.clone(),
-            timeout_millis: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-        };
-        for id in &targets {
-            if let Some(h) = st.hosts.get(id) {
-                let cmd = HostCommand { command: Some(host_command::Command::Preheat(order.clone())) };
-                let _ = h.tx.send(Ok(cmd));
-            }
-        }
-        tracing::info!(order = order_id, hosts = targets.len(), "preheat ordered");
-        targets
-    };
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut gone: HashMap<HostId, &'static str> = HashMap::new();
-    loop {
-        let answered = preheats.pending().get(&order_id).map_or(0, |p| p.answers.len());
-        {
-            let st = lock(state);
-            for id in &targets {
-                if !st.hosts.contains_key(id) {
-                    gone.entry(id.clone()).or_insert("the host left before it finished");
-                }
-            }
-        }
-        let waiting = targets.len() - answered;
-        let done = preheats
-            .pending()
-            .get(&order_id)
-            .is_some_and(|p| targets.iter().all(|t| p.answers.contains_key(t) || gone.contains_key(t)));
-        if waiting == 0 || done || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        tokio::select! {
-            _ = notify.notified() => {}
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
-        }
-    }
-    let pending = preheats.pending().remove(&order_id);
-    let answers = pending.map(|p| p.answers).unwrap_or_default();
+    let targets = send_orders(state, preheats, &req, order_id, timeout, notify.clone())?;
+    let gone = wait_answers(state, preheats, order_id, &targets, timeout, &notify).await;
+    let answers = preheats.pending().remove(&order_id).map(|p| p.answers).unwrap_or_default();
     let st = lock(state);
     let results = targets
         .iter()
@@ -173,11 +129,72 @@ pub async fn preheat(
             match answers.get(id) {
                 Some(r) => PreheatHostResult { ok: r.ok, error: r.error.clone(), urls: r.urls.clone(), ..base },
                 None => {
-                    let why = gone.get(id).map_or_else(|| format!("no answer within {timeout:?}"), |w| (*w).to_owned());
+                    let why = if gone.contains(id) {
+                        "the host left before it finished".to_owned()
+                    } else {
+                        format!("no answer within {timeout:?}")
+                    };
                     PreheatHostResult { ok: false, error: why, ..base }
                 }
             }
         })
         .collect();
     Ok(PreheatResponse { results })
+}
+
+/// Picks the hosts, records the order as pending and sends it on each host's session.
+fn send_orders(
+    state: &Mutex<State>,
+    preheats: &Preheats,
+    req: &PreheatRequest,
+    order_id: u64,
+    timeout: Duration,
+    notify: Arc<Notify>,
+) -> Result<Vec<HostId>, Status> {
+    let st = lock(state);
+    let targets = targets(&st, req)?;
+    preheats.pending().insert(order_id, Pending { answers: HashMap::new(), targets: targets.clone(), notify });
+    let order = PreheatOrder {
+        order_id,
+        work: req.work.clone(),
+        timeout_millis: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    for id in &targets {
+        if let Some(h) = st.hosts.get(id) {
+            let cmd = HostCommand { command: Some(host_command::Command::Preheat(order.clone())) };
+            let _ = h.tx.send(Ok(cmd));
+        }
+    }
+    tracing::info!(order = order_id, hosts = targets.len(), "preheat ordered");
+    Ok(targets)
+}
+
+/// Waits until every target answered or left, or the deadline; returns those that left.
+async fn wait_answers(
+    state: &Mutex<State>,
+    preheats: &Preheats,
+    order_id: u64,
+    targets: &[HostId],
+    timeout: Duration,
+    notify: &Notify,
+) -> HashSet<HostId> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut gone = HashSet::new();
+    loop {
+        {
+            let st = lock(state);
+            gone.extend(targets.iter().filter(|id| !st.hosts.contains_key(*id)).cloned());
+        }
+        let settled = preheats
+            .pending()
+            .get(&order_id)
+            .is_none_or(|p| targets.iter().all(|t| p.answers.contains_key(t) || gone.contains(t)));
+        if settled || tokio::time::Instant::now() >= deadline {
+            return gone;
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+    }
 }

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct RateLimit {
-    /// Bytes per second.
-    rate: f64,
-    /// Most bytes that may go at once after an idle stretch.
-    burst: f64,
     bucket: Mutex<Bucket>,
 }
 
 #[derive(Debug)]
 struct Bucket {
+    /// Bytes per second.
+    rate: f64,
+    /// Most bytes that may go at once after an idle stretch.
+    burst: f64,
     /// May be negative: bytes promised beyond the rate, paid by waiting.
     tokens: f64,
     at: Instant,
@@ -24,26 +24,48 @@ struct Bucket {
 impl RateLimit {
     /// `rate` bytes per second, bursts of a tenth of a second's worth (at least 64 KiB).
     pub fn new(rate: u64) -> Self {
+        let (rate, burst) = Self::shape(rate);
+        Self { bucket: Mutex::new(Bucket { rate, burst, tokens: burst, at: Instant::now() }) }
+    }
+
+    /// No limit until [`set_rate`](Self::set_rate) sets one.
+    pub fn unlimited() -> Self {
+        Self::new(u64::MAX)
+    }
+
+    fn shape(rate: u64) -> (f64, f64) {
         let rate = rate.max(1) as f64;
-        let burst = (rate / 10.0).max(64.0 * 1024.0);
-        Self { rate, burst, bucket: Mutex::new(Bucket { tokens: burst, at: Instant::now() }) }
+        (rate, (rate / 10.0).max(64.0 * 1024.0))
+    }
+
+    fn bucket(&self) -> std::sync::MutexGuard<'_, Bucket> {
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn bytes_per_second(&self) -> u64 {
-        self.rate as u64
+        self.bucket().rate as u64
+    }
+
+    /// Changes the rate from now on (`u64::MAX`: no limit); debt already taken stays.
+    pub fn set_rate(&self, rate: u64) {
+        let (rate, burst) = Self::shape(rate);
+        let mut b = self.bucket();
+        b.rate = rate;
+        b.burst = burst;
+        b.tokens = b.tokens.min(burst);
     }
 
     /// How long the caller must wait before sending `n` bytes, having taken them.
     fn take(&self, n: u64, now: Instant) -> Duration {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let refill = now.saturating_duration_since(b.at).as_secs_f64() * self.rate;
-        b.tokens = (b.tokens + refill).min(self.burst);
+        let mut b = self.bucket();
+        let refill = now.saturating_duration_since(b.at).as_secs_f64() * b.rate;
+        b.tokens = (b.tokens + refill).min(b.burst);
         b.at = now;
         b.tokens -= n as f64;
         if b.tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-b.tokens / self.rate)
+            Duration::from_secs_f64(-b.tokens / b.rate)
         }
     }
 
@@ -72,6 +94,20 @@ mod tests {
         let secs = now.duration_since(t0).as_secs_f64();
         // The first 100 KB of burst go at once.
         assert!((secs - 9.9).abs() < 0.01, "{secs}");
+    }
+
+    #[test]
+    fn a_changed_rate_holds_from_then_on() {
+        let r = RateLimit::unlimited();
+        let t0 = Instant::now();
+        assert_eq!(r.take(1 << 30, t0), Duration::ZERO, "no limit");
+        r.set_rate(1_000_000);
+        let mut now = t0;
+        for _ in 0..50 {
+            now += r.take(100_000, now);
+        }
+        let secs = now.duration_since(t0).as_secs_f64();
+        assert!((secs - 4.9).abs() < 0.01, "{secs}");
     }
 
     #[test]

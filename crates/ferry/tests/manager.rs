@@ -380,6 +380,16 @@ async fn scopes_place_daemons_and_harbor_preheats_an_image() {
         (hosts_of(&sa).await == 1 && hosts_of(&sb).await == 3).then_some(())
     })
     .await;
+    // A cluster's settings reach its scheduler and its daemons while they run.
+    let body = json!({"config": {"parents_per_peer": 3, "upload_rate_bytes": 50_000_000}});
+    let (s, v) = call("PATCH", &format!("{}/api/v1/clusters/{b}", m.rest), Some(&session), Some(body)).await;
+    assert_eq!(s, 200, "{v}");
+    wait_until("cluster beta's settings in force", Duration::from_secs(20), || async {
+        let scheduler = cluster.log_of("scheduler-b");
+        let daemon = cluster.log_of("beta-1");
+        (scheduler.contains("parents_per_peer: 3") && daemon.contains("bytes_per_second=50000000")).then_some(())
+    })
+    .await;
     let (_, seeds) = call("GET", &format!("{}/api/v1/seed-peers", m.rest), Some(&session), None).await;
     let mut names: Vec<&str> = seeds.as_array().unwrap().iter().map(|s| s["host_id"].as_str().unwrap()).collect();
     names.sort();

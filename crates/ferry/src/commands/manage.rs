@@ -101,8 +101,15 @@ impl Api {
             return Ok(job);
         }
         let deadline = tokio::time::Instant::now() + timeout + Duration::from_secs(10);
+        let progress = !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let mut last = String::new();
         loop {
             let v = self.call("GET", &format!("/api/v1/jobs/{id}"), None).await?;
+            let state = v["state"].as_str().unwrap_or_default();
+            if progress && state != last {
+                eprintln!("job {id}: {state}");
+                last = state.to_owned();
+            }
             match v["state"].as_str() {
                 Some("SUCCESS") => return Ok(v),
                 Some("FAILURE") => {
