@@ -42,7 +42,7 @@ def check_monitor(obj):
 
 
 def check_config(ferry, name, text, secrets):
-    role = "scheduler" if name == "scheduler.toml" else "daemon"
+    role = {"scheduler.toml": "scheduler", "manager.toml": "manager"}.get(name, "daemon")
     # Secret files named in the config exist on a node; here, stand-ins.
     text = text.replace("/etc/ferry/secrets/", f"{secrets}/")
     path = pathlib.Path(secrets) / name
@@ -87,11 +87,12 @@ def main():
     value_sets = [("default values", {})]
     value_sets += [(p.name, yaml.safe_load(p.read_text())) for p in sorted((CHART / "ci").glob("*.yaml"))]
     with tempfile.TemporaryDirectory() as secrets:
-        for key in ["s3-secret-access-key", "s3-access-key-id"]:
+        for key in ["s3-secret-access-key", "s3-access-key-id", "database-url"]:
             (pathlib.Path(secrets) / key).write_text("stand-in\n")
         for name, values in value_sets:
             check_values(ferry, chart, name, values, secrets)
-    for bad in [{"scheduler": {"replicas": 0}}, {"daemon": {"hostDataDir": "relative"}}, {"imagee": {}}]:
+    sqlite_twice = {"manager": {"enabled": True, "replicas": 2, "port": 8080, "grpcPort": 65003, "metricsPort": 8000, "clusterId": 1}}
+    for bad in [{"scheduler": {"replicas": 0}}, {"daemon": {"hostDataDir": "relative"}}, {"imagee": {}}, sqlite_twice]:
         try:
             chart.validate_schema(bad)
         except helm_python.errors.HelmError:

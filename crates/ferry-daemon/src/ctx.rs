@@ -66,7 +66,9 @@ impl Ctx {
             tracing::debug!(error = %e, "could not record the task's use");
         }
         if new {
-            tokio::spawn(crate::task::drive(env.clone(), handle.clone(), from_origin, piece_size));
+            // The task is part of the trace of the request that started it.
+            let drive = crate::task::drive(env.clone(), handle.clone(), from_origin, piece_size);
+            tokio::spawn(tracing::Instrument::in_current_span(drive));
         } else if matches!(handle.progress.borrow().outcome, Some(Ok(()))) {
             let len = handle.progress.borrow().content_length;
             Counters::add(&env.counters.bytes_from_cache, len);

@@ -302,10 +302,12 @@ impl crate::task::env::SchedulerLink for Schedulers {
         outbound: mpsc::UnboundedReceiver<Box<ferry_proto::scheduler::PeerMessage>>,
     ) -> futures::future::BoxFuture<'static, (String, Result<crate::task::env::Commands, tonic::Status>)> {
         let (addr, mut client) = self.pick(&task);
+        let outbound = futures::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(outbound), |m| *m);
+        let mut request = tonic::Request::new(outbound);
+        // The task's trace goes on to the scheduler's handling of this peer.
+        ferry_telemetry::trace::inject_grpc(request.metadata_mut());
         Box::pin(async move {
-            let outbound =
-                futures::StreamExt::map(tokio_stream::wrappers::UnboundedReceiverStream::new(outbound), |m| *m);
-            let commands = client.announce_peer(outbound).await.map(|r| {
+            let commands = client.announce_peer(request).await.map(|r| {
                 let stream: crate::task::env::Commands = Box::pin(r.into_inner());
                 stream
             });

@@ -189,6 +189,25 @@ pub async fn delete(db: &Db, id: i64) -> Result<(), ManagerError> {
     Ok(())
 }
 
+/// Creates cluster `default` (the default cluster, no scopes) when none exists, so
+/// schedulers started with `--cluster-id 1` and daemons find one at first start. Safe when
+/// several managers start at once: one insert wins.
+pub async fn ensure_default(db: &Db) -> Result<(), ManagerError> {
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM clusters").fetch_one(&db.pool).await?.try_get("n")?;
+    if n > 0 {
+        return Ok(());
+    }
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO clusters (name, description, is_default, config, scopes, created_at, updated_at) \
+         VALUES ('default', 'created at first start', 1, '{}', '{}', $1, $1) ON CONFLICT (name) DO NOTHING",
+    )
+    .bind(now)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
 /// The cluster a host belongs to by the scopes (see [`crate::search`]).
 pub async fn search(db: &Db, host: &HostFacts) -> Result<Option<Cluster>, ManagerError> {
     let all = list(db).await?;

@@ -76,6 +76,7 @@ pub struct RunningManager {
 pub async fn start(opts: ManagerOptions, cancel: CancellationToken) -> Result<RunningManager, ManagerError> {
     let db = db::Db::open(&opts.database).await?;
     let generated_root_password = auth::ensure_root(&db, opts.root_password.as_deref()).await?;
+    clusters::ensure_default(&db).await?;
     let metrics = Arc::new(metrics::Metrics::default());
     let interval_seconds = u32::try_from(opts.keepalive_interval.as_secs().max(1)).unwrap_or(u32::MAX);
     let silent_ms = i64::from(interval_seconds) * 3000;

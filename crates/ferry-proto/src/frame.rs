@@ -7,7 +7,9 @@
 //! none) followed by the piece bytes, bounded by [`MAX_PIECE_BODY`], so the sender can `sendfile` the bytes
 //! straight from its content file after writing the header.
 //!
-//! One connection carries one task. The child opens with `Hello(task)`; the parent answers
+//! One connection carries one task. The child opens with `Hello(task)` — followed, when the
+//! child exports traces, by the trace context of its download (trace id, span id, flags: 25
+//! bytes), so the parent's serving joins that trace; the parent answers
 //! `Bitfield` (or `Reject` when it does not know the task) and then sends `Have` for every
 //! piece it finishes later. The child pipelines `Request`s; the parent answers each in order
 //! with `Piece` or `Reject`.
@@ -26,6 +28,7 @@
 use bytes::{BufMut, BytesMut};
 
 /// 2: the piece header carries the sender's recorded digest.
+/// (A `Hello` may carry a trace context; a parent of this version reads both forms.)
 pub const VERSION: u8 = 2;
 /// `len | version | kind`.
 pub const HEAD_LEN: usize = 6;
@@ -34,6 +37,10 @@ pub const MAX_CONTROL_BODY: u32 = 1024 * 1024;
 pub const MAX_PIECE_BODY: u32 = 64 * 1024 * 1024 + PIECE_HEAD_LEN as u32;
 /// `index: u32 | len: u32 | digest: [u8; 32]`.
 pub const PIECE_HEAD_LEN: usize = 40;
+/// A `Hello` body: the task id, then optionally `trace_id: [u8; 16] | span_id: [u8; 8] | flags: u8`.
+const HELLO: usize = 32;
+const HELLO_TRACED: usize = HELLO + TRACE_LEN;
+pub const TRACE_LEN: usize = 25;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -53,7 +60,7 @@ impl Kind {
     /// [`MAX_PIECE_BODY`].
     pub fn max_body(self) -> u32 {
         match self {
-            Self::Hello => 32,
+            Self::Hello => HELLO_TRACED as u32,
             Self::Have | Self::Request => 4,
             Self::RequestAny => 0,
             Self::Reject => 5,
@@ -89,7 +96,7 @@ pub enum RejectCode {
 /// A decoded control frame. Piece bytes are not part of it: see [`PieceHead`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    Hello { task_id: [u8; 32] },
+    Hello { task_id: [u8; 32], trace: Option<[u8; TRACE_LEN]> },
     Bitfield { piece_count: u32, bits: Vec<u8> },
     Have { index: u32 },
     Request { index: u32 },
@@ -160,8 +167,13 @@ pub fn decode_control(kind: Kind, body: &[u8]) -> Result<Frame, FrameError> {
     let exact = |n: usize| if body.len() == n { Ok(()) } else { Err(bad()) };
     match kind {
         Kind::Hello => {
-            exact(32)?;
-            Ok(Frame::Hello { task_id: body.try_into().expect("32 bytes") })
+            let task_id = body.get(..HELLO).ok_or_else(bad)?.try_into().expect("32 bytes");
+            let trace = match body.len() {
+                HELLO => None,
+                HELLO_TRACED => Some(body[HELLO..].try_into().expect("25 bytes")),
+                _ => return Err(bad()),
+            };
+            Ok(Frame::Hello { task_id, trace })
         }
         Kind::Bitfield => {
             let piece_count = u32_at(0)?;
@@ -209,9 +221,12 @@ fn put_head(buf: &mut BytesMut, kind: Kind, body_len: usize) {
 /// Appends a control frame to `buf`.
 pub fn encode(frame: &Frame, buf: &mut BytesMut) {
     match frame {
-        Frame::Hello { task_id } => {
-            put_head(buf, Kind::Hello, 32);
+        Frame::Hello { task_id, trace } => {
+            put_head(buf, Kind::Hello, if trace.is_some() { HELLO_TRACED } else { HELLO });
             buf.put_slice(task_id);
+            if let Some(t) = trace {
+                buf.put_slice(t);
+            }
         }
         Frame::Bitfield { piece_count, bits } => {
             put_head(buf, Kind::Bitfield, 4 + bits.len());
@@ -288,7 +303,8 @@ mod tests {
 
     #[test]
     fn control_frames_round_trip() {
-        round_trip(Frame::Hello { task_id: [7; 32] });
+        round_trip(Frame::Hello { task_id: [7; 32], trace: None });
+        round_trip(Frame::Hello { task_id: [7; 32], trace: Some([9; TRACE_LEN]) });
         round_trip(Frame::Bitfield { piece_count: 9, bits: vec![0xff, 0x80] });
         round_trip(Frame::Have { index: 3 });
         round_trip(Frame::Request { index: u32::MAX });

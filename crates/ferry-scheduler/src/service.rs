@@ -450,15 +450,19 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<Streaming<PeerMessage>>,
     ) -> Result<Response<Self::AnnouncePeerStream>, Status> {
+        // A child of the peer's download when its daemon exports traces.
+        let span = tracing::info_span!("announce_peer", task = tracing::field::Empty, peer = tracing::field::Empty);
+        ferry_telemetry::trace::follow_grpc(&span, req.metadata());
         let mut inbound = req.into_inner();
         let reg = match inbound.message().await?.and_then(|m| m.message) {
             Some(peer_message::Message::Register(r)) => r,
             _ => return Err(Status::invalid_argument("the first peer message must be Register")),
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let (task_id, peer, session) = self.register(&reg, tx.clone())?;
+        let (task_id, peer, session) = span.in_scope(|| self.register(&reg, tx.clone()))?;
+        span.record("task", tracing::field::debug(&task_id));
+        span.record("peer", tracing::field::display(&peer));
         let this = self.clone();
-        let span = tracing::info_span!("announce_peer", task = ?task_id, %peer);
         tokio::spawn(
             async move {
                 loop {

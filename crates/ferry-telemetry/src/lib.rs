@@ -7,6 +7,8 @@
 //! its atomics), a collector that reads them at scrape time ([`encode_counter`],
 //! [`encode_gauge`]).
 
+pub mod trace;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

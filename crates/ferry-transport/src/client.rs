@@ -42,6 +42,7 @@ pub async fn connect(
     task: TaskId,
     max_piece: u32,
     timeout: Duration,
+    trace: Option<[u8; ferry_proto::frame::TRACE_LEN]>,
 ) -> Result<(Vec<bool>, ParentReader, ParentWriter), TransportError> {
     let a = addr.to_string();
     let sock = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -50,7 +51,7 @@ pub async fn connect(
         .map_err(|source| TransportError::ConnectParent { addr: a.clone(), source })?;
     sock.set_nodelay(true)?;
     let (mut rd, mut wr) = sock.into_split();
-    write_frame(&mut wr, &Frame::Hello { task_id: task.0 }).await?;
+    write_frame(&mut wr, &Frame::Hello { task_id: task.0, trace }).await?;
     let first = tokio::time::timeout(timeout, read_frame(&mut rd))
         .await
         .map_err(|_| TransportError::ConnectTimeout { addr: a.clone() })??;

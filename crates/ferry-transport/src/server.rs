@@ -181,15 +181,33 @@ async fn handle(
     admission: Admission,
 ) -> Result<(), TransportError> {
     sock.set_nodelay(true)?;
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, wr) = sock.into_split();
     let hello = read_frame_of(&mut rd, |k| k == Kind::Hello);
-    let task_id = match tokio::time::timeout(opts.hello_timeout, hello).await {
+    let (task_id, trace) = match tokio::time::timeout(opts.hello_timeout, hello).await {
         Err(_) => return Err(TransportError::NoHello(opts.hello_timeout)),
         Ok(r) => match r? {
-            Some(Incoming::Control(Frame::Hello { task_id })) => TaskId(task_id),
+            Some(Incoming::Control(Frame::Hello { task_id, trace })) => (TaskId(task_id), trace),
             other => return Err(unexpected("Hello", other)),
         },
     };
+    // Serving this child is part of its download's trace, when it sent one.
+    let span = tracing::info_span!("serve_task", task = ?task_id);
+    if let Some(t) = &trace {
+        ferry_telemetry::trace::follow_wire(&span, t);
+    }
+    serve_task(rd, wr, task_id, lookup, opts, stats, admission).instrument(span).await
+}
+
+/// Serves one task on a connection whose `Hello` named it.
+async fn serve_task(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    task_id: TaskId,
+    lookup: Arc<dyn TaskLookup>,
+    opts: &ServerOptions,
+    stats: &ServerStats,
+    admission: Admission,
+) -> Result<(), TransportError> {
     let Some((file, avail)) = lookup.lookup(&task_id) else {
         write_frame(&mut wr, &Frame::Reject { index: u32::MAX, code: RejectCode::UnknownTask }).await?;
         return Ok(());

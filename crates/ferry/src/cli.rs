@@ -389,6 +389,9 @@ pub struct SchedulerArgs {
     /// listen address, or the interface that routes to the manager].
     #[arg(long, env = "FERRY_ADVERTISE_IP")]
     pub advertise_ip: Option<IpAddr>,
+    /// Export traces over OTLP/HTTP to this collector (e.g. http://otel-collector:4318).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// A TOML file of settings: its keys are this command's long flag names
     /// (`cache-ttl = "24h"`, `scheduler = ["a:8002"]`, `seed = true`); flags and their
     /// environment variables override it.
@@ -433,6 +436,9 @@ pub struct ManagerArgs {
     /// A PEM file of CA certificates to trust for registries, besides the system's.
     #[arg(long = "ca-cert", value_delimiter = ',')]
     pub ca_certs: Vec<PathBuf>,
+    /// Export traces over OTLP/HTTP to this collector (e.g. http://otel-collector:4318).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// A TOML file of settings: its keys are this command's long flag names; flags and
     /// their environment variables override it.
     #[arg(long, env = "FERRY_CONFIG")]
@@ -624,6 +630,9 @@ pub struct DaemonArgs {
     /// A GCP service account key (JSON) for gs:// origins (`GOOGLE_*` variables work too).
     #[arg(long, env = "GOOGLE_SERVICE_ACCOUNT_KEY", hide_env_values = true)]
     pub gcs_service_account_key: Option<String>,
+    /// Export traces over OTLP/HTTP to this collector (e.g. http://otel-collector:4318).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// A TOML file of settings: its keys are this command's long flag names
     /// (`cache-ttl = "24h"`, `scheduler = ["a:8002"]`, `seed = true`); flags and their
     /// environment variables override it.

@@ -58,7 +58,36 @@ pub fn init_tracing(cli: &Cli) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colour only on a terminal: a log file or a journal gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let otel = otlp(cli).and_then(|(endpoint, service, instance)| {
+        match ferry_telemetry::trace::layer(&endpoint, service, &instance) {
+            Ok(layer) => Some(layer),
+            Err(e) => {
+                eprintln!("ferry: traces are off: {e}");
+                None
+            }
+        }
+    });
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry().with(filter).with(fmt).with(otel).init();
+}
+
+/// A long-running role's trace export: the collector, the service name, this instance.
+fn otlp(cli: &Cli) -> Option<(String, &'static str, String)> {
+    let hostname =
+        || std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    match &cli.command {
+        Command::Daemon(a) => {
+            let instance = a.host_id.clone().or_else(|| a.hostname.clone()).unwrap_or_else(hostname);
+            Some((a.otlp_endpoint.clone()?, "ferry-daemon", instance))
+        }
+        Command::Scheduler(a) => {
+            Some((a.otlp_endpoint.clone()?, "ferry-scheduler", format!("{}:{}", hostname(), a.listen.port())))
+        }
+        Command::Manager(a) => Some((a.otlp_endpoint.clone()?, "ferry-manager", hostname())),
+        _ => None,
+    }
 }
 
 pub async fn run(cli: Cli) -> Result<(), Exit> {

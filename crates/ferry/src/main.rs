@@ -12,7 +12,11 @@ fn main() -> ExitCode {
     };
     ferry::init_tracing(&cli);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    match rt.block_on(ferry::run(cli)) {
+    let result = rt.block_on(ferry::run(cli));
+    drop(rt);
+    // Export the spans still buffered.
+    ferry_telemetry::trace::shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry: {}", e.message);

@@ -131,7 +131,9 @@ async fn api_contract(db: &str) {
     assert_eq!(s, 403, "a token without the scope: {v}");
     assert!(message(&v).contains("`cluster` scope"), "{v}");
     let (s, v) = call("GET", &url("/api/v1/clusters"), Some(&cluster_token), None).await;
-    assert_eq!((s, v), (200, json!([])));
+    assert_eq!(s, 200);
+    let first = v.as_array().unwrap();
+    assert_eq!((first.len(), &first[0]["name"], &first[0]["is_default"]), (1, &json!("default"), &json!(true)), "{v}");
     let (s, v) = call("GET", &url("/api/v1/clusters"), Some("ferry_not-a-token"), None).await;
     assert_eq!(s, 401, "an unknown token: {v}");
 
@@ -212,6 +214,8 @@ async fn api_contract(db: &str) {
     assert_eq!(v["config"]["parents_per_peer"], 4, "fields not named stay");
     let (s, v) = call("GET", &url(&format!("/api/v1/clusters/{id}")), Some(&cluster_token), None).await;
     assert_eq!((s, v["schedulers"].clone(), v["is_default"].clone()), (200, json!([]), json!(true)));
+    let (_, v) = call("GET", &url("/api/v1/clusters/1"), Some(&cluster_token), None).await;
+    assert_eq!(v["is_default"], false, "one default cluster at a time: {v}");
     let (s, _) = call("GET", &url("/api/v1/clusters/4242"), Some(&cluster_token), None).await;
     assert_eq!(s, 404);
 
@@ -482,6 +486,19 @@ async fn scopes_place_daemons_and_harbor_preheats_an_image() {
         .map(|t| t["host_id"].as_str().unwrap())
         .collect();
     assert!(holders.contains(&"beta-seed") && holders.contains(&"beta-1"), "{done}");
+
+    // The manager gone, everyone keeps what it last heard and downloads go on.
+    cluster.kill("manager").await;
+    wait_until("beta-1 to notice the manager is gone", Duration::from_secs(20), || async {
+        cluster.log_of("beta-1").contains("keeping the current ones").then_some(())
+    })
+    .await;
+    assert_eq!((hosts_of(&sa).await, hosts_of(&sb).await), (1, 3), "no host moved");
+    let files = [("after.bin".to_owned(), data::generate(9, 1 << 20))].into_iter().collect();
+    let origin = ferry_demo::origin::Origin::start(files, Default::default()).await.unwrap();
+    let out = dir.path().join("after.bin");
+    let o = common::ferry_get(&host.socket, &origin.url("after.bin"), &out, &[]).await;
+    assert!(o.status.success(), "a download without the manager: {}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Two managers over one PostgreSQL: the one running a job dies mid-job and the other takes

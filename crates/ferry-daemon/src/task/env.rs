@@ -112,8 +112,10 @@ impl ParentDialer for TcpParents {
         max_piece: u32,
         timeout: Duration,
     ) -> BoxFuture<'static, Result<ParentConn, TransportError>> {
+        // The download's trace goes on to the parent's side of the connection.
+        let trace = ferry_telemetry::trace::current_wire();
         Box::pin(async move {
-            let (has, mut reader, writer) = ferry_transport::connect(addr, task, max_piece, timeout).await?;
+            let (has, mut reader, writer) = ferry_transport::connect(addr, task, max_piece, timeout, trace).await?;
             let (tx, events) = mpsc::channel(8);
             let read = tokio::spawn(async move {
                 loop {

@@ -353,10 +353,11 @@ impl TaskRun {
         crate::counters::Counters::add(&self.shared.env.counters.back_to_source, 1);
         let shared = self.shared.clone();
         let piece_size = self.piece_size;
-        self.workers.spawn(async move {
+        let work = async move {
             let r = from_origin::fetch(&shared, piece_size).await;
             shared.emit(Event::OriginDone(r));
-        });
+        };
+        self.workers.spawn(tracing::Instrument::instrument(work, tracing::info_span!("origin_read")));
     }
 
     fn add_parent(&mut self, p: Parent) {
@@ -372,10 +373,12 @@ impl TaskRun {
         self.parents.insert(host.clone());
         let shared = self.shared.clone();
         let addr = std::net::SocketAddr::new(ip, p.piece_port as u16);
-        self.workers.spawn(async move {
+        let span = tracing::info_span!("from_parent", parent = %host, seed = p.seed);
+        let work = async move {
             let reason = from_parent::parent_worker(&shared, &host, addr, p.seed).await;
             shared.emit(Event::ParentGone { parent: host, reason });
-        });
+        };
+        self.workers.spawn(tracing::Instrument::instrument(work, span));
     }
 
     async fn session(

@@ -36,6 +36,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- toJson $list -}}
 {{- end -}}
 
+{{/* The manager's gRPC address, through its Service. */}}
+{{- define "ferry.managerGrpc" -}}
+{{- printf "%s-manager.%s.svc:%d" (include "ferry.fullname" .) .Release.Namespace (int .Values.manager.grpcPort) -}}
+{{- end -}}
+
 {{/* A map as TOML `key = value` lines (strings quoted, lists as arrays). */}}
 {{- define "ferry.toml" -}}
 {{- range $k, $v := . }}
