@@ -106,19 +106,19 @@ impl Schedulers {
     /// Makes `addrs` the set: sessions start with the new ones and end with those gone.
     /// Returns whether anything changed.
     pub fn set(&self, addrs: &[String]) -> Result<bool, String> {
-        let mut added = vec![];
         let removed: Vec<Arc<Entry>>;
+        let added: Vec<Arc<Entry>>;
         {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            for a in addrs {
-                if !entries.iter().any(|e| &e.addr == a) {
-                    let e = entry(a)?;
-                    entries.push(e.clone());
-                    added.push(e);
-                }
-            }
+            // Every new address parses before anything changes.
+            added = addrs
+                .iter()
+                .filter(|a| !entries.iter().any(|e| &e.addr == *a))
+                .map(|a| entry(a))
+                .collect::<Result<_, _>>()?;
             removed = entries.iter().filter(|e| !addrs.contains(&e.addr)).cloned().collect();
             entries.retain(|e| addrs.contains(&e.addr));
+            entries.extend(added.iter().cloned());
         }
         for e in &removed {
             e.stop.cancel();
@@ -323,6 +323,25 @@ impl crate::task::env::SchedulerLink for Schedulers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_set_follows_the_manager() {
+        let s = Schedulers::new(&["a:1".to_string(), "b:1".to_string()], false).unwrap();
+        let mut rx = s.topology();
+        assert!(s.set(&["b:1".to_string(), "c:1".to_string()]).unwrap());
+        let mut now = s.addrs();
+        now.sort();
+        assert_eq!(now, ["b:1", "c:1"]);
+        assert!(rx.has_changed().unwrap(), "owners may have moved");
+        rx.mark_unchanged();
+        assert!(!s.set(&["c:1".to_string(), "b:1".to_string()]).unwrap(), "same set");
+        assert!(!rx.has_changed().unwrap());
+        assert!(s.set(&["c:1".to_string(), "bad address".to_string()]).is_err());
+        assert_eq!(s.count(), 2, "a refused set changes nothing");
+        assert!(Schedulers::new(&[], false).is_err() && Schedulers::new(&[], true).is_ok());
+        let empty = Schedulers::new(&[], true).unwrap();
+        assert_eq!(empty.owner(&TaskId([1; 32])).scheduler, "", "no owner before the manager names one");
+    }
 
     #[test]
     fn rendezvous_spreads_tasks_and_moves_few_on_growth() {

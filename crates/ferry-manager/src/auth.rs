@@ -212,6 +212,11 @@ pub async fn sign_in(db: &Db, name: &str, password: &str) -> Result<(String, i64
         return Err(wrong());
     }
     let user_id: i64 = row.try_get("id")?;
+    // Sessions that ended are of no use to anyone: each sign-in clears them.
+    sqlx::query("DELETE FROM tokens WHERE kind = 'session' AND expires_at <= $1")
+        .bind(now_ms())
+        .execute(&db.pool)
+        .await?;
     let expires_at = now_ms() + SESSION_TTL_MS;
     let (token, hash) = new_token();
     sqlx::query(

@@ -271,15 +271,18 @@ pub async fn check_image(client: &reqwest::Client, image: &ImageUrl, a: &Args) -
     }
 }
 
-/// Runs a job over its clusters (every cluster when it names none).
+/// Runs a job over its clusters (when it names none: every cluster a live scheduler serves).
 pub async fn execute(db: &Db, kind: Kind, a: &Args, cluster_ids: &[i64], silent_ms: i64) -> JobResult {
     let plan = match plan(kind, a) {
         Ok(p) => p,
         Err(e) => return JobResult { job_states: vec![failed_state(e.to_string())] },
     };
     let ids = match cluster_ids {
-        [] => match clusters::list(db).await {
-            Ok(all) => all.into_iter().map(|c| c.id).collect(),
+        [] => match serving_clusters(db, silent_ms).await {
+            Ok(ids) if ids.is_empty() => {
+                return JobResult { job_states: vec![failed_state("no cluster has a live scheduler".into())] }
+            }
+            Ok(ids) => ids,
             Err(e) => return JobResult { job_states: vec![failed_state(e.to_string())] },
         },
         ids => ids.to_vec(),
@@ -295,6 +298,16 @@ pub async fn execute(db: &Db, kind: Kind, a: &Args, cluster_ids: &[i64], silent_
     let mut states = states;
     states.sort_by_key(|s| s.results.first().map_or(0, |r| r.scheduler_cluster_id));
     JobResult { job_states: states }
+}
+
+/// The clusters with a live scheduler: where a job that names no cluster runs. (A cluster
+/// nobody serves, such as an unused `default`, has nothing to do.)
+async fn serving_clusters(db: &Db, silent_ms: i64) -> Result<Vec<i64>, ManagerError> {
+    let live = clusters::members(db, Members::Schedulers, None, silent_ms).await?;
+    let mut ids: Vec<i64> = live.into_iter().filter(|m| m.state == "active").map(|m| m.cluster_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
 fn failed_state(error: String) -> JobState {

@@ -354,9 +354,12 @@ mod tests {
         head[..4].copy_from_slice(&(1024 * 1024u32).to_be_bytes());
         head[4] = VERSION;
         head[5] = Kind::Hello as u8;
-        assert_eq!(decode_head(&head), Err(FrameError::TooLarge { len: 1024 * 1024 - 2, max: 32 }));
+        assert_eq!(decode_head(&head), Err(FrameError::TooLarge { len: 1024 * 1024 - 2, max: 57 }));
         head[..4].copy_from_slice(&34u32.to_be_bytes());
         assert!(decode_head(&head).is_ok());
+        // A body between the two `Hello` forms is malformed.
+        assert!(decode_control(Kind::Hello, &[0; 40]).is_err());
+        assert!(decode_control(Kind::Hello, &[0; 57]).is_ok());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! emulated network of namespaces with rate caps. See `cargo run -p ferry-testbed -- run --help`.
 
 mod image;
+mod load;
 mod model;
 mod net;
 mod proc;
@@ -33,6 +34,9 @@ struct Cli {
 enum Cmd {
     /// Build the network, run the systems, write results, tear everything down.
     Run(Box<RunArgs>),
+    /// Drive one real scheduler over gRPC on loopback as many hosts and peers; report
+    /// decision latency, CPU per decision and memory per peer.
+    Load(load::LoadArgs),
     /// (internal) The HTTP origin, run inside the origin's namespace.
     #[command(hide = true)]
     Origin {
@@ -117,6 +121,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Run(a) => rt.block_on(run(*a)),
         Cmd::Origin { size, listen } => rt.block_on(origin(size, listen)),
         Cmd::Hub { size, listen } => rt.block_on(model::serve(size, listen)),
+        Cmd::Load(a) => rt.block_on(load_cmd(a)),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -125,6 +130,24 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn load_cmd(a: load::LoadArgs) -> Result<()> {
+    let ferry_bin = match &a.ferry_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.with_file_name("ferry"),
+    };
+    if !ferry_bin.exists() {
+        bail!("no ferry binary at {}; build it (cargo build --release) or pass --ferry-bin", ferry_bin.display());
+    }
+    let out = a.out.clone();
+    let report = load::run(a, ferry_bin).await?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = out {
+        std::fs::write(&path, &json).with_context(|| format!("write {}", path.display()))?;
+    }
+    println!("{json}");
+    Ok(())
 }
 
 async fn origin(size: u64, listen: std::net::SocketAddr) -> Result<()> {

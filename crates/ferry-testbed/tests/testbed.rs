@@ -60,3 +60,27 @@ impl Drop for OutDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The scheduler load generator at a small size: every peer that registered without the task
+/// got a decision, the scheduler holds every peer, and departing hosts leave its books.
+#[test]
+fn load_generator_gets_every_peer_a_decision() {
+    let ferry = std::path::Path::new(env!("CARGO_BIN_EXE_ferry-testbed")).with_file_name("ferry");
+    assert!(ferry.exists(), "build the ferry binary first (cargo build --workspace)");
+    let o = Command::new(env!("CARGO_BIN_EXE_ferry-testbed"))
+        .args(["load", "--hosts", "100", "--peers", "1000", "--tasks", "10", "--ferry-bin"])
+        .arg(&ferry)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "load failed: {}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert_eq!(n("undecided"), 0, "{v}");
+    let decided = n("parents") + n("wait_for_seed") + n("back_to_source");
+    assert!(decided >= 990, "990 peers registered without the task: {v}");
+    assert_eq!(n("failed"), 0);
+    assert_eq!((n("scheduler_hosts"), n("scheduler_peers")), (100, 1000), "{v}");
+    assert_eq!(n("hosts_after_departures"), 90, "{v}");
+    assert!(n("latency_us_p50") > 0 && n("latency_us_p99") >= n("latency_us_p50"));
+    assert!(v["rss_per_peer_bytes"].as_f64().unwrap() > 0.0);
+}

@@ -99,7 +99,7 @@ pub struct TaskArgs {
     pub application: String,
     #[arg(long = "filter-query-param")]
     pub filtered_query_params: Vec<String>,
-    /// Only these clusters (repeatable) [default: every cluster].
+    /// Only these clusters (repeatable) [default: every cluster with a live scheduler].
     #[arg(long = "cluster")]
     pub clusters: Vec<i64>,
     #[command(flatten)]
@@ -224,7 +224,7 @@ pub struct PreheatTarget {
     /// single_seed_peer, all_seed_peers or all_peers.
     #[arg(long, default_value = "single_seed_peer")]
     pub scope: String,
-    /// Only these clusters (repeatable) [default: every cluster].
+    /// Only these clusters (repeatable) [default: every cluster with a live scheduler].
     #[arg(long = "cluster")]
     pub clusters: Vec<i64>,
     /// Give up after this long.
