@@ -40,7 +40,6 @@ fn decide_and_tell(
     opts: &SchedulerOptions,
 ) -> Option<usize> {
     use crate::metrics::{DECISION_ASK_SEED, DECISION_BACK_TO_SOURCE, DECISION_PARENTS, DECISION_WAIT};
-    let seeds = seed_candidates(st);
     let origin_full = origin_full(st, task_id, peer, opts);
     let State { hosts, tasks, seed_fetches, back_to_source_grants, metrics, .. } = st;
     let task = tasks.get_mut(task_id)?;
@@ -50,6 +49,9 @@ fn decide_and_tell(
         return None;
     }
     let ranked = ranked_parents(task, hosts, peer, &opts.rank);
+    // Seeds matter only to a peer with no parent and no seed asked yet: the other decisions
+    // skip the walk over every host.
+    let seeds = if ranked.is_empty() && task.fetch.is_none() { seed_candidates(hosts) } else { vec![] };
     let input = DecisionInput {
         has_parents: !ranked.is_empty(),
         want_origin,
@@ -103,8 +105,8 @@ fn decide_and_tell(
 }
 
 /// Every live seed, as the policy sees it.
-fn seed_candidates(st: &State) -> Vec<SeedCandidate> {
-    st.hosts
+fn seed_candidates(hosts: &HashMap<HostId, HostEntry>) -> Vec<SeedCandidate> {
+    hosts
         .iter()
         .filter(|(_, h)| h.host.seed)
         .map(|(id, h)| SeedCandidate {

@@ -204,32 +204,43 @@ fn peer_of(k: usize, hosts: usize, tasks: usize, m: usize) -> (usize, usize) {
 
 const PIECE: u32 = 4 << 20;
 
-/// Opens every host session; returns the senders that keep them alive.
+/// Opens every host session (64 at a time); returns the senders that keep them alive.
 async fn open_hosts(channels: &[Channel], a: &LoadArgs) -> anyhow::Result<Vec<mpsc::Sender<HostMessage>>> {
-    let mut senders = Vec::with_capacity(a.hosts);
-    for i in 0..a.hosts {
-        let (tx, rx) = mpsc::channel::<HostMessage>(4);
-        tx.send(HostMessage { host: Some(host(i)), dropped: vec![] }).await?;
-        let mut client = SchedulerClient::new(channels[i / a.per_connection].clone());
-        let resp = client.host_session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
-        // Orders (none for these hosts) are read so the stream never backs up.
-        let mut orders = resp.into_inner();
-        tokio::spawn(async move { while let Ok(Some(_)) = orders.message().await {} });
-        senders.push(tx);
-    }
-    Ok(senders)
+    let opened = futures::stream::iter(0..a.hosts)
+        .map(|i| {
+            let channel = channels[i / a.per_connection].clone();
+            async move {
+                let (tx, rx) = mpsc::channel::<HostMessage>(4);
+                tx.send(HostMessage { host: Some(host(i)), dropped: vec![] }).await?;
+                let mut client = SchedulerClient::new(channel);
+                let resp = client.host_session(tokio_stream::wrappers::ReceiverStream::new(rx)).await?;
+                // Orders (none for these hosts) are read so the stream never backs up.
+                let mut orders = resp.into_inner();
+                tokio::spawn(async move { while let Ok(Some(_)) = orders.message().await {} });
+                anyhow::Ok(tx)
+            }
+        })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await;
+    opened.into_iter().collect()
 }
 
-/// Sends every host's keepalive every `every` until the senders close.
+/// Sends every host's keepalive once per `every`, spread over the interval as independent
+/// daemons would send them (not in one burst), until the senders close.
 fn keep_alive(senders: Arc<std::sync::Mutex<Vec<mpsc::Sender<HostMessage>>>>, every: Duration) {
+    const TICK: Duration = Duration::from_millis(20);
     tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
+        let slices = (every.as_millis() / TICK.as_millis()).max(1) as usize;
+        let mut tick = tokio::time::interval(TICK);
+        for n in 0usize.. {
+            tick.tick().await;
             let now: Vec<_> = senders.lock().unwrap().clone();
             if now.is_empty() {
                 return;
             }
-            for (i, tx) in now.iter().enumerate() {
+            let slice = n % slices;
+            for (i, tx) in now.iter().enumerate().filter(|(i, _)| i % slices == slice) {
                 let _ = tx.try_send(HostMessage { host: Some(host(i)), dropped: vec![] });
             }
         }
