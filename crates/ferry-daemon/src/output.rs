@@ -185,7 +185,9 @@ impl Drop for OutputSink {
     }
 }
 
-/// `len` bytes at `offset` from `src` to the same offset of `dst`, in the kernel.
+/// `len` bytes at `offset` from `src` to the same offset of `dst`, in the kernel where it can
+/// (`copy_file_range`), else through a buffer: the cache and the output may be on different
+/// filesystems, where Linux refuses the former (EXDEV).
 fn copy_range(src: &std::fs::File, dst: &std::fs::File, offset: u64, len: usize) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let (mut off_in, mut off_out) = (offset as libc::loff_t, offset as libc::loff_t);
@@ -196,8 +198,28 @@ fn copy_range(src: &std::fs::File, dst: &std::fs::File, offset: u64, len: usize)
         match n {
             n if n > 0 => left -= n as usize,
             0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            _ => return Err(std::io::Error::last_os_error()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                let unsupported = [libc::EXDEV, libc::ENOSYS, libc::EOPNOTSUPP, libc::EINVAL];
+                if !unsupported.contains(&e.raw_os_error().unwrap_or(0)) {
+                    return Err(e);
+                }
+                return copy_range_buffered(src, dst, off_in as u64, left);
+            }
         }
+    }
+    Ok(())
+}
+
+fn copy_range_buffered(src: &std::fs::File, dst: &std::fs::File, offset: u64, len: usize) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let mut done = 0usize;
+    while done < len {
+        let n = buf.len().min(len - done);
+        src.read_exact_at(&mut buf[..n], offset + done as u64)?;
+        dst.write_all_at(&buf[..n], offset + done as u64)?;
+        done += n;
     }
     Ok(())
 }
@@ -210,6 +232,21 @@ fn temp_path(output: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_copies_without_copy_file_range_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&a, &bytes).unwrap();
+        std::fs::write(&b, vec![0u8; bytes.len()]).unwrap();
+        let src = std::fs::File::open(&a).unwrap();
+        let dst = std::fs::OpenOptions::new().write(true).open(&b).unwrap();
+        copy_range_buffered(&src, &dst, 1000, 2_500_000).unwrap();
+        let got = std::fs::read(&b).unwrap();
+        assert_eq!(&got[1000..2_501_000], &bytes[1000..2_501_000]);
+        assert!(got[..1000].iter().all(|x| *x == 0) && got[2_501_000..].iter().all(|x| *x == 0));
+    }
 
     #[test]
     fn lands_whole_file_and_leaves_no_temp() {

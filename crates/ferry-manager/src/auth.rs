@@ -200,17 +200,23 @@ pub async fn sign_in(db: &Db, name: &str, password: &str) -> Result<(String, i64
     let row =
         sqlx::query("SELECT id, password_hash FROM users WHERE name = $1").bind(name).fetch_optional(&db.pool).await?;
     let wrong = || ManagerError::Unauthorized("wrong user name or password".into());
-    let row = row.ok_or_else(wrong)?;
-    let stored: String = row.try_get("password_hash")?;
+    // An unknown name costs the same hashing as a wrong password: the answer's time does
+    // not tell which names exist.
+    static UNKNOWN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let stored: String = match &row {
+        Some(r) => r.try_get("password_hash")?,
+        None => UNKNOWN.get_or_init(|| hash_password("no such user").unwrap_or_default()).clone(),
+    };
     let ok = tokio::task::spawn_blocking({
         let password = password.to_owned();
         move || password_matches(&password, &stored)
     })
     .await
     .unwrap_or(false);
-    if !ok {
-        return Err(wrong());
-    }
+    let row = match row {
+        Some(r) if ok => r,
+        _ => return Err(wrong()),
+    };
     let user_id: i64 = row.try_get("id")?;
     // Sessions that ended are of no use to anyone: each sign-in clears them.
     sqlx::query("DELETE FROM tokens WHERE kind = 'session' AND expires_at <= $1")

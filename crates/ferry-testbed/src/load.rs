@@ -378,6 +378,52 @@ async fn stats(addr: &str) -> anyhow::Result<ferry_proto::scheduler::StatsRespon
     Ok(c.stats(StatsRequest {}).await?.into_inner())
 }
 
+/// Every peer's life, the tasks' first peers (the holders) before the others so every later
+/// peer finds a parent; returns the decision latencies in microseconds.
+async fn run_peers(addr: &str, a: &Arc<LoadArgs>, tally: &Arc<Tally>) -> anyhow::Result<Vec<u64>> {
+    let peer_channels = connect(addr, 8).await?;
+    let m = stride(a.tasks);
+    let mut latencies: Vec<u64> = vec![];
+    for phase in [0..a.tasks, a.tasks..a.peers] {
+        let pace = (a.rate > 0).then(|| Duration::from_secs_f64(1.0 / a.rate as f64));
+        let got = futures::stream::iter(phase)
+            .then(|k| async move {
+                if let Some(p) = pace {
+                    tokio::time::sleep(p).await;
+                }
+                k
+            })
+            .map(|k| {
+                let ch = peer_channels[k % peer_channels.len()].clone();
+                tokio::spawn(run_peer(ch, a.clone(), k, m, tally.clone()))
+            })
+            .buffer_unordered(a.in_flight)
+            .collect::<Vec<_>>()
+            .await;
+        latencies.extend(got.into_iter().filter_map(|r| r.ok().flatten()).map(|d| d.as_micros() as u64));
+    }
+    Ok(latencies)
+}
+
+/// A tenth of the hosts leave (their sessions end, their parked peers go); returns the hosts
+/// the scheduler still counts once it has noticed (or after a minute).
+async fn departures(
+    addr: &str,
+    senders: &std::sync::Mutex<Vec<mpsc::Sender<HostMessage>>>,
+    hosts: usize,
+) -> anyhow::Result<u64> {
+    let staying = hosts - hosts / 10;
+    senders.lock().unwrap().truncate(staying);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut now = stats(addr).await?.hosts;
+    while now > staying as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = stats(addr).await?.hosts;
+    }
+    senders.lock().unwrap().clear();
+    Ok(now)
+}
+
 pub async fn run(a: LoadArgs, ferry_bin: PathBuf) -> anyhow::Result<LoadReport> {
     if a.tasks == 0 || a.hosts == 0 || a.peers < a.tasks || a.tasks > a.hosts {
         bail!("need 0 < tasks <= hosts and tasks <= peers");
@@ -401,43 +447,14 @@ pub async fn run(a: LoadArgs, ferry_bin: PathBuf) -> anyhow::Result<LoadReport> 
     let rss_hosts = sched.rss_bytes();
     let cpu_before = sched.cpu_s();
 
-    let peer_channels = connect(&sched.addr, 8).await?;
-    let m = stride(a.tasks);
-    let (a, tally) = (Arc::new(a), Arc::new(Tally::default()));
-    // First peers (holders) before the others, so every later peer finds a parent.
-    let mut latencies: Vec<u64> = vec![];
-    for phase in [0..a.tasks, a.tasks..a.peers] {
-        let pace = (a.rate > 0).then(|| Duration::from_secs_f64(1.0 / a.rate as f64));
-        let got = futures::stream::iter(phase)
-            .then(|k| async move {
-                if let Some(p) = pace {
-                    tokio::time::sleep(p).await;
-                }
-                k
-            })
-            .map(|k| {
-                let ch = peer_channels[k % peer_channels.len()].clone();
-                tokio::spawn(run_peer(ch, a.clone(), k, m, tally.clone()))
-            })
-            .buffer_unordered(a.in_flight)
-            .collect::<Vec<_>>()
-            .await;
-        latencies.extend(got.into_iter().filter_map(|r| r.ok().flatten()).map(|d| d.as_micros() as u64));
-    }
+    let tally = Arc::new(Tally::default());
+    let a = Arc::new(a);
+    let mut latencies = run_peers(&sched.addr, &a, &tally).await?;
     let cpu = sched.cpu_s() - cpu_before;
     let end = stats(&sched.addr).await?;
     let rss_end = sched.rss_bytes();
 
-    // A tenth of the hosts leave: their sessions end, their parked peers go.
-    let leaving = a.hosts / 10;
-    senders.lock().unwrap().truncate(a.hosts - leaving);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut after = stats(&sched.addr).await?.hosts;
-    while after > (a.hosts - leaving) as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        after = stats(&sched.addr).await?.hosts;
-    }
-    senders.lock().unwrap().clear();
+    let after = departures(&sched.addr, &senders, a.hosts).await?;
 
     latencies.sort_unstable();
     let decisions = latencies.len() as f64;
