@@ -99,19 +99,23 @@ async fn one_download_is_one_trace_across_daemon_scheduler_and_parent() {
         let trace: Vec<Span> = all.iter().filter(|s| s.trace == root.trace).cloned().collect();
         let scheduler = trace.iter().any(|s| s.service == "ferry-scheduler" && s.name == "announce_peer");
         let parent = trace.iter().any(|s| s.name == "serve_task" && s.instance != "peer-b");
-        (scheduler && parent).then(|| (root.trace.clone(), trace))
+        // The task runs in the download's trace, and so does each pull from a parent.
+        let task = trace.iter().any(|s| s.instance == "peer-b" && s.name == "task");
+        let pulls = trace.iter().any(|s| s.instance == "peer-b" && s.name == "from_parent");
+        // Every span received so far hangs off another of the trace (spans of one trace come
+        // from four processes, each exporting on its own schedule).
+        let whole = trace.iter().filter(|s| !s.parent.is_empty()).all(|s| trace.iter().any(|p| p.id == s.parent));
+        (scheduler && parent && task && pulls && whole).then(|| (root.trace.clone(), trace))
     })
     .await;
-    // Every span of the trace hangs off another span of it (one tree, one root).
+    // One tree: a single root.
     let roots: Vec<&Span> = got.iter().filter(|s| s.parent.is_empty()).collect();
     assert_eq!(roots.len(), 1, "{roots:?}");
-    for s in got.iter().filter(|s| !s.parent.is_empty()) {
-        assert!(got.iter().any(|p| p.id == s.parent), "{} of {} has no parent in the trace", s.name, s.instance);
-    }
-    assert!(got.iter().any(|s| s.instance == "peer-b" && s.name == "task"), "the task runs in the download's trace");
-    assert!(got.iter().any(|s| s.instance == "peer-b" && s.name == "from_parent"));
-    // peer-a's download is a trace of its own.
-    let all = spans.lock().unwrap().clone();
-    let a_root = all.iter().find(|s| s.instance == "peer-a" && s.name == "download").expect("peer-a's download");
-    assert_ne!(a_root.trace, trace);
+    // peer-a's download is a trace of its own (each daemon exports on its own schedule).
+    let a_trace = wait_until("peer-a's download span", Duration::from_secs(30), || async {
+        let all = spans.lock().unwrap().clone();
+        all.iter().find(|s| s.instance == "peer-a" && s.name == "download").map(|s| s.trace.clone())
+    })
+    .await;
+    assert_ne!(a_trace, trace);
 }
