@@ -427,76 +427,72 @@ async fn preheat(live: &[String], a: &Args, work: PreheatWork, image: Option<&Im
     out.failure_tasks.push(TaskResult { url: label, description: last_error, ..Default::default() });
 }
 
-async fn holders(live: &[String], task: &TaskId, label: &str, out: &mut ClusterResult) -> Result<(), String> {
-    let mut answered = false;
+/// Asks every live scheduler of a cluster (tasks are spread over them); the answers, or the
+/// last refusal when none answered.
+async fn ask_every<T, F, Fut>(live: &[String], mut call: F) -> Result<Vec<T>, String>
+where
+    F: FnMut(SchedulerClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut answers = vec![];
     let mut last_error = String::new();
     for addr in live {
-        let mut client = match connect(addr).await {
-            Ok(c) => c,
-            Err(e) => {
-                last_error = e;
-                continue;
-            }
-        };
-        let req = ferry_proto::scheduler::TaskHoldersRequest { task_id: task.0.to_vec() };
-        match client.task_holders(req).await {
-            Ok(r) => {
-                answered = true;
-                let r = r.into_inner();
-                if r.content_length > 0 {
-                    out.content_length = Some(r.content_length);
-                }
-                for h in r.holders.into_iter().filter(|h| h.complete) {
-                    if out.success_tasks.iter().any(|t| t.host_id == h.host_id) {
-                        continue;
-                    }
-                    out.success_tasks.push(TaskResult {
-                        url: label.to_owned(),
-                        hostname: h.hostname,
-                        ip: h.ip,
-                        host_id: h.host_id,
-                        description: String::new(),
-                    });
-                }
-            }
-            Err(s) => last_error = format!("scheduler {addr}: {}", s.message()),
+        match connect(addr).await {
+            Err(e) => last_error = e,
+            Ok(client) => match call(client).await {
+                Ok(r) => answers.push(r.into_inner()),
+                Err(s) => last_error = format!("scheduler {addr}: {}", s.message()),
+            },
         }
     }
-    if answered {
-        Ok(())
-    } else {
+    if answers.is_empty() {
         Err(last_error)
+    } else {
+        Ok(answers)
     }
 }
 
-async fn drop_task(live: &[String], task: &TaskId, label: &str, out: &mut ClusterResult) -> Result<(), String> {
-    let mut answered = false;
-    let mut last_error = String::new();
-    for addr in live {
-        let mut client = match connect(addr).await {
-            Ok(c) => c,
-            Err(e) => {
-                last_error = e;
-                continue;
-            }
-        };
-        match client.drop_task(ferry_proto::scheduler::DropTaskRequest { task_id: task.0.to_vec() }).await {
-            Ok(r) => {
-                answered = true;
-                for host_id in r.into_inner().hosts {
-                    if !out.success_tasks.iter().any(|t| t.host_id == host_id) {
-                        out.success_tasks.push(TaskResult { url: label.to_owned(), host_id, ..Default::default() });
-                    }
-                }
-            }
-            Err(s) => last_error = format!("scheduler {addr}: {}", s.message()),
+/// Records `host_id` as a success of the task, once.
+fn add_host(out: &mut ClusterResult, task: TaskResult) {
+    if !out.success_tasks.iter().any(|t| t.host_id == task.host_id) {
+        out.success_tasks.push(task);
+    }
+}
+
+async fn holders(live: &[String], task: &TaskId, label: &str, out: &mut ClusterResult) -> Result<(), String> {
+    let answers = ask_every(live, |mut c| {
+        let req = ferry_proto::scheduler::TaskHoldersRequest { task_id: task.0.to_vec() };
+        async move { c.task_holders(req).await }
+    })
+    .await?;
+    for r in answers {
+        if r.content_length > 0 {
+            out.content_length = Some(r.content_length);
+        }
+        for h in r.holders.into_iter().filter(|h| h.complete) {
+            let t = TaskResult {
+                url: label.to_owned(),
+                hostname: h.hostname,
+                ip: h.ip,
+                host_id: h.host_id,
+                ..Default::default()
+            };
+            add_host(out, t);
         }
     }
-    if answered {
-        Ok(())
-    } else {
-        Err(last_error)
+    Ok(())
+}
+
+async fn drop_task(live: &[String], task: &TaskId, label: &str, out: &mut ClusterResult) -> Result<(), String> {
+    let answers = ask_every(live, |mut c| {
+        let req = ferry_proto::scheduler::DropTaskRequest { task_id: task.0.to_vec() };
+        async move { c.drop_task(req).await }
+    })
+    .await?;
+    for host_id in answers.into_iter().flat_map(|r| r.hosts) {
+        add_host(out, TaskResult { url: label.to_owned(), host_id, ..Default::default() });
     }
+    Ok(())
 }
 
 #[cfg(test)]
