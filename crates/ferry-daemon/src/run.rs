@@ -49,12 +49,7 @@ pub async fn run(
     if !opts.managers.is_empty() && opts.upload_limit.is_none() {
         opts.upload_limit = Some(Arc::new(ferry_transport::RateLimit::unlimited()));
     }
-    let store = Arc::new(Store::open(&opts.data_dir)?);
-    match store.remove_stale_outputs() {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(files = n, "removed temporary outputs a previous run left behind"),
-        Err(e) => tracing::warn!(error = %e, "could not clear temporary outputs of a previous run"),
-    }
+    let store = open_store(&opts)?;
     let (listener, bound) = bind_pieces(&opts).await?;
     let uds = bind_socket(&opts.socket).await?;
     let schedulers =
@@ -68,7 +63,7 @@ pub async fn run(
     let route_to = if opts.schedulers.is_empty() { opts.managers.clone() } else { opts.schedulers.clone() };
     let advertise = crate::advertise::choose(opts.advertise_ip, opts.listen_ip, &route_to).await;
     let host_info = host_info(&opts, advertise, bound, server_stats.clone());
-    let manager = ask_manager(&opts, &schedulers, advertise, bound).await?;
+    let manager = ask_manager(&opts, &schedulers, advertise, bound, own_upload_rate).await?;
     let backend = Backends::new(&HttpOptions {
         ca_certs: opts.ca_certs.clone(),
         insecure_hosts: opts.insecure_origins.clone(),
@@ -167,6 +162,17 @@ async fn start_mirror(
     Ok((Some(addr), ca))
 }
 
+/// The store, cleared of the temporary outputs a previous run left behind.
+fn open_store(opts: &DaemonOptions) -> Result<Arc<Store>, DaemonError> {
+    let store = Arc::new(Store::open(&opts.data_dir)?);
+    match store.remove_stale_outputs() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(files = n, "removed temporary outputs a previous run left behind"),
+        Err(e) => tracing::warn!(error = %e, "could not clear temporary outputs of a previous run"),
+    }
+    Ok(store)
+}
+
 /// With `--manager`: asks it once for this host's schedulers (bounded, so a manager that is
 /// down does not stop the daemon) and returns the link to keep asking over.
 async fn ask_manager(
@@ -174,6 +180,7 @@ async fn ask_manager(
     schedulers: &Schedulers,
     advertise: std::net::IpAddr,
     bound: SocketAddr,
+    own_upload_rate: Option<u64>,
 ) -> Result<Option<(crate::manager::ManagerLink, ListRequest)>, DaemonError> {
     if opts.managers.is_empty() {
         return Ok(None);
@@ -193,8 +200,7 @@ async fn ask_manager(
     match tokio::time::timeout(Duration::from_secs(5), link.ask(request())).await {
         Ok(Ok(resp)) => {
             link.apply(schedulers, &resp);
-            let own = opts.upload_limit.as_ref().map(|l| l.bytes_per_second()).filter(|r| *r != u64::MAX);
-            link.apply_upload_rate(opts.upload_limit.as_deref(), own, &resp);
+            link.apply_upload_rate(opts.upload_limit.as_deref(), own_upload_rate, &resp);
         }
         Ok(Err(s)) => {
             tracing::warn!(error = %s.message(), "no manager named this host's schedulers; asking again later")
