@@ -113,15 +113,25 @@ pub async fn run(
     if let Some(r) = ready {
         let _ = r.send(Ready { pieces: bound, mirror, proxy_ca, metrics, health });
     }
-    let api = DaemonServer::new(crate::api::Api { ctx: ctx.clone() });
+    serve_local_api(ctx, &opts.socket, uds, &cancel).await
+}
+
+/// Serves the local API on its socket until `cancel`, then removes the socket.
+async fn serve_local_api(
+    ctx: Arc<Ctx>,
+    socket: &std::path::Path,
+    uds: UnixListener,
+    cancel: &CancellationToken,
+) -> Result<(), DaemonError> {
+    let api = DaemonServer::new(crate::api::Api { ctx });
     let result = tonic::transport::Server::builder()
         .add_service(api)
         .serve_with_incoming_shutdown(UnixListenerStream::new(uds), cancel.cancelled())
         .await;
-    let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(socket);
     result.map_err(|e| DaemonError::Bind {
         what: "local API",
-        addr: opts.socket.display().to_string(),
+        addr: socket.display().to_string(),
         source: std::io::Error::other(e),
     })
 }
