@@ -206,7 +206,7 @@ mod tests {
                 ferry_types::OriginRequest::new(ferry_types::cache_url(&digest), vec![], Some(digest.clone()), vec![])
                     .unwrap();
             let (tx, _) = mpsc::unbounded_channel();
-            t.peers.insert(
+            t.insert_peer(
                 HostId::new(*id).unwrap(),
                 PeerEntry {
                     host: host(id, *seed),

@@ -41,14 +41,14 @@ fn decide_and_tell(
 ) -> Option<usize> {
     use crate::metrics::{DECISION_ASK_SEED, DECISION_BACK_TO_SOURCE, DECISION_PARENTS, DECISION_WAIT};
     let origin_full = origin_full(st, task_id, peer, opts);
-    let State { hosts, tasks, seed_fetches, back_to_source_grants, metrics, .. } = st;
+    let State { hosts, tasks, seed_fetches, back_to_source_grants, metrics, rng, .. } = st;
     let task = tasks.get_mut(task_id)?;
     // Gone, or done: a finished peer is told nothing more (a grant now would never be
     // given back).
     if task.peers.get(peer).is_none_or(|p| p.state == PeerState::Succeeded) {
         return None;
     }
-    let ranked = ranked_parents(task, hosts, peer, &opts.rank);
+    let ranked = ranked_parents(task, hosts, peer, &opts.rank, &mut rng.0);
     // Seeds matter only to a peer with no parent and no seed asked yet: the other decisions
     // skip the walk over every host.
     let seeds = if ranked.is_empty() && task.fetch.is_none() { seed_candidates(hosts) } else { vec![] };
@@ -197,9 +197,10 @@ fn ranked_parents(
     hosts: &HashMap<HostId, HostEntry>,
     peer: &HostId,
     opts: &RankOptions,
+    rng: &mut impl rand::Rng,
 ) -> Vec<HostId> {
     let p = &task.peers[peer];
-    let candidates = task.candidates(hosts);
+    let candidates = task.candidates(hosts, rng);
     let loc = locality(&p.host);
     let view = ChildView { host: peer, locality: &loc, blocklist: &p.blocklist, piece_count: task.piece_count() };
     let rank = |o: &RankOptions| -> Vec<HostId> {

@@ -9,9 +9,9 @@ use ferry_policy::{PeerState, RankOptions};
 use ferry_proto::scheduler::scheduler_server::Scheduler;
 use ferry_proto::scheduler::{
     host_command, peer_command, peer_message, CancelFetch, DropTaskRequest, DropTaskResponse, FailReason, Failure,
-    FailureCode, HostCommand, HostMessage, PeerCommand, PeerMessage, PieceDigests, PreheatDoneResponse, PreheatReport,
-    PreheatRequest, PreheatResponse, Register, ReplicateRequest, ReplicateResponse, StatsRequest, StatsResponse,
-    TaskFailed, TaskHoldersRequest, TaskHoldersResponse,
+    FailureCode, Host, HostCommand, HostMessage, PeerCommand, PeerMessage, PieceDigests, PreheatDoneResponse,
+    PreheatReport, PreheatRequest, PreheatResponse, Register, ReplicateRequest, ReplicateResponse, StatsRequest,
+    StatsResponse, TaskFailed, TaskHoldersRequest, TaskHoldersResponse,
 };
 use ferry_types::{HostId, TaskId};
 use futures::Stream;
@@ -84,6 +84,12 @@ impl SchedulerService {
         }
     }
 
+    /// Samples candidates from a seeded generator instead of entropy: with the same inputs in
+    /// the same order, the same decisions (the fleet simulator's runs repeat bit for bit).
+    pub fn seed_rng(&self, seed: u64) {
+        self.lock().rng = crate::state::SchedRng(rand::SeedableRng::seed_from_u64(seed));
+    }
+
     pub fn state(&self) -> Arc<Mutex<State>> {
         self.state.clone()
     }
@@ -113,8 +119,22 @@ fn learn_from_register(task: &mut TaskEntry, reg: &validate::ValidRegister) {
     }
 }
 
+/// The service without its sockets: the gRPC handlers below call these, and so can anything
+/// that drives a scheduler in-process (the fleet simulator). Commands go down the channels
+/// handed in.
 impl SchedulerService {
-    fn register(&self, reg: &Register, tx: crate::state::PeerTx) -> Result<(TaskId, HostId, u64), Status> {
+    /// A host session opens; its commands go down `tx`. Returns the host and its session.
+    pub fn join_host(&self, host: Option<&Host>, tx: crate::state::HostTx) -> Result<(HostId, u64), Status> {
+        let (id, first) = validate::host(host)?;
+        let mut st = self.lock();
+        let session = st.session();
+        tracing::info!(host = %id, ip = %first.ip, seed = first.seed, "host joined");
+        st.hosts.insert(id.clone(), HostEntry::new(first, tx, session));
+        Ok((id, session))
+    }
+
+    /// A peer's stream opens with `reg`; its commands go down `tx`.
+    pub fn register(&self, reg: &Register, tx: crate::state::PeerTx) -> Result<(TaskId, HostId, u64), Status> {
         let now = Instant::now();
         let mut st = self.lock();
         let v = validate::register(reg, |t| st.tasks.get(t).and_then(|t| t.layout()))?;
@@ -143,7 +163,7 @@ impl SchedulerService {
         if granted {
             task.budget.try_grant();
         }
-        task.peers.insert(
+        task.insert_peer(
             peer.clone(),
             PeerEntry {
                 host: v.host,
@@ -170,7 +190,7 @@ impl SchedulerService {
     }
 
     /// Applies one message of a peer's stream; an error ends that stream (and only it).
-    fn on_message(&self, task_id: &TaskId, peer: &HostId, msg: peer_message::Message) -> Result<(), Status> {
+    pub fn on_message(&self, task_id: &TaskId, peer: &HostId, msg: peer_message::Message) -> Result<(), Status> {
         if let peer_message::Message::Park(_) = msg {
             return self.park(task_id, peer);
         }
@@ -252,7 +272,7 @@ impl SchedulerService {
     }
 
     /// The peer's stream ended. A parked peer stays, as long as its host session does.
-    fn unregister(&self, task_id: &TaskId, peer: &HostId, session: u64) {
+    pub fn unregister(&self, task_id: &TaskId, peer: &HostId, session: u64) {
         let mut st = self.lock();
         let stays = |p: &PeerEntry| p.session != session || p.parked;
         if st.tasks.get(task_id).and_then(|t| t.peers.get(peer)).is_none_or(stays) {
@@ -280,7 +300,7 @@ fn remove_peer(st: &mut State, task_id: &TaskId, peer: &HostId, opts: &Scheduler
     let State { tasks, hosts, .. } = &mut *st;
     let Some(task) = tasks.get_mut(task_id) else { return };
     task.release_grant(peer);
-    task.peers.remove(peer);
+    task.remove_peer(peer);
     task.dag.remove_node(peer);
     if task.fetch.as_ref().is_some_and(|f| &f.seed == peer) {
         task.fetch = None;
@@ -396,15 +416,8 @@ impl Scheduler for SchedulerService {
     ) -> Result<Response<Self::HostSessionStream>, Status> {
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.and_then(|m| m.host);
-        let (id, first) = validate::host(first.as_ref())?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let session = {
-            let mut st = self.lock();
-            let session = st.session();
-            tracing::info!(host = %id, ip = %first.ip, seed = first.seed, "host joined");
-            st.hosts.insert(id.clone(), HostEntry::new(first, tx, session));
-            session
-        };
+        let (id, session) = self.join_host(first.as_ref(), tx)?;
         let this = self.clone();
         let span = tracing::info_span!("host_session", host = %id);
         tokio::spawn(

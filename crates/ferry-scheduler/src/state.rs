@@ -81,7 +81,13 @@ pub struct TaskEntry {
     pub piece_size_hint: u32,
     pub meta: Option<TaskMeta>,
     pub digests: HashMap<u32, PieceDigest>,
+    /// Change through [`TaskEntry::insert_peer`] and [`TaskEntry::remove_peer`], which keep
+    /// `seeds` and `others` in step.
     pub peers: HashMap<HostId, PeerEntry>,
+    /// The task's seed peers and the rest, in the order they came: what decisions sample
+    /// from, by index, so that a seeded scheduler decides the same way every time.
+    seeds: Vec<HostId>,
+    others: Vec<HostId>,
     pub dag: Dag,
     pub budget: BackToSourceBudget,
     pub fetch: Option<SeedFetch>,
@@ -95,6 +101,8 @@ impl TaskEntry {
             meta: None,
             digests: HashMap::new(),
             peers: HashMap::new(),
+            seeds: vec![],
+            others: vec![],
             dag: Dag::default(),
             budget: BackToSourceBudget::new(back_to_source_limit),
             fetch: None,
@@ -127,24 +135,42 @@ impl TaskEntry {
         }
     }
 
+    /// Adds (or replaces) a peer.
+    pub fn insert_peer(&mut self, id: HostId, entry: PeerEntry) {
+        self.remove_peer(&id);
+        match entry.host.seed {
+            true => self.seeds.push(id.clone()),
+            false => self.others.push(id.clone()),
+        }
+        self.peers.insert(id, entry);
+    }
+
+    pub fn remove_peer(&mut self, id: &HostId) -> Option<PeerEntry> {
+        let entry = self.peers.remove(id)?;
+        let list = if entry.host.seed { &mut self.seeds } else { &mut self.others };
+        if let Some(pos) = list.iter().position(|x| x == id) {
+            list.remove(pos);
+        }
+        Some(entry)
+    }
+
     /// The task's peers as the policy sees them: every one in a task of up to
     /// [`CANDIDATE_SAMPLE`] peers; in a larger one every seed plus that many others drawn at
     /// random, so a decision costs the same at 10,000 peers as at 64 (measured with
     /// `ferry-testbed load`), and successive decisions spread children over the holders.
-    pub fn candidates(&self, hosts: &HashMap<HostId, HostEntry>) -> Vec<Candidate> {
-        let picked: Vec<(&HostId, &PeerEntry)> = if self.peers.len() <= CANDIDATE_SAMPLE {
-            self.peers.iter().collect()
+    pub fn candidates(&self, hosts: &HashMap<HostId, HostEntry>, rng: &mut impl rand::Rng) -> Vec<Candidate> {
+        let picked: Vec<&HostId> = if self.others.len() <= CANDIDATE_SAMPLE {
+            self.seeds.iter().chain(&self.others).collect()
         } else {
-            use rand::seq::IteratorRandom;
-            let (mut seeds, rest): (Vec<_>, Vec<_>) = self.peers.iter().partition(|(_, p)| p.host.seed);
-            seeds.extend(rest.into_iter().choose_multiple(&mut rand::thread_rng(), CANDIDATE_SAMPLE));
-            seeds
+            let sample = rand::seq::index::sample(rng, self.others.len(), CANDIDATE_SAMPLE);
+            self.seeds.iter().chain(sample.into_iter().map(|i| &self.others[i])).collect()
         };
         picked
             .into_iter()
-            .map(|(id, p)| {
+            .filter_map(|id| {
+                let p = self.peers.get(id)?;
                 let host = hosts.get(id).map(|h| &h.host).unwrap_or(&p.host);
-                Candidate {
+                Some(Candidate {
                     host: id.clone(),
                     state: p.state,
                     pieces_held: p.pieces_held,
@@ -155,7 +181,7 @@ impl TaskEntry {
                     children: self.dag.children_of(id),
                     feeds: p.pieces_held > 0 || p.from_origin || self.dag.parents_of(id).next().is_some(),
                     locality: locality(host),
-                }
+                })
             })
             .collect()
     }
@@ -176,6 +202,16 @@ pub fn locality(h: &Host) -> Locality {
     Locality { zone: h.zone.clone(), rack: h.rack.clone() }
 }
 
+/// The scheduler's one source of randomness (candidate sampling): from entropy, or from a
+/// seed when a run must repeat bit for bit (the fleet simulator).
+pub struct SchedRng(pub rand::rngs::StdRng);
+
+impl Default for SchedRng {
+    fn default() -> Self {
+        Self(rand::SeedableRng::from_entropy())
+    }
+}
+
 #[derive(Default)]
 pub struct State {
     pub hosts: HashMap<HostId, HostEntry>,
@@ -187,6 +223,7 @@ pub struct State {
     /// When this scheduler started: until peers had time to register again, it cannot know
     /// which of them read an origin (see [`ORIGIN_SETTLE`]).
     pub started: Option<Instant>,
+    pub rng: SchedRng,
 }
 
 /// How long after a start a capped origin gets no new reads: peers that were reading it
@@ -251,14 +288,15 @@ mod tests {
     fn a_large_task_offers_every_seed_and_a_sample_of_the_rest() {
         let mut t = TaskEntry::new(1, Instant::now());
         for i in 0..CANDIDATE_SAMPLE {
-            t.peers.insert(HostId::new(format!("p{i}")).unwrap(), peer(false));
+            t.insert_peer(HostId::new(format!("p{i}")).unwrap(), peer(false));
         }
-        assert_eq!(t.candidates(&HashMap::new()).len(), CANDIDATE_SAMPLE, "a small task: everyone");
+        let rng = &mut rand::rngs::mock::StepRng::new(0, 1);
+        assert_eq!(t.candidates(&HashMap::new(), rng).len(), CANDIDATE_SAMPLE, "a small task: everyone");
         for i in CANDIDATE_SAMPLE..1000 {
-            t.peers.insert(HostId::new(format!("p{i}")).unwrap(), peer(false));
+            t.insert_peer(HostId::new(format!("p{i}")).unwrap(), peer(false));
         }
-        t.peers.insert(HostId::new("seed").unwrap(), peer(true));
-        let c = t.candidates(&HashMap::new());
+        t.insert_peer(HostId::new("seed").unwrap(), peer(true));
+        let c = t.candidates(&HashMap::new(), rng);
         assert_eq!(c.len(), CANDIDATE_SAMPLE + 1);
         assert!(c.iter().any(|c| c.host.as_str() == "seed" && c.is_seed));
     }

@@ -276,42 +276,12 @@ impl Shared {
         }
     }
 
-    /// What a seed parent may be asked for by index: pieces it shows that no other parent
-    /// has shown for the piece's grace time (`since` remembers, per piece, when that began).
-    /// Returns the mask and the earliest moment another piece comes due.
+    /// What a seed parent may be asked for by index now (see [`ferry_policy::seed_only_mask`]),
+    /// and the earliest moment another piece comes due.
     pub fn seed_mask(&self, has: &[bool], since: &mut [Option<Instant>]) -> (Vec<bool>, Option<Instant>) {
         let h = self.peer_holders.lock().expect("not poisoned");
-        let now = Instant::now();
-        let grace = self.env.opts.seed_grace;
-        let mut next: Option<Instant> = None;
-        let mask = has
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let Some(slot) = since.get_mut(i) else { return false };
-                if !*b || h.get(i).is_some_and(|c| *c > 0) {
-                    *slot = None;
-                    return false;
-                }
-                let due = *slot.get_or_insert(now) + grace + grace.mul_f64(self.jitter(i as u32));
-                if due <= now {
-                    return true;
-                }
-                next = Some(next.map_or(due, |n| n.min(due)));
-                false
-            })
-            .collect();
-        (mask, next)
-    }
-
-    /// A per (host, piece) factor in [0, 2): children of one seed do not all give up on the
-    /// same piece at the same moment; the first to ask passes it on to the rest.
-    fn jitter(&self, index: u32) -> f64 {
-        let mut x: u64 = 0xcbf29ce484222325;
-        for b in self.env.opts.host_id.as_str().bytes().chain(index.to_be_bytes()) {
-            x = (x ^ b as u64).wrapping_mul(0x100000001b3);
-        }
-        (x % 1024) as f64 / 512.0
+        let opts = &self.env.opts;
+        ferry_policy::seed_only_mask(has, &h, since, Instant::now(), opts.seed_grace, opts.host_id.as_str())
     }
 
     /// The digest a piece from a parent must match: the scheduler's, waiting up to `timeout`
