@@ -8,6 +8,7 @@ mod net;
 mod proc;
 mod report;
 mod scenario;
+mod sim;
 mod systems;
 
 use std::collections::HashMap;
@@ -37,6 +38,9 @@ enum Cmd {
     /// Drive one real scheduler over gRPC on loopback as many hosts and peers; report
     /// decision latency, CPU per decision and memory per peer.
     Load(load::LoadArgs),
+    /// Simulate a fleet (discrete events, deterministic) with Ferry's own scheduler, piece
+    /// picker and dispensing over modelled links; no namespaces, any size.
+    Sim(Box<sim::SimArgs>),
     /// (internal) The HTTP origin, run inside the origin's namespace.
     #[command(hide = true)]
     Origin {
@@ -122,6 +126,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Origin { size, listen } => rt.block_on(origin(size, listen)),
         Cmd::Hub { size, listen } => rt.block_on(model::serve(size, listen)),
         Cmd::Load(a) => rt.block_on(load_cmd(a)),
+        Cmd::Sim(a) => sim::run(*a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

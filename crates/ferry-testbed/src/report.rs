@@ -97,25 +97,47 @@ const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Completion-time CDF of every system, with the bound as a vertical line.
 pub fn plot(r: &Report, path: &Path) -> Result<()> {
+    let series: Vec<Series> = r
+        .systems
+        .iter()
+        .map(|s| Series {
+            label: s.system.clone(),
+            done_s: s.hosts.iter().filter_map(|h| h.seconds.map(|x| x + h.start_s)).collect(),
+            hosts: s.hosts.len(),
+        })
+        .collect();
+    let title = format!("{} hosts, {} MiB: completion-time CDF", r.hosts, r.size_bytes >> 20);
+    plot_cdf(&title, &series, r.bound_s, path)
+}
+
+/// One line of a CDF plot: when each of `hosts` finished (the unfinished never reach 1).
+pub struct Series {
+    pub label: String,
+    pub done_s: Vec<f64>,
+    pub hosts: usize,
+}
+
+pub fn plot_cdf(title: &str, series: &[Series], bound_s: f64, path: &Path) -> Result<()> {
     let font = std::fs::read(FONT).map_err(|e| anyhow::anyhow!("{FONT}: {e} (apt-get install fonts-dejavu-core)"))?;
     let font: &'static [u8] = Box::leak(font.into_boxed_slice());
     plotters::style::register_font("sans-serif", FontStyle::Normal, font)
         .map_err(|_| anyhow::anyhow!("cannot load {FONT}"))?;
-    let xmax = r.systems.iter().map(|s| s.makespan_s).fold(r.bound_s, f64::max) * 1.1;
+    let last = series.iter().flat_map(|s| s.done_s.iter().copied()).fold(bound_s, f64::max);
+    let xmax = last * 1.1;
     let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{} hosts, {} MiB: completion-time CDF", r.hosts, r.size_bytes >> 20), ("sans-serif", 22))
+        .caption(title, ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..xmax.max(0.1), 0.0..1.05)?;
     chart.configure_mesh().x_desc("seconds since start").y_desc("fraction of hosts done").draw()?;
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN];
-    for (i, s) in r.systems.iter().enumerate() {
-        let mut t: Vec<f64> = s.hosts.iter().filter_map(|h| h.seconds.map(|x| x + h.start_s)).collect();
+    for (i, s) in series.iter().enumerate() {
+        let mut t = s.done_s.clone();
         t.sort_by(f64::total_cmp);
-        let n = s.hosts.len().max(1) as f64;
+        let n = s.hosts.max(1) as f64;
         let mut pts = vec![(0.0, 0.0)];
         for (k, x) in t.iter().enumerate() {
             pts.push((*x, k as f64 / n));
@@ -124,11 +146,11 @@ pub fn plot(r: &Report, path: &Path) -> Result<()> {
         let c = colors[i % colors.len()];
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))?
-            .label(s.system.clone())
+            .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
     chart
-        .draw_series(LineSeries::new(vec![(r.bound_s, 0.0), (r.bound_s, 1.0)], BLACK.stroke_width(1)))?
+        .draw_series(LineSeries::new(vec![(bound_s, 0.0), (bound_s, 1.0)], BLACK.stroke_width(1)))?
         .label("bound (Kumar & Ross)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
     chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
