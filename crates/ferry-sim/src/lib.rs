@@ -94,6 +94,8 @@ pub struct Scenario {
     /// Simulated seconds after which a run stops, finished or not.
     pub max_time_s: f64,
     pub daemon: DaemonKnobs,
+    /// Print this host's events to stderr.
+    pub trace: Option<String>,
 }
 
 impl Default for Scenario {
@@ -115,6 +117,7 @@ impl Default for Scenario {
             seed: 1,
             max_time_s: 3600.0,
             daemon: DaemonKnobs::default(),
+            trace: None,
         }
     }
 }

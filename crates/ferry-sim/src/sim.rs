@@ -155,7 +155,27 @@ pub struct Conn {
     pub w: Worker,
 }
 
+fn event_name(ev: &Event) -> String {
+    match ev {
+        Event::Deliver(_, i) => format!("piece {i}"),
+        Event::RequestAt(_, i) => format!("request {i} reaches parent"),
+        Event::Reject { index, busy, .. } => format!("reject {index} (busy {busy})"),
+        Event::ConnOpen(_) => "connected".into(),
+        Event::RequestAnyAt(_) => "RequestAny reaches parent".into(),
+        Event::Exhausted(_) => "exhausted".into(),
+        Event::ParentGone(_) => "parent gone".into(),
+        Event::Grace(_) => "seed grace due".into(),
+        Event::Arrive(_) => "arrives".into(),
+        Event::Leave(_) => "leaves".into(),
+        Event::OriginHeader(_) => "origin answers".into(),
+        Event::HostCommand(_, c) => format!("host command {c:?}"),
+        _ => String::new(),
+    }
+}
+
 pub struct Sim {
+    /// A host whose events are printed to stderr.
+    trace: Option<NodeId>,
     pub sc: Scenario,
     pub layout: PieceLayout,
     pub task: TaskId,
@@ -188,6 +208,7 @@ impl Sim {
         let svc = SchedulerService::new(Default::default());
         svc.seed_rng(sc.seed);
         let mut s = Sim {
+            trace: None,
             layout,
             task: TaskId([7; 32]),
             now: 0.0,
@@ -210,6 +231,7 @@ impl Sim {
         };
         s.origin_link = s.link(s.sc.origin_bps);
         s.build_nodes();
+        s.trace = s.sc.trace.as_ref().and_then(|t| s.ids.get(t).copied());
         s
     }
 
@@ -349,7 +371,48 @@ impl Sim {
         self.nodes.iter().all(|n| !n.counted || n.left || n.done.is_some())
     }
 
+    /// The node an event happens at, for `--trace`.
+    fn subject(&self, ev: &Event) -> Option<NodeId> {
+        Some(match ev {
+            Event::Arrive(n) | Event::Leave(n) | Event::Tick(n) | Event::ToScheduler(n, _) => *n,
+            Event::Command(n, _) | Event::HostCommand(n, _) | Event::OriginHeader(n) => *n,
+            Event::ConnOpen(c) | Event::Deliver(c, _) | Event::Have(c, _) | Event::Exhausted(c) => self.conns[*c].child,
+            Event::Reject { conn, .. } | Event::ParentGone(conn) | Event::Grace(conn) => self.conns[*conn].child,
+            Event::RequestAt(c, _) | Event::RequestAnyAt(c) => self.conns[*c].child,
+            Event::HeadDone(..) | Event::Epoch => return None,
+        })
+    }
+
+    fn trace(&self, ev: &Event) {
+        let Some(n) = self.trace.filter(|t| self.subject(ev) == Some(*t)) else { return };
+        let what = match ev {
+            Event::Tick(_) | Event::Have(..) => return,
+            Event::ToScheduler(_, ToSched::Message(m)) => format!("to scheduler: {m:?}"),
+            Event::ToScheduler(_, ToSched::Register(_)) => "registers".into(),
+            Event::ToScheduler(_, ToSched::Unregister) => "stream ends".into(),
+            Event::Command(_, peer_command::Command::Digests(d)) => format!("digests of {:?}", d.index),
+            Event::Command(_, c) => format!("command: {c:?}"),
+            Event::ConnOpen(c)
+            | Event::Deliver(c, _)
+            | Event::Exhausted(c)
+            | Event::ParentGone(c)
+            | Event::Grace(c)
+            | Event::RequestAt(c, _)
+            | Event::RequestAnyAt(c)
+            | Event::Reject { conn: c, .. } => {
+                let from = self.conns[*c].parent.map_or("origin".into(), |p| self.nodes[p].host.id.clone());
+                format!("{} from {from}", event_name(ev))
+            }
+            other => event_name(other).into(),
+        };
+        let held = self.nodes[n].picker.as_ref().map_or(0, |p| p.done_count());
+        eprintln!("{:10.6} {} [{held}] {what}", self.now, self.nodes[n].host.id);
+    }
+
     fn dispatch(&mut self, ev: Event) {
+        if self.trace.is_some() {
+            self.trace(&ev);
+        }
         match ev {
             Event::Arrive(n) => self.arrive(n),
             Event::Leave(n) => self.leave(n),

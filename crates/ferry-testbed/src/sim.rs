@@ -47,6 +47,9 @@ pub struct SimArgs {
     epoch_ms: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print this host's events (e.g. `h00003`, `seed-0`) to stderr.
+    #[arg(long)]
+    trace: Option<String>,
     /// Write `sim.json` and `sim.png` here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -65,6 +68,7 @@ pub fn scenario(a: &SimArgs) -> Result<Scenario> {
         latency_s: a.latency_ms / 1e3,
         epoch_s: a.epoch_ms / 1e3,
         seed: a.seed,
+        trace: a.trace.clone(),
         ..Default::default()
     };
     if let Some(slow) = &a.slow {
