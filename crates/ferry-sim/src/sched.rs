@@ -24,7 +24,7 @@ impl Sim {
 
     pub(crate) fn send(&mut self, n: NodeId, m: ToSched) {
         let lat = self.sc.latency_s;
-        self.after(lat, Event::ToScheduler(n, m));
+        self.after(lat, Event::ToScheduler(n, Box::new(m)));
     }
 
     pub(crate) fn send_message(&mut self, n: NodeId, m: peer_message::Message) {
@@ -79,18 +79,25 @@ impl Sim {
                 }
             }
         }
-        self.collect_commands();
+        // Commands leave in batches, at the next multiple of the latency: checking every
+        // host's stream after every call would cost hosts x calls.
+        if !self.drain_pending {
+            self.drain_pending = true;
+            let step = self.sc.latency_s.max(1e-6);
+            self.at(((self.now / step).floor() + 1.0) * step, Event::SchedulerOut);
+        }
     }
 
-    /// Whatever the scheduler said to anyone, on its way to them.
-    fn collect_commands(&mut self) {
+    /// Whatever the scheduler said to anyone since the last batch, on its way to them.
+    pub(crate) fn collect_commands(&mut self) {
+        self.drain_pending = false;
         let lat = self.sc.latency_s;
         let mut out = vec![];
         for (i, node) in self.nodes.iter_mut().enumerate() {
             if let Some(rx) = node.cmd_rx.as_mut() {
                 while let Ok(c) = rx.try_recv() {
                     match *c {
-                        Ok(c) => out.extend(c.command.map(|c| Event::Command(i, c))),
+                        Ok(c) => out.extend(c.command.map(|c| Event::Command(i, Box::new(c)))),
                         Err(_) => self.sched_errors += 1,
                     }
                 }
@@ -98,7 +105,7 @@ impl Sim {
             if let Some(rx) = node.host_rx.as_mut() {
                 while let Ok(c) = rx.try_recv() {
                     match c {
-                        Ok(c) => out.extend(c.command.map(|c| Event::HostCommand(i, c))),
+                        Ok(c) => out.extend(c.command.map(|c| Event::HostCommand(i, Box::new(c)))),
                         Err(_) => self.sched_errors += 1,
                     }
                 }

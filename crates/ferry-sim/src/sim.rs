@@ -25,9 +25,10 @@ pub enum Event {
     Leave(NodeId),
     /// Every 20 ms: reports; every 25th: the watchdog.
     Tick(NodeId),
-    ToScheduler(NodeId, ToSched),
-    Command(NodeId, peer_command::Command),
-    HostCommand(NodeId, host_command::Command),
+    // Boxed: the heap moves events around, and a command is a few hundred bytes.
+    ToScheduler(NodeId, Box<ToSched>),
+    Command(NodeId, Box<peer_command::Command>),
+    HostCommand(NodeId, Box<host_command::Command>),
     /// The origin answered a node's request: the layout is known, bytes follow.
     OriginHeader(NodeId),
     ConnOpen(ConnId),
@@ -52,6 +53,8 @@ pub enum Event {
     HeadDone(ConnId, u64),
     /// Rates are recomputed.
     Epoch,
+    /// What the scheduler said since the last batch leaves for its hosts.
+    SchedulerOut,
 }
 
 pub enum ToSched {
@@ -191,6 +194,7 @@ pub struct Sim {
     pub ids: BTreeMap<String, NodeId>,
     pub origin_link: LinkId,
     epoch_pending: bool,
+    pub drain_pending: bool,
     pub svc: SchedulerService,
     pub duplicates: u64,
     pub transfers: u64,
@@ -223,6 +227,7 @@ impl Sim {
             ids: BTreeMap::new(),
             origin_link: 0,
             epoch_pending: false,
+            drain_pending: false,
             svc,
             duplicates: 0,
             transfers: 0,
@@ -379,7 +384,7 @@ impl Sim {
             Event::ConnOpen(c) | Event::Deliver(c, _) | Event::Have(c, _) | Event::Exhausted(c) => self.conns[*c].child,
             Event::Reject { conn, .. } | Event::ParentGone(conn) | Event::Grace(conn) => self.conns[*conn].child,
             Event::RequestAt(c, _) | Event::RequestAnyAt(c) => self.conns[*c].child,
-            Event::HeadDone(..) | Event::Epoch => return None,
+            Event::HeadDone(..) | Event::Epoch | Event::SchedulerOut => return None,
         })
     }
 
@@ -387,11 +392,15 @@ impl Sim {
         let Some(n) = self.trace.filter(|t| self.subject(ev) == Some(*t)) else { return };
         let what = match ev {
             Event::Tick(_) | Event::Have(..) => return,
-            Event::ToScheduler(_, ToSched::Message(m)) => format!("to scheduler: {m:?}"),
-            Event::ToScheduler(_, ToSched::Register(_)) => "registers".into(),
-            Event::ToScheduler(_, ToSched::Unregister) => "stream ends".into(),
-            Event::Command(_, peer_command::Command::Digests(d)) => format!("digests of {:?}", d.index),
-            Event::Command(_, c) => format!("command: {c:?}"),
+            Event::ToScheduler(_, m) => match &**m {
+                ToSched::Message(m) => format!("to scheduler: {m:?}"),
+                ToSched::Register(_) => "registers".into(),
+                ToSched::Unregister => "stream ends".into(),
+            },
+            Event::Command(_, c) => match &**c {
+                peer_command::Command::Digests(d) => format!("digests of {:?}", d.index),
+                c => format!("command: {c:?}"),
+            },
             Event::ConnOpen(c)
             | Event::Deliver(c, _)
             | Event::Exhausted(c)
@@ -417,9 +426,9 @@ impl Sim {
             Event::Arrive(n) => self.arrive(n),
             Event::Leave(n) => self.leave(n),
             Event::Tick(n) => self.tick(n),
-            Event::ToScheduler(n, m) => self.to_scheduler(n, m),
-            Event::Command(n, c) => self.on_command(n, c),
-            Event::HostCommand(n, c) => self.on_host_command(n, c),
+            Event::ToScheduler(n, m) => self.to_scheduler(n, *m),
+            Event::Command(n, c) => self.on_command(n, *c),
+            Event::HostCommand(n, c) => self.on_host_command(n, *c),
             Event::OriginHeader(n) => self.origin_header(n),
             Event::ConnOpen(c) => self.conn_open(c),
             Event::RequestAt(c, i) => self.request_at(c, i),
@@ -435,6 +444,7 @@ impl Sim {
             }
             Event::HeadDone(c, gen) => self.head_done(c, gen),
             Event::Epoch => self.epoch(),
+            Event::SchedulerOut => self.collect_commands(),
         }
     }
 
