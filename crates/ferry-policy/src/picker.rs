@@ -92,12 +92,54 @@ impl PiecePicker {
         }
     }
 
+    /// Claims this one piece if [`PiecePicker::pick`] could have picked it before end game:
+    /// missing, not in flight, its digest known. For a caller that knows nothing else became
+    /// pickable since it last asked (a parent just showed this piece), without the scan.
+    pub fn pick_index(&mut self, index: u32) -> bool {
+        let i = index as usize;
+        let ok = self.slots.get(i) == Some(&Slot::Missing) && (self.verifiable[i] || self.unverified_ok);
+        if ok {
+            self.slots[i] = Slot::InFlight(1);
+        }
+        ok
+    }
+
+    /// Whether some piece is neither stored nor in flight (before end game).
+    pub fn any_missing(&self) -> bool {
+        self.slots.contains(&Slot::Missing)
+    }
+
     /// Picks a piece for a parent holding `has`, and marks it in flight.
     pub fn pick<R: Rng>(&mut self, has: &[bool], rng: &mut R) -> Option<u32> {
+        self.pick_by(has, |_| 0, rng)
+    }
+
+    /// Like [`PiecePicker::pick`], but among the pieces it could pick, only those the fewest
+    /// of this peer's other parents show (`holders[i]`): rarest first, as BitTorrent picks. A
+    /// piece a seed has just handed to one peer is held by few; fetching it first spreads it
+    /// while the common ones can still come from anyone.
+    pub fn pick_rarest<R: Rng>(&mut self, has: &[bool], holders: &[u16], rng: &mut R) -> Option<u32> {
+        self.pick_by(has, |i| holders.get(i).copied().unwrap_or(0), rng)
+    }
+
+    fn pick_by<R: Rng>(&mut self, has: &[bool], rank: impl Fn(usize) -> u16, rng: &mut R) -> Option<u32> {
         let verifiable = |i: usize| self.verifiable[i] || self.unverified_ok;
         let ok = |i: usize, s: &Slot, want: Slot| *s == want && verifiable(i) && has.get(i) == Some(&true);
-        let fresh: Vec<usize> =
-            self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::Missing)).map(|(i, _)| i).collect();
+        let mut fresh: Vec<usize> = vec![];
+        let mut best = u16::MAX;
+        for (i, s) in self.slots.iter().enumerate() {
+            if !ok(i, s, Slot::Missing) {
+                continue;
+            }
+            let r = rank(i);
+            if r < best {
+                best = r;
+                fresh.clear();
+            }
+            if r == best {
+                fresh.push(i);
+            }
+        }
         let chosen = if !fresh.is_empty() {
             fresh[rng.gen_range(0..fresh.len())]
         } else if self.slots.contains(&Slot::Missing) {
@@ -182,6 +224,28 @@ mod tests {
         p.pick(&all, &mut rng()).unwrap();
         // Piece 2 is missing but not verifiable yet: no end-game.
         assert_eq!(p.pick(&all, &mut rng()), None);
+    }
+
+    #[test]
+    fn pick_index_claims_only_a_missing_verifiable_piece() {
+        let mut p = PiecePicker::new(3);
+        p.set_verifiable(0);
+        assert!(!p.pick_index(1), "no digest yet");
+        assert!(p.pick_index(0));
+        assert!(!p.pick_index(0), "in flight already");
+        assert!(!p.pick_index(9));
+        assert!(p.any_missing());
+    }
+
+    #[test]
+    fn rarest_first_picks_among_the_least_held() {
+        let mut p = verifiable(4);
+        let all = [true, true, true, true];
+        for _ in 0..20 {
+            let mut q = p.clone();
+            assert_eq!(q.pick_rarest(&all, &[3, 1, 2, 1], &mut rand::thread_rng()).map(|i| i % 2), Some(1));
+        }
+        assert_eq!(p.pick_rarest(&[true, false, true, false], &[3, 0, 2, 0], &mut rng()), Some(2));
     }
 
     #[test]

@@ -199,7 +199,15 @@ impl Sim {
                 mask[*i as usize] = false;
             }
             let picker = node.picker.as_mut().expect("checked above");
-            let Some(index) = picker.pick(&mask, &mut node.rng) else { break };
+            let picked = match self.sc.daemon.rarest_first {
+                true => picker.pick_rarest(&mask, &node.holders, &mut node.rng),
+                false => picker.pick(&mask, &mut node.rng),
+            };
+            let Some(index) = picked else {
+                w.idle = true;
+                break;
+            };
+            w.idle = false;
             w.inflight.push_back((index, self.now));
             self.after(lat, Event::RequestAt(c, index));
         }
@@ -388,6 +396,23 @@ impl Sim {
         if !std::mem::replace(&mut w.has[index as usize], true) && !w.seed {
             self.nodes[child].holders[index as usize] += 1;
         }
+        // A worker that found nothing to ask for last time, with only this piece new since:
+        // the full pick (a scan of every piece) could only choose this one. Not at a seed,
+        // whose mask moves with time, nor in end game, which duplicates other pieces.
+        let room = w.inflight.len() < self.sc.daemon.pieces_in_flight;
+        let fast = w.idle && room && !w.seed;
+        let node = &mut self.nodes[child];
+        if fast && self.conns[c].open && node.done.is_none() {
+            let w = &mut self.conns[c].w;
+            if let Some(picker) = node.picker.as_mut().filter(|p| p.any_missing()) {
+                if picker.pick_index(index) {
+                    w.inflight.push_back((index, self.now));
+                    let lat = self.one_way(c);
+                    self.after(lat, Event::RequestAt(c, index));
+                }
+                return;
+            }
+        }
         self.ask(c);
     }
 
@@ -409,6 +434,8 @@ impl Sim {
             let h = &mut self.nodes[child].holders[index as usize];
             *h = h.saturating_sub(1);
         }
+        // The piece is missing again: every worker may ask for it.
+        self.ask_all(child);
         self.ask(c);
     }
 

@@ -133,6 +133,8 @@ pub struct Worker {
     pub since: Vec<Option<Instant>>,
     pub last_arrival: f64,
     pub grace_at: Option<f64>,
+    /// The last look found nothing to ask this parent for, and only `Have`s came since.
+    pub idle: bool,
 }
 
 /// A connection child <- parent (or <- origin), and the transfer on it: the parent sends
@@ -240,8 +242,9 @@ impl Sim {
         s
     }
 
+    /// A link of `bps` nominal bits per second: its capacity in payload bytes per second.
     fn link(&mut self, bps: f64) -> LinkId {
-        self.caps.push(bps / 8.0);
+        self.caps.push(bps * self.sc.goodput / 8.0);
         self.used.push(0.0);
         self.caps.len() - 1
     }
@@ -327,8 +330,9 @@ impl Sim {
 
     fn together_bound(&self) -> f64 {
         let receivers: Vec<&Node> = self.nodes.iter().filter(|n| n.counted || n.seed).collect();
-        let ups: Vec<f64> = receivers.iter().map(|n| self.caps[n.up] * 8.0).collect();
-        let d_min = receivers.iter().map(|n| self.caps[n.down] * 8.0).fold(f64::INFINITY, f64::min);
+        let nominal = |l: LinkId| self.caps[l] * 8.0 / self.sc.goodput;
+        let ups: Vec<f64> = receivers.iter().map(|n| nominal(n.up)).collect();
+        let d_min = receivers.iter().map(|n| nominal(n.down)).fold(f64::INFINITY, f64::min);
         bound(self.sc.size, self.sc.origin_bps, receivers.len(), &ups, d_min)
     }
 
@@ -593,6 +597,7 @@ impl Sim {
                 since: vec![None; n],
                 last_arrival: self.now,
                 grace_at: None,
+                idle: false,
             },
         });
         self.conns.len() - 1
@@ -605,7 +610,8 @@ impl Sim {
             Arrival::Together => together,
             Arrival::Staggered(_) => {
                 let last = self.nodes.iter().filter(|n| n.counted).map(|n| n.arrive).fold(0.0, f64::max);
-                let d_min = self.nodes.iter().map(|n| self.caps[n.down] * 8.0).fold(f64::INFINITY, f64::min);
+                let d_min =
+                    self.nodes.iter().map(|n| self.caps[n.down] * 8.0 / self.sc.goodput).fold(f64::INFINITY, f64::min);
                 together.max(last + size as f64 * 8.0 / d_min)
             }
         };

@@ -50,6 +50,9 @@ pub struct SimArgs {
     /// Requests by index in flight per parent (`ferry daemon --pieces-in-flight`).
     #[arg(long, default_value_t = 4)]
     pieces_in_flight: usize,
+    /// Pick rarest pieces first (among the host's parents) instead of at random.
+    #[arg(long)]
+    rarest_first: bool,
     /// Print this host's events (e.g. `h00003`, `seed-0`) to stderr.
     #[arg(long)]
     trace: Option<String>,
@@ -72,7 +75,11 @@ pub fn scenario(a: &SimArgs) -> Result<Scenario> {
         epoch_s: a.epoch_ms / 1e3,
         seed: a.seed,
         trace: a.trace.clone(),
-        daemon: ferry_sim::DaemonKnobs { pieces_in_flight: a.pieces_in_flight, ..Default::default() },
+        daemon: ferry_sim::DaemonKnobs {
+            pieces_in_flight: a.pieces_in_flight,
+            rarest_first: a.rarest_first,
+            ..Default::default()
+        },
         ..Default::default()
     };
     if let Some(slow) = &a.slow {
