@@ -153,9 +153,11 @@ impl Sim {
         }
         if !self.conns[c].w.seed {
             let child = self.conns[c].child;
-            for (i, h) in self.conns[c].w.has.iter().enumerate() {
+            let w = &mut self.conns[c].w;
+            for (i, h) in w.has.iter().enumerate() {
                 if *h {
                     self.nodes[child].holders[i] += 1;
+                    w.offer.push(i as u32);
                 }
             }
         }
@@ -182,6 +184,14 @@ impl Sim {
         while self.conns[c].w.inflight.len() < self.sc.daemon.pieces_in_flight {
             let node = &mut self.nodes[child];
             let w = &mut self.conns[c].w;
+            let picker = node.picker.as_mut().expect("checked above");
+            if !w.seed && picker.any_missing() {
+                // As `from_parent::Worker::pick`: from the parent's offer until end game.
+                let Some(index) = picker.pick_offered(&mut w.offer, &w.has, &mut node.rng) else { break };
+                w.inflight.push_back((index, self.now));
+                self.after(lat, Event::RequestAt(c, index));
+                continue;
+            }
             let mut mask = if w.seed {
                 let (mask, next) = seed_only_mask(&w.has, &node.holders, &mut w.since, now, grace, &node.host.id);
                 if let Some(next) = next {
@@ -199,15 +209,7 @@ impl Sim {
                 mask[*i as usize] = false;
             }
             let picker = node.picker.as_mut().expect("checked above");
-            let picked = match self.sc.daemon.rarest_first {
-                true => picker.pick_rarest(&mask, &node.holders, &mut node.rng),
-                false => picker.pick(&mask, &mut node.rng),
-            };
-            let Some(index) = picked else {
-                w.idle = true;
-                break;
-            };
-            w.idle = false;
+            let Some(index) = picker.pick(&mask, &mut node.rng) else { break };
             w.inflight.push_back((index, self.now));
             self.after(lat, Event::RequestAt(c, index));
         }
@@ -395,23 +397,7 @@ impl Sim {
         let w = &mut self.conns[c].w;
         if !std::mem::replace(&mut w.has[index as usize], true) && !w.seed {
             self.nodes[child].holders[index as usize] += 1;
-        }
-        // A worker that found nothing to ask for last time, with only this piece new since:
-        // the full pick (a scan of every piece) could only choose this one. Not at a seed,
-        // whose mask moves with time, nor in end game, which duplicates other pieces.
-        let room = w.inflight.len() < self.sc.daemon.pieces_in_flight;
-        let fast = w.idle && room && !w.seed;
-        let node = &mut self.nodes[child];
-        if fast && self.conns[c].open && node.done.is_none() {
-            let w = &mut self.conns[c].w;
-            if let Some(picker) = node.picker.as_mut().filter(|p| p.any_missing()) {
-                if picker.pick_index(index) {
-                    w.inflight.push_back((index, self.now));
-                    let lat = self.one_way(c);
-                    self.after(lat, Event::RequestAt(c, index));
-                }
-                return;
-            }
+            w.offer.push(index);
         }
         self.ask(c);
     }

@@ -50,9 +50,10 @@ pub struct DaemonKnobs {
     pub seed_grace_s: f64,
     pub back_to_source_after_s: f64,
     pub upload_slots: u32,
-    /// Pick the piece the fewest of the peer's parents show (`PiecePicker::pick_rarest`)
-    /// instead of any at random.
-    pub rarest_first: bool,
+    /// Pieces a daemon sends at once over all its children; the rest wait their turn, one
+    /// piece per turn. `None`: every connection sends at once, sharing the uplink (today's
+    /// piece server).
+    pub upload_concurrency: Option<usize>,
 }
 
 impl Default for DaemonKnobs {
@@ -64,7 +65,7 @@ impl Default for DaemonKnobs {
             seed_grace_s: 1.0,
             back_to_source_after_s: 20.0,
             upload_slots: 32,
-            rarest_first: false,
+            upload_concurrency: None,
         }
     }
 }

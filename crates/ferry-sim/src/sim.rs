@@ -120,6 +120,9 @@ pub struct Node {
     pub done: Option<f64>,
     pub origin_bytes: u64,
     pub uploaded: u64,
+    /// Pieces being sent now, and connections waiting for a slot (with an upload cap).
+    pub sending: usize,
+    pub upload_wait: VecDeque<ConnId>,
     pub rng: StdRng,
 }
 
@@ -133,8 +136,8 @@ pub struct Worker {
     pub since: Vec<Option<Instant>>,
     pub last_arrival: f64,
     pub grace_at: Option<f64>,
-    /// The last look found nothing to ask this parent for, and only `Have`s came since.
-    pub idle: bool,
+    /// What a non-seed parent has shown, to pick from.
+    pub offer: ferry_policy::Offer,
 }
 
 /// A connection child <- parent (or <- origin), and the transfer on it: the parent sends
@@ -157,6 +160,8 @@ pub struct Conn {
     pub waiter: Option<(mpsc::UnboundedSender<u32>, mpsc::UnboundedReceiver<u32>)>,
     /// `RequestAny`s that reached a seed before it knew the layout.
     pub pending_any: usize,
+    /// In line for one of the parent's upload slots.
+    pub slot_wait: bool,
     pub w: Worker,
 }
 
@@ -307,6 +312,8 @@ impl Sim {
                 done: None,
                 origin_bytes: 0,
                 uploaded: 0,
+                sending: 0,
+                upload_wait: VecDeque::new(),
                 rng: StdRng::seed_from_u64(sc.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
             });
         }
@@ -455,8 +462,38 @@ impl Sim {
     /// Queues a piece for sending on the connection; starts the transfer if it was idle.
     pub fn send_piece(&mut self, c: ConnId, index: u32) {
         self.conns[c].queue.push_back(index);
-        if !self.conns[c].active {
-            self.start_head(c, true);
+        if !self.conns[c].active && !self.conns[c].slot_wait {
+            self.take_slot(c);
+        }
+    }
+
+    /// With a cap on a parent's concurrent piece sends, a connection with something to
+    /// send waits its turn (first come, first served), one piece per turn.
+    fn take_slot(&mut self, c: ConnId) {
+        let cap = self.sc.daemon.upload_concurrency;
+        if let (Some(cap), Some(p)) = (cap, self.conns[c].parent) {
+            if self.nodes[p].sending >= cap {
+                self.conns[c].slot_wait = true;
+                self.nodes[p].upload_wait.push_back(c);
+                return;
+            }
+            self.nodes[p].sending += 1;
+        }
+        self.start_head(c, true);
+    }
+
+    /// A send ended at `p` (piece done, or the connection closed): the next in line goes.
+    fn give_slot(&mut self, p: NodeId) {
+        let Some(cap) = self.sc.daemon.upload_concurrency else { return };
+        self.nodes[p].sending -= 1;
+        while self.nodes[p].sending < cap {
+            let Some(next) = self.nodes[p].upload_wait.pop_front() else { break };
+            self.conns[next].slot_wait = false;
+            if self.conns[next].closed || self.conns[next].queue.is_empty() {
+                continue;
+            }
+            self.nodes[p].sending += 1;
+            self.start_head(next, true);
         }
     }
 
@@ -513,10 +550,18 @@ impl Sim {
         self.transfers += 1;
         let lat = self.lat(self.conns[c].parent, self.conns[c].child);
         self.after(lat, Event::Deliver(c, index));
-        if self.conns[c].queue.is_empty() {
-            self.stop_flow(c);
-        } else {
-            self.start_head(c, false);
+        match (self.conns[c].parent, self.sc.daemon.upload_concurrency) {
+            (Some(p), Some(_)) => {
+                // One piece per turn: back in line behind whoever waits.
+                self.stop_flow(c);
+                if !self.conns[c].queue.is_empty() {
+                    self.conns[c].slot_wait = true;
+                    self.nodes[p].upload_wait.push_back(c);
+                }
+                self.give_slot(p);
+            }
+            _ if self.conns[c].queue.is_empty() => self.stop_flow(c),
+            _ => self.start_head(c, false),
         }
     }
 
@@ -553,7 +598,13 @@ impl Sim {
         if self.conns[c].closed {
             return;
         }
+        let sending = self.conns[c].active;
         self.stop_flow(c);
+        if let (true, Some(p), Some(_)) = (sending, self.conns[c].parent, self.sc.daemon.upload_concurrency) {
+            self.conns[c].closed = true;
+            self.give_slot(p);
+            self.conns[c].closed = false;
+        }
         let conn = &mut self.conns[c];
         conn.closed = true;
         conn.open = false;
@@ -588,6 +639,7 @@ impl Sim {
             child_id: None,
             waiter: None,
             pending_any: 0,
+            slot_wait: false,
             w: Worker {
                 has: vec![false; n],
                 inflight: VecDeque::new(),
@@ -597,7 +649,7 @@ impl Sim {
                 since: vec![None; n],
                 last_arrival: self.now,
                 grace_at: None,
-                idle: false,
+                offer: Default::default(),
             },
         });
         self.conns.len() - 1

@@ -50,9 +50,9 @@ pub struct SimArgs {
     /// Requests by index in flight per parent (`ferry daemon --pieces-in-flight`).
     #[arg(long, default_value_t = 4)]
     pieces_in_flight: usize,
-    /// Pick rarest pieces first (among the host's parents) instead of at random.
+    /// Pieces a daemon sends at once (the rest wait their turn); default: no cap.
     #[arg(long)]
-    rarest_first: bool,
+    upload_concurrency: Option<usize>,
     /// Print this host's events (e.g. `h00003`, `seed-0`) to stderr.
     #[arg(long)]
     trace: Option<String>,
@@ -77,7 +77,7 @@ pub fn scenario(a: &SimArgs) -> Result<Scenario> {
         trace: a.trace.clone(),
         daemon: ferry_sim::DaemonKnobs {
             pieces_in_flight: a.pieces_in_flight,
-            rarest_first: a.rarest_first,
+            upload_concurrency: a.upload_concurrency,
             ..Default::default()
         },
         ..Default::default()
