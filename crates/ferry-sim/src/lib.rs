@@ -50,10 +50,6 @@ pub struct DaemonKnobs {
     pub seed_grace_s: f64,
     pub back_to_source_after_s: f64,
     pub upload_slots: u32,
-    /// Pieces a daemon sends at once over all its children; the rest wait their turn, one
-    /// piece per turn. `None`: every connection sends at once, sharing the uplink (today's
-    /// piece server).
-    pub upload_concurrency: Option<usize>,
 }
 
 impl Default for DaemonKnobs {
@@ -65,7 +61,6 @@ impl Default for DaemonKnobs {
             seed_grace_s: 1.0,
             back_to_source_after_s: 20.0,
             upload_slots: 32,
-            upload_concurrency: None,
         }
     }
 }

@@ -120,9 +120,6 @@ pub struct Node {
     pub done: Option<f64>,
     pub origin_bytes: u64,
     pub uploaded: u64,
-    /// Pieces being sent now, and connections waiting for a slot (with an upload cap).
-    pub sending: usize,
-    pub upload_wait: VecDeque<ConnId>,
     pub rng: StdRng,
 }
 
@@ -160,8 +157,6 @@ pub struct Conn {
     pub waiter: Option<(mpsc::UnboundedSender<u32>, mpsc::UnboundedReceiver<u32>)>,
     /// `RequestAny`s that reached a seed before it knew the layout.
     pub pending_any: usize,
-    /// In line for one of the parent's upload slots.
-    pub slot_wait: bool,
     pub w: Worker,
 }
 
@@ -312,8 +307,6 @@ impl Sim {
                 done: None,
                 origin_bytes: 0,
                 uploaded: 0,
-                sending: 0,
-                upload_wait: VecDeque::new(),
                 rng: StdRng::seed_from_u64(sc.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
             });
         }
@@ -462,38 +455,8 @@ impl Sim {
     /// Queues a piece for sending on the connection; starts the transfer if it was idle.
     pub fn send_piece(&mut self, c: ConnId, index: u32) {
         self.conns[c].queue.push_back(index);
-        if !self.conns[c].active && !self.conns[c].slot_wait {
-            self.take_slot(c);
-        }
-    }
-
-    /// With a cap on a parent's concurrent piece sends, a connection with something to
-    /// send waits its turn (first come, first served), one piece per turn.
-    fn take_slot(&mut self, c: ConnId) {
-        let cap = self.sc.daemon.upload_concurrency;
-        if let (Some(cap), Some(p)) = (cap, self.conns[c].parent) {
-            if self.nodes[p].sending >= cap {
-                self.conns[c].slot_wait = true;
-                self.nodes[p].upload_wait.push_back(c);
-                return;
-            }
-            self.nodes[p].sending += 1;
-        }
-        self.start_head(c, true);
-    }
-
-    /// A send ended at `p` (piece done, or the connection closed): the next in line goes.
-    fn give_slot(&mut self, p: NodeId) {
-        let Some(cap) = self.sc.daemon.upload_concurrency else { return };
-        self.nodes[p].sending -= 1;
-        while self.nodes[p].sending < cap {
-            let Some(next) = self.nodes[p].upload_wait.pop_front() else { break };
-            self.conns[next].slot_wait = false;
-            if self.conns[next].closed || self.conns[next].queue.is_empty() {
-                continue;
-            }
-            self.nodes[p].sending += 1;
-            self.start_head(next, true);
+        if !self.conns[c].active {
+            self.start_head(c, true);
         }
     }
 
@@ -550,18 +513,10 @@ impl Sim {
         self.transfers += 1;
         let lat = self.lat(self.conns[c].parent, self.conns[c].child);
         self.after(lat, Event::Deliver(c, index));
-        match (self.conns[c].parent, self.sc.daemon.upload_concurrency) {
-            (Some(p), Some(_)) => {
-                // One piece per turn: back in line behind whoever waits.
-                self.stop_flow(c);
-                if !self.conns[c].queue.is_empty() {
-                    self.conns[c].slot_wait = true;
-                    self.nodes[p].upload_wait.push_back(c);
-                }
-                self.give_slot(p);
-            }
-            _ if self.conns[c].queue.is_empty() => self.stop_flow(c),
-            _ => self.start_head(c, false),
+        if self.conns[c].queue.is_empty() {
+            self.stop_flow(c);
+        } else {
+            self.start_head(c, false);
         }
     }
 
@@ -598,13 +553,7 @@ impl Sim {
         if self.conns[c].closed {
             return;
         }
-        let sending = self.conns[c].active;
         self.stop_flow(c);
-        if let (true, Some(p), Some(_)) = (sending, self.conns[c].parent, self.sc.daemon.upload_concurrency) {
-            self.conns[c].closed = true;
-            self.give_slot(p);
-            self.conns[c].closed = false;
-        }
         let conn = &mut self.conns[c];
         conn.closed = true;
         conn.open = false;
@@ -639,7 +588,6 @@ impl Sim {
             child_id: None,
             waiter: None,
             pending_any: 0,
-            slot_wait: false,
             w: Worker {
                 has: vec![false; n],
                 inflight: VecDeque::new(),

@@ -50,9 +50,6 @@ pub struct SimArgs {
     /// Requests by index in flight per parent (`ferry daemon --pieces-in-flight`).
     #[arg(long, default_value_t = 4)]
     pieces_in_flight: usize,
-    /// Pieces a daemon sends at once (the rest wait their turn); default: no cap.
-    #[arg(long)]
-    upload_concurrency: Option<usize>,
     /// Print this host's events (e.g. `h00003`, `seed-0`) to stderr.
     #[arg(long)]
     trace: Option<String>,
@@ -75,11 +72,7 @@ pub fn scenario(a: &SimArgs) -> Result<Scenario> {
         epoch_s: a.epoch_ms / 1e3,
         seed: a.seed,
         trace: a.trace.clone(),
-        daemon: ferry_sim::DaemonKnobs {
-            pieces_in_flight: a.pieces_in_flight,
-            upload_concurrency: a.upload_concurrency,
-            ..Default::default()
-        },
+        daemon: ferry_sim::DaemonKnobs { pieces_in_flight: a.pieces_in_flight, ..Default::default() },
         ..Default::default()
     };
     if let Some(slow) = &a.slow {

@@ -61,6 +61,8 @@ struct Worker<'a> {
     storing: Vec<u32>,
     /// What the parent holds.
     has: Vec<bool>,
+    /// What an ordinary parent has shown, to pick from (see `ferry_policy::Offer`).
+    offer: ferry_policy::Offer,
     rng: rand::rngs::StdRng,
     last_arrival: Instant,
     /// `RequestAny`s waiting at a seed.
@@ -121,8 +123,10 @@ impl<'a> Worker<'a> {
         };
         let ParentConn { mut has, events, requests, guard } = conn;
         has.resize(layout.piece_count() as usize, false);
+        let mut offer = ferry_policy::Offer::default();
         if !seed {
             shared.count_holders(held(&has), 1);
+            held(&has).for_each(|i| offer.push(i));
         }
         let worker = Self {
             shared,
@@ -134,6 +138,7 @@ impl<'a> Worker<'a> {
             storing: vec![],
             seed_only_since: vec![None; has.len()],
             has,
+            offer,
             rng: rand::rngs::StdRng::from_entropy(),
             last_arrival: Instant::now(),
             any_waiting: 0,
@@ -179,21 +184,7 @@ impl<'a> Worker<'a> {
         }
         let mut grace_ends = None;
         while self.inflight.len() < self.shared.env.opts.pieces_in_flight {
-            let mut mask = if self.seed {
-                let (mask, next) = self.shared.seed_mask(&self.has, &mut self.seed_only_since);
-                grace_ends = next;
-                mask
-            } else {
-                self.has.clone()
-            };
-            // In end game the picker hands out pieces already in flight: never one this
-            // parent is sending or has just sent.
-            for i in self.inflight.iter().map(|(i, _)| i).chain(&self.storing) {
-                if let Some(m) = mask.get_mut(*i as usize) {
-                    *m = false;
-                }
-            }
-            let Some(index) = self.pick(&mask) else { break };
+            let Some(index) = self.pick(&mut grace_ends) else { break };
             if self.requests.request(index).await.is_err() {
                 self.shared.release(index);
                 return Err(FailReason::Unreachable);
@@ -203,8 +194,32 @@ impl<'a> Worker<'a> {
         Ok(grace_ends)
     }
 
-    fn pick(&mut self, mask: &[bool]) -> Option<u32> {
-        self.shared.picker.lock().expect("not poisoned").as_mut().and_then(|p| p.pick(mask, &mut self.rng))
+    /// The next piece to ask for: from an ordinary parent's offer until end game (no scan
+    /// of every piece per ask); else from a mask, the seed's (`grace_ends` learns when its
+    /// next piece comes due) or this parent's bitfield, less what it is sending or has just
+    /// sent (in end game the picker hands out pieces already in flight).
+    fn pick(&mut self, grace_ends: &mut Option<Instant>) -> Option<u32> {
+        if !self.seed {
+            let mut picker = self.shared.picker.lock().expect("not poisoned");
+            let picker = picker.as_mut()?;
+            if picker.any_missing() {
+                return picker.pick_offered(&mut self.offer, &self.has, &mut self.rng);
+            }
+        }
+        let mut mask = if self.seed {
+            let (mask, next) = self.shared.seed_mask(&self.has, &mut self.seed_only_since);
+            *grace_ends = next;
+            mask
+        } else {
+            self.has.clone()
+        };
+        for i in self.inflight.iter().map(|(i, _)| i).chain(&self.storing) {
+            if let Some(m) = mask.get_mut(*i as usize) {
+                *m = false;
+            }
+        }
+        let mut picker = self.shared.picker.lock().expect("not poisoned");
+        picker.as_mut().and_then(|p| p.pick(&mask, &mut self.rng))
     }
 
     fn on_event(&mut self, ev: Option<Result<ParentEvent, TransportError>>) -> Result<(), FailReason> {
@@ -231,6 +246,9 @@ impl<'a> Worker<'a> {
         if let Some(h) = self.has.get_mut(index as usize) {
             if *h != holds && !self.seed {
                 self.shared.count_holders(std::iter::once(index), if holds { 1 } else { -1 });
+                if holds {
+                    self.offer.push(index);
+                }
             }
             *h = holds;
         }
