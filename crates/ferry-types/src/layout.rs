@@ -9,6 +9,14 @@
 //! sent it on, so the swarm lags the seed by a few piece-times per peer. Measured on the
 //! testbed (16 hosts, 128 MiB, 200 Mbit/s): 1 MiB pieces (128 per file) 7.4 s, 512 KiB
 //! 6.6 s, 256 KiB (512 per file) 6.1 s, 128 KiB 6.4 s (CPU-bound: 99 % busy).
+//!
+//! Why at most [`AUTO_MAX_PIECE_SIZE`] for large files: each hop of a new piece through the
+//! mesh takes about (children sharing the sender's uplink) x (requests queued) x (piece
+//! time), and with a fixed count of pieces the piece time grows with the file. In the fleet
+//! simulator (`ferry-sim`; 1,000 hosts, 4 GiB, 10 Gbit/s, origin 25 Gbit/s) 8 MiB pieces
+//! (512) ended at efficiency 0.63 and 1 MiB pieces (4,096) at 0.80, the seed reading the
+//! origin once either way. Past [`MAX_AUTO_PIECES`] pieces sizes grow again, so a 100 GiB
+//! file has 12,800 pieces of 8 MiB rather than 102,400.
 
 use crate::ParseError;
 
@@ -17,6 +25,9 @@ pub const MAX_PIECE_SIZE: u32 = 64 * 1024 * 1024;
 /// Smallest size accepted for an explicit override (tests, benchmarks).
 const MIN_OVERRIDE: u32 = 16 * 1024;
 const TARGET_PIECES: u64 = 512;
+/// Largest piece size chosen from a length alone, until [`MAX_AUTO_PIECES`].
+pub const AUTO_MAX_PIECE_SIZE: u32 = 1024 * 1024;
+const MAX_AUTO_PIECES: u64 = 16 * 1024;
 /// Most pieces a task may have: a bitfield of them fits one control frame (1 MiB).
 pub const MAX_PIECES: u32 = 8 * 1024 * 1024;
 
@@ -43,8 +54,9 @@ pub struct PieceLayout {
 impl PieceLayout {
     /// The default layout for content of this length.
     pub fn for_length(content_length: u64) -> Self {
-        let want = (content_length / TARGET_PIECES).max(1).next_power_of_two();
-        let piece_size = want.clamp(MIN_PIECE_SIZE as u64, MAX_PIECE_SIZE as u64) as u32;
+        let by_count = (content_length / TARGET_PIECES).max(1).next_power_of_two().min(AUTO_MAX_PIECE_SIZE as u64);
+        let by_cap = content_length.div_ceil(MAX_AUTO_PIECES).next_power_of_two();
+        let piece_size = by_count.max(by_cap).clamp(MIN_PIECE_SIZE as u64, MAX_PIECE_SIZE as u64) as u32;
         Self { content_length, piece_size }
     }
 
@@ -109,8 +121,13 @@ mod tests {
     fn piece_size_grows_with_length_within_bounds() {
         assert_eq!(PieceLayout::for_length(0).piece_size(), MIN_PIECE_SIZE);
         assert_eq!(PieceLayout::for_length(1).piece_size(), MIN_PIECE_SIZE);
+        assert_eq!(PieceLayout::for_length(128 * MIB).piece_size(), MIB as u32 / 4);
         assert_eq!(PieceLayout::for_length(256 * MIB).piece_size(), MIB as u32 / 2);
-        assert_eq!(PieceLayout::for_length(100 * 1024 * MIB).piece_size(), MAX_PIECE_SIZE);
+        assert_eq!(PieceLayout::for_length(512 * MIB).piece_size(), MIB as u32);
+        assert_eq!(PieceLayout::for_length(4096 * MIB).piece_count(), 4096, "1 MiB pieces for a 4 GiB model");
+        assert_eq!(PieceLayout::for_length(16 * 1024 * MIB).piece_size(), MIB as u32);
+        assert_eq!(PieceLayout::for_length(100 * 1024 * MIB).piece_size(), 8 * MIB as u32);
+        assert_eq!(PieceLayout::for_length(1 << 50).piece_size(), MAX_PIECE_SIZE);
     }
 
     #[test]
