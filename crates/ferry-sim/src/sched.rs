@@ -51,11 +51,11 @@ impl Sim {
         self.nodes[n].last_progress = self.now;
         self.nodes[n].last_ask = self.now;
         let reg = self.register_message(n);
-        self.send(n, ToSched::Register(Box::new(reg)));
+        self.send(n, ToSched::Register(reg));
         self.after(FLUSH_S, Event::Tick(n));
     }
 
-    pub(crate) fn to_scheduler(&mut self, n: NodeId, m: ToSched) {
+    pub(crate) fn at_scheduler(&mut self, n: NodeId, m: ToSched) {
         let peer = ferry_types::HostId::new(self.nodes[n].host.id.clone()).expect("a valid host id");
         match m {
             ToSched::Register(reg) => {
@@ -125,7 +125,7 @@ impl Sim {
             self.nodes[n].from_origin = true;
             self.nodes[n].last_progress = self.now;
             let reg = self.register_message(n);
-            self.send(n, ToSched::Register(Box::new(reg)));
+            self.send(n, ToSched::Register(reg));
             self.start_origin(n);
             self.after(FLUSH_S, Event::Tick(n));
         }
@@ -149,7 +149,7 @@ impl Sim {
             return;
         }
         self.nodes[n].ticks += 1;
-        if self.nodes[n].ticks % WATCHDOG_TICKS == 0 && self.nodes[n].origin.is_none() {
+        if self.nodes[n].ticks.is_multiple_of(WATCHDOG_TICKS) && self.nodes[n].origin.is_none() {
             let k = &self.sc.daemon;
             let node = &self.nodes[n];
             if self.now - node.last_progress >= k.back_to_source_after_s {

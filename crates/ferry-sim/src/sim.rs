@@ -57,8 +57,10 @@ pub enum Event {
     SchedulerOut,
 }
 
+// Boxed whole where it travels (in `Event::ToScheduler`).
+#[allow(clippy::large_enum_variant)]
 pub enum ToSched {
-    Register(Box<Register>),
+    Register(Register),
     Message(peer_message::Message),
     Unregister,
 }
@@ -416,7 +418,7 @@ impl Sim {
                 let from = self.conns[*c].parent.map_or("origin".into(), |p| self.nodes[p].host.id.clone());
                 format!("{} from {from}", event_name(ev))
             }
-            other => event_name(other).into(),
+            other => event_name(other),
         };
         let held = self.nodes[n].picker.as_ref().map_or(0, |p| p.done_count());
         eprintln!("{:10.6} {} [{held}] {what}", self.now, self.nodes[n].host.id);
@@ -430,7 +432,7 @@ impl Sim {
             Event::Arrive(n) => self.arrive(n),
             Event::Leave(n) => self.leave(n),
             Event::Tick(n) => self.tick(n),
-            Event::ToScheduler(n, m) => self.to_scheduler(n, *m),
+            Event::ToScheduler(n, m) => self.at_scheduler(n, *m),
             Event::Command(n, c) => self.on_command(n, *c),
             Event::HostCommand(n, c) => self.on_host_command(n, *c),
             Event::OriginHeader(n) => self.origin_header(n),
