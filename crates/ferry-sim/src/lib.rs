@@ -99,6 +99,9 @@ pub struct Scenario {
     /// Simulated seconds after which a run stops, finished or not.
     pub max_time_s: f64,
     pub daemon: DaemonKnobs,
+    /// The scheduler's parents per peer and children per parent; `None`: its defaults (16,
+    /// 16).
+    pub mesh: Option<(usize, u32)>,
     /// Print this host's events to stderr.
     pub trace: Option<String>,
 }
@@ -123,6 +126,7 @@ impl Default for Scenario {
             seed: 1,
             max_time_s: 3600.0,
             daemon: DaemonKnobs::default(),
+            mesh: None,
             trace: None,
         }
     }
@@ -163,7 +167,20 @@ pub struct SimResult {
     pub finished: usize,
     pub stayed: usize,
     pub events: u64,
+    /// The links' load every 100 ms of simulated time.
+    pub timeline: Vec<Sample>,
     pub hosts: Vec<HostOutcome>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Sample {
+    pub t: f64,
+    /// Share of every host's uplink in use (seeds included).
+    pub upload_busy: f64,
+    /// Share of the downlinks of hosts still downloading in use.
+    pub download_busy: f64,
+    /// Transfers under way.
+    pub flows: usize,
 }
 
 /// Kumar & Ross (2006): T_min = max(S/u_origin, S/d_min, N·S/(u_origin + Σu_i)), sizes in

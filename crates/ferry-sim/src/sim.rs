@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::net::{max_min, LinkId};
-use crate::{bound, Arrival, HostOutcome, Scenario, SimResult};
+use crate::{bound, Arrival, HostOutcome, Sample, Scenario, SimResult};
 
 pub type NodeId = usize;
 pub type ConnId = usize;
@@ -198,6 +198,8 @@ pub struct Sim {
     pub ids: BTreeMap<String, NodeId>,
     pub origin_link: LinkId,
     epoch_pending: bool,
+    next_sample: f64,
+    pub timeline: Vec<Sample>,
     pub drain_pending: bool,
     pub svc: SchedulerService,
     pub duplicates: u64,
@@ -207,13 +209,22 @@ pub struct Sim {
 
 const URL: &str = "http://origin.sim/data.bin";
 
+/// Simulated seconds between two samples of the links' load.
+const SAMPLE_S: f64 = 0.1;
+
 impl Sim {
     fn new(sc: Scenario) -> Self {
         let layout = match sc.piece_size {
             Some(p) => PieceLayout::new(sc.size, p).expect("a valid piece size"),
             None => PieceLayout::for_length(sc.size),
         };
-        let svc = SchedulerService::new(Default::default());
+        let mut opts = ferry_scheduler::SchedulerOptions::default();
+        if let Some((parents, children)) = sc.mesh {
+            opts.rank.max_parents = parents;
+            opts.rank.peer_max_children = children;
+            opts.rank.seed_max_children = children;
+        }
+        let svc = SchedulerService::new(opts);
         svc.seed_rng(sc.seed);
         let mut s = Sim {
             trace: None,
@@ -231,6 +242,8 @@ impl Sim {
             ids: BTreeMap::new(),
             origin_link: 0,
             epoch_pending: false,
+            next_sample: 0.0,
+            timeline: vec![],
             drain_pending: false,
             svc,
             duplicates: 0,
@@ -546,7 +559,30 @@ impl Sim {
                 self.at(done, Event::HeadDone(c, gen));
             }
         }
+        if self.now >= self.next_sample {
+            self.next_sample = self.now + SAMPLE_S;
+            self.sample(active.len());
+        }
         self.after(self.sc.epoch_s, Event::Epoch);
+    }
+
+    /// How busy the hosts' links are now (after an epoch's sharing).
+    fn sample(&mut self, flows: usize) {
+        let (mut up, mut up_cap, mut down, mut down_cap) = (0.0, 0.0, 0.0, 0.0);
+        for n in self.nodes.iter().filter(|n| !n.left) {
+            up += self.used[n.up];
+            up_cap += self.caps[n.up];
+            if n.done.is_none() && n.counted && !n.seed {
+                down += self.used[n.down];
+                down_cap += self.caps[n.down];
+            }
+        }
+        self.timeline.push(Sample {
+            t: self.now,
+            upload_busy: up / up_cap,
+            download_busy: if down_cap > 0.0 { down / down_cap } else { 0.0 },
+            flows,
+        });
     }
 
     /// Closes a connection from either end: its transfer stops; a seed gets back what it
@@ -657,6 +693,7 @@ impl Sim {
             finished,
             stayed: stayed.len(),
             events: self.events,
+            timeline: self.timeline.clone(),
             hosts,
         }
     }

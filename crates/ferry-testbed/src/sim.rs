@@ -50,6 +50,10 @@ pub struct SimArgs {
     /// Requests by index in flight per parent (`ferry daemon --pieces-in-flight`).
     #[arg(long, default_value_t = 4)]
     pieces_in_flight: usize,
+    /// `PARENTS:CHILDREN`: the scheduler's parents per peer and children per parent
+    /// (default 16:16).
+    #[arg(long)]
+    mesh: Option<String>,
     /// Print this host's events (e.g. `h00003`, `seed-0`) to stderr.
     #[arg(long)]
     trace: Option<String>,
@@ -75,6 +79,10 @@ pub fn scenario(a: &SimArgs) -> Result<Scenario> {
         daemon: ferry_sim::DaemonKnobs { pieces_in_flight: a.pieces_in_flight, ..Default::default() },
         ..Default::default()
     };
+    if let Some(m) = &a.mesh {
+        let (p, c) = m.split_once(':').context("--mesh takes PARENTS:CHILDREN, e.g. 8:8")?;
+        sc.mesh = Some((p.parse().context("--mesh: parents")?, c.parse().context("--mesh: children")?));
+    }
     if let Some(slow) = &a.slow {
         let (f, r) = slow.split_once(':').context("--slow takes FRACTION:RATE, e.g. 0.05:10mbit")?;
         sc.slow_fraction = f.parse().context("--slow: the fraction is a number between 0 and 1")?;
