@@ -125,6 +125,50 @@ pub struct Node {
     pub rng: StdRng,
 }
 
+impl Node {
+    fn new(
+        host: Host,
+        (up, down): (LinkId, LinkId),
+        counted: bool,
+        slow: bool,
+        arrive: f64,
+        pieces: usize,
+        rng: StdRng,
+    ) -> Self {
+        Node {
+            seed: host.seed,
+            host,
+            up,
+            down,
+            counted,
+            slow,
+            arrive,
+            left: false,
+            session: None,
+            cmd_rx: None,
+            host_rx: None,
+            picker: None,
+            verifiable: vec![false; pieces],
+            avail: None,
+            haves: None,
+            holders: vec![0; pieces],
+            parents: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            children: vec![],
+            pending: vec![],
+            origin: None,
+            from_origin: false,
+            last_progress: 0.0,
+            last_ask: 0.0,
+            ticks: 0,
+            done: None,
+            origin_bytes: 0,
+            uploaded: 0,
+            rng,
+        }
+    }
+}
+
 /// A child's worker for one parent, as `ferry-daemon`'s `from_parent::Worker` keeps it.
 pub struct Worker {
     pub has: Vec<bool>,
@@ -292,51 +336,25 @@ impl Sim {
                 ..Default::default()
             };
             self.ids.insert(name, i);
-            let n = self.layout.piece_count() as usize;
-            self.nodes.push(Node {
-                host,
-                up,
-                down,
-                seed,
-                counted,
-                slow,
-                arrive,
-                left: false,
-                session: None,
-                cmd_rx: None,
-                host_rx: None,
-                picker: None,
-                verifiable: vec![false; n],
-                avail: None,
-                haves: None,
-                holders: vec![0; n],
-                parents: BTreeMap::new(),
-                blocked: BTreeSet::new(),
-                children: vec![],
-                pending: vec![],
-                origin: None,
-                from_origin: false,
-                last_progress: 0.0,
-                last_ask: 0.0,
-                ticks: 0,
-                done: None,
-                origin_bytes: 0,
-                uploaded: 0,
-                rng: StdRng::seed_from_u64(sc.seed.wrapping_mul(1_000_003).wrapping_add(i as u64)),
-            });
+            let rng = StdRng::seed_from_u64(sc.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
+            let pieces = self.layout.piece_count() as usize;
+            self.nodes.push(Node::new(host, (up, down), counted, slow, arrive, pieces, rng));
         }
+        self.schedule_starts(&mut rng);
+    }
+
+    /// Seeds open their host sessions; the other hosts arrive, and some leave.
+    fn schedule_starts(&mut self, rng: &mut StdRng) {
         let together = self.together_bound();
+        let churn = self.sc.churn;
         for i in 0..self.nodes.len() {
             if self.nodes[i].seed {
                 self.join_seed(i);
-                if !self.nodes[i].counted {
-                    continue;
-                }
-            } else {
-                let at = self.nodes[i].arrive;
-                self.at(at, Event::Arrive(i));
+                continue;
             }
-            if !self.nodes[i].seed && sc.churn > 0.0 && rng.gen_bool(sc.churn) {
+            let at = self.nodes[i].arrive;
+            self.at(at, Event::Arrive(i));
+            if churn > 0.0 && rng.gen_bool(churn) {
                 let at = rng.gen_range(0.25 * together..0.75 * together).max(self.nodes[i].arrive + 1e-3);
                 self.at(at, Event::Leave(i));
             }
@@ -639,6 +657,16 @@ impl Sim {
             },
         });
         self.conns.len() - 1
+    }
+
+    /// The bound for hosts arriving together; with staggered arrivals, the later of it and
+    /// the last arrival plus S / d_min.
+    fn bound_s(&self) -> f64 {
+        let together = self.together_bound();
+        let Arrival::Staggered(_) = self.sc.arrival else { return together };
+        let last = self.nodes.iter().filter(|n| n.counted).map(|n| n.arrive).fold(0.0, f64::max);
+        let d_min = self.nodes.iter().map(|n| self.caps[n.down] * 8.0 / self.sc.goodput).fold(f64::INFINITY, f64::min);
+        together.max(last + self.sc.size as f64 * 8.0 / d_min)
     }
 
     fn result(&self) -> SimResult {
