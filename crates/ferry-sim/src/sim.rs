@@ -671,16 +671,7 @@ impl Sim {
 
     fn result(&self) -> SimResult {
         let size = self.sc.size;
-        let together = self.together_bound();
-        let bound_s = match self.sc.arrival {
-            Arrival::Together => together,
-            Arrival::Staggered(_) => {
-                let last = self.nodes.iter().filter(|n| n.counted).map(|n| n.arrive).fold(0.0, f64::max);
-                let d_min =
-                    self.nodes.iter().map(|n| self.caps[n.down] * 8.0 / self.sc.goodput).fold(f64::INFINITY, f64::min);
-                together.max(last + size as f64 * 8.0 / d_min)
-            }
-        };
+        let bound_s = self.bound_s();
         let stayed: Vec<&Node> = self.nodes.iter().filter(|n| n.counted && !n.left).collect();
         let finished = stayed.iter().filter(|n| n.done.is_some()).count();
         let makespan_s = match finished == stayed.len() {
