@@ -169,6 +169,30 @@ impl PiecePicker {
         None
     }
 
+    /// What one parent's worker asks for next: from an ordinary parent's `offer` until end
+    /// game (no scan of every piece); else from `mask()` (a seed's grace mask, or the parent's
+    /// bitfield) less `busy`, the pieces this parent is sending or has just sent (in end game
+    /// the picker hands out pieces already in flight). `mask` runs only when needed.
+    pub fn pick_for_parent<R: Rng>(
+        &mut self,
+        offer: Option<&mut Offer>,
+        has: &[bool],
+        mask: impl FnOnce() -> Vec<bool>,
+        busy: impl IntoIterator<Item = u32>,
+        rng: &mut R,
+    ) -> Option<u32> {
+        if let Some(offer) = offer.filter(|_| self.any_missing()) {
+            return self.pick_offered(offer, has, rng);
+        }
+        let mut mask = mask();
+        for i in busy {
+            if let Some(m) = mask.get_mut(i as usize) {
+                *m = false;
+            }
+        }
+        self.pick(&mask, rng)
+    }
+
     /// Picks a piece for a parent holding `has`, and marks it in flight.
     pub fn pick<R: Rng>(&mut self, has: &[bool], rng: &mut R) -> Option<u32> {
         let verifiable = |i: usize| self.verifiable[i] || self.unverified_ok;
@@ -294,6 +318,20 @@ mod tests {
         assert!(!p.any_missing());
         assert_eq!(p.pick_offered(&mut offer, &has, &mut rng()), None, "end game: the caller duplicates with pick");
         assert!(p.pick(&has, &mut rng()).is_some());
+    }
+
+    #[test]
+    fn a_parent_worker_uses_its_offer_then_the_mask_less_what_it_is_sending() {
+        let mut p = verifiable(2);
+        let has = [true, true];
+        let mut offer = Offer::default();
+        offer.push(1);
+        let no_mask = || -> Vec<bool> { panic!("the offer answers before end game") };
+        assert_eq!(p.pick_for_parent(Some(&mut offer), &has, no_mask, [], &mut rng()), Some(1));
+        assert_eq!(p.pick_for_parent(None, &has, || has.to_vec(), [], &mut rng()), Some(0), "a seed: the mask");
+        // End game: duplicates, never of a piece this parent is sending.
+        assert_eq!(p.pick_for_parent(Some(&mut offer), &has, || has.to_vec(), [0], &mut rng()), Some(1));
+        assert_eq!(p.pick_for_parent(Some(&mut offer), &has, || has.to_vec(), [0, 1], &mut rng()), None);
     }
 
     proptest::proptest! {

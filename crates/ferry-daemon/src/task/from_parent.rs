@@ -194,32 +194,21 @@ impl<'a> Worker<'a> {
         Ok(grace_ends)
     }
 
-    /// The next piece to ask for: from an ordinary parent's offer until end game (no scan
-    /// of every piece per ask); else from a mask, the seed's (`grace_ends` learns when its
-    /// next piece comes due) or this parent's bitfield, less what it is sending or has just
-    /// sent (in end game the picker hands out pieces already in flight).
+    /// The next piece to ask for (see [`ferry_policy::PiecePicker::pick_for_parent`]); at a
+    /// seed, `grace_ends` learns when its next seed-only piece comes due.
     fn pick(&mut self, grace_ends: &mut Option<Instant>) -> Option<u32> {
-        if !self.seed {
-            let mut picker = self.shared.picker.lock().expect("not poisoned");
-            let picker = picker.as_mut()?;
-            if picker.any_missing() {
-                return picker.pick_offered(&mut self.offer, &self.has, &mut self.rng);
-            }
-        }
-        let mut mask = if self.seed {
-            let (mask, next) = self.shared.seed_mask(&self.has, &mut self.seed_only_since);
-            *grace_ends = next;
-            mask
-        } else {
-            self.has.clone()
-        };
-        for i in self.inflight.iter().map(|(i, _)| i).chain(&self.storing) {
-            if let Some(m) = mask.get_mut(*i as usize) {
-                *m = false;
-            }
-        }
         let mut picker = self.shared.picker.lock().expect("not poisoned");
-        picker.as_mut().and_then(|p| p.pick(&mask, &mut self.rng))
+        let mask = || match self.seed {
+            true => {
+                let (mask, next) = self.shared.seed_mask(&self.has, &mut self.seed_only_since);
+                *grace_ends = next;
+                mask
+            }
+            false => self.has.clone(),
+        };
+        let busy = self.inflight.iter().map(|(i, _)| *i).chain(self.storing.iter().copied());
+        let offer = (!self.seed).then_some(&mut self.offer);
+        picker.as_mut()?.pick_for_parent(offer, &self.has, mask, busy, &mut self.rng)
     }
 
     fn on_event(&mut self, ev: Option<Result<ParentEvent, TransportError>>) -> Result<(), FailReason> {
