@@ -19,10 +19,6 @@ fn digest(index: u32) -> [u8; 32] {
 }
 
 impl Sim {
-    fn one_way(&self, c: ConnId) -> f64 {
-        self.lat(self.conns[c].parent, self.conns[c].child)
-    }
-
     pub(crate) fn on_command(&mut self, n: NodeId, c: peer_command::Command) {
         if self.nodes[n].left {
             return;
@@ -65,7 +61,7 @@ impl Sim {
             }
         }
         node.picker = Some(picker);
-        let avail = Availability::new(count, node.seed);
+        let avail = Availability::new(count, node.host.seed);
         node.haves = Some(avail.subscribe().2);
         node.avail = Some(avail);
         for c in self.nodes[n].children.clone() {
@@ -95,7 +91,7 @@ impl Sim {
         }
         let c = self.new_conn(n, None);
         self.nodes[n].origin = Some(c);
-        self.after(2.0 * self.lat(None, n), Event::OriginHeader(n));
+        self.after(2.0 * self.sc.latency_s, Event::OriginHeader(n));
     }
 
     pub(crate) fn origin_header(&mut self, n: NodeId) {
@@ -129,7 +125,7 @@ impl Sim {
         let c = self.new_conn(n, Some(p));
         self.nodes[n].parents.insert(p, c);
         // Connect, hello, bitfield: a round trip and a half.
-        self.after(3.0 * self.one_way(c), Event::ConnOpen(c));
+        self.after(3.0 * self.sc.latency_s, Event::ConnOpen(c));
     }
 
     pub(crate) fn conn_open(&mut self, c: ConnId) {
@@ -143,7 +139,7 @@ impl Sim {
         }
         self.conns[c].open = true;
         self.nodes[p].children.push(c);
-        if self.nodes[p].seed {
+        if self.nodes[p].host.seed {
             self.conns[c].waiter = Some(tokio::sync::mpsc::unbounded_channel());
         }
         self.attach_child(c);
@@ -173,7 +169,7 @@ impl Sim {
         if !conn.open || conn.closed || self.nodes[child].done.is_some() || self.nodes[child].picker.is_none() {
             return;
         }
-        let lat = self.one_way(c);
+        let lat = self.sc.latency_s;
         while !self.conns[c].w.exhausted && self.conns[c].w.any_waiting < ANY_DEPTH {
             self.conns[c].w.any_waiting += 1;
             self.after(lat, Event::RequestAnyAt(c));
@@ -184,37 +180,28 @@ impl Sim {
         while self.conns[c].w.inflight.len() < self.sc.daemon.pieces_in_flight {
             let node = &mut self.nodes[child];
             let w = &mut self.conns[c].w;
-            let picker = node.picker.as_mut().expect("checked above");
-            if !w.seed && picker.any_missing() {
-                // As `from_parent::Worker::pick`: from the parent's offer until end game.
-                let Some(index) = picker.pick_offered(&mut w.offer, &w.has, &mut node.rng) else { break };
-                w.inflight.push_back((index, self.now));
-                self.after(lat, Event::RequestAt(c, index));
-                continue;
-            }
-            let mut mask = if w.seed {
-                let (mask, next) = seed_only_mask(&w.has, &node.holders, &mut w.since, now, grace, &node.host.id);
-                if let Some(next) = next {
-                    let at = next.duration_since(self.base).as_secs_f64();
-                    if w.grace_at.is_none_or(|g| at < g) {
-                        w.grace_at = Some(at);
-                        grace_due = Some(at);
-                    }
+            let Some(picker) = node.picker.as_mut() else { break };
+            let mask = || match w.seed {
+                true => {
+                    let (mask, next) = seed_only_mask(&w.has, &node.holders, &mut w.since, now, grace, &node.host.id);
+                    grace_due = next;
+                    mask
                 }
-                mask
-            } else {
-                w.has.clone()
+                false => w.has.clone(),
             };
-            for (i, _) in &w.inflight {
-                mask[*i as usize] = false;
-            }
-            let picker = node.picker.as_mut().expect("checked above");
-            let Some(index) = picker.pick(&mask, &mut node.rng) else { break };
+            let busy = w.inflight.iter().map(|(i, _)| *i);
+            let offer = (!w.seed).then_some(&mut w.offer);
+            let Some(index) = picker.pick_for_parent(offer, &w.has, mask, busy, &mut node.rng) else { break };
             w.inflight.push_back((index, self.now));
             self.after(lat, Event::RequestAt(c, index));
         }
-        if let Some(at) = grace_due {
-            self.at(at, Event::Grace(c));
+        // One timer per worker, for the earliest seed-only piece coming due.
+        if let Some(at) = grace_due.map(|next| next.duration_since(self.base).as_secs_f64()) {
+            let w = &mut self.conns[c].w;
+            if w.grace_at.is_none_or(|g| at < g) {
+                w.grace_at = Some(at);
+                self.at(at, Event::Grace(c));
+            }
         }
     }
 
@@ -246,9 +233,9 @@ impl Sim {
                 }
             }
         }
-        let children = self.nodes[p].children.clone();
-        for &c in &children {
-            let lat = self.one_way(c);
+        let lat = self.sc.latency_s;
+        for k in 0..self.nodes[p].children.len() {
+            let c = self.nodes[p].children[k];
             for &i in &shown {
                 self.after(lat, Event::Have(c, i));
             }
@@ -275,7 +262,7 @@ impl Sim {
         if self.conns[c].closed {
             return;
         }
-        let lat = self.one_way(c);
+        let lat = self.sc.latency_s;
         let held = self.nodes[p].avail.as_ref().is_some_and(|a| a.has(index));
         let child_id = self.conns[c].child_id.unwrap_or(0);
         if !held {
@@ -302,7 +289,7 @@ impl Sim {
             AnyOutcome::Given(i) => self.send_piece(c, i),
             AnyOutcome::Queued => {}
             AnyOutcome::Exhausted => {
-                let lat = self.one_way(c);
+                let lat = self.sc.latency_s;
                 self.after(lat, Event::Exhausted(c));
             }
         }
@@ -420,9 +407,8 @@ impl Sim {
             let h = &mut self.nodes[child].holders[index as usize];
             *h = h.saturating_sub(1);
         }
-        // The piece is missing again: every worker may ask for it.
+        // The piece is missing again: every worker (this one too) may ask for it.
         self.ask_all(child);
-        self.ask(c);
     }
 
     pub(crate) fn exhausted(&mut self, c: ConnId) {
@@ -471,15 +457,14 @@ impl Sim {
         self.nodes[n].left = true;
         for c in self.nodes[n].children.clone() {
             self.stop_flow(c);
-            let lat = self.one_way(c);
+            let lat = self.sc.latency_s;
             self.after(lat, Event::ParentGone(c));
         }
         for c in self.nodes[n].parents.values().copied().collect::<Vec<_>>() {
             self.close_conn(c);
         }
         if let Some(c) = self.nodes[n].origin {
-            self.stop_flow(c);
-            self.conns[c].closed = true;
+            self.close_conn(c);
         }
         self.send(n, ToSched::Unregister);
     }

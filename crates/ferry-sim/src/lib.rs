@@ -147,7 +147,6 @@ pub struct HostOutcome {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SimResult {
-    pub scenario_note: String,
     pub piece_size: u32,
     pub pieces: u32,
     /// Kumar–Ross lower bound for the scenario, at the links' nominal rates as the testbed

@@ -5,7 +5,7 @@
 use ferry_proto::scheduler::{host_command, peer_message, Finished, NeedParents, PiecesFinished, Register};
 use tokio::sync::mpsc;
 
-use crate::sim::{Event, NodeId, Sim, ToSched, SCHED_URL};
+use crate::sim::{Event, NodeId, Sim, ToSched, URL};
 
 /// How often a daemon reports stored pieces (`ferry-daemon`'s session flush).
 const FLUSH_S: f64 = 0.02;
@@ -36,7 +36,7 @@ impl Sim {
         Register {
             task_id: self.task.0.to_vec(),
             host: Some(node.host.clone()),
-            url: SCHED_URL.to_owned(),
+            url: URL.to_owned(),
             from_origin: node.from_origin,
             piece_size: self.layout.piece_size(),
             ..Default::default()

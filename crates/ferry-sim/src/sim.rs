@@ -94,7 +94,6 @@ pub struct Node {
     pub host: Host,
     pub up: LinkId,
     pub down: LinkId,
-    pub seed: bool,
     /// Among the receiving hosts.
     pub counted: bool,
     pub slow: bool,
@@ -136,7 +135,6 @@ impl Node {
         rng: StdRng,
     ) -> Self {
         Node {
-            seed: host.seed,
             host,
             up,
             down,
@@ -251,7 +249,8 @@ pub struct Sim {
     pub sched_errors: u64,
 }
 
-const URL: &str = "http://origin.sim/data.bin";
+/// What every simulated host asks for.
+pub const URL: &str = "http://origin.sim/data.bin";
 
 /// Simulated seconds between two samples of the links' load.
 const SAMPLE_S: f64 = 0.1;
@@ -348,7 +347,7 @@ impl Sim {
         let together = self.together_bound();
         let churn = self.sc.churn;
         for i in 0..self.nodes.len() {
-            if self.nodes[i].seed {
+            if self.nodes[i].host.seed {
                 self.join_seed(i);
                 continue;
             }
@@ -362,11 +361,12 @@ impl Sim {
     }
 
     fn together_bound(&self) -> f64 {
-        let receivers: Vec<&Node> = self.nodes.iter().filter(|n| n.counted || n.seed).collect();
+        // Every node receives: the hosts, and seeds on hosts of their own (as the testbed
+        // counts a seed host).
         let nominal = |l: LinkId| self.caps[l] * 8.0 / self.sc.goodput;
-        let ups: Vec<f64> = receivers.iter().map(|n| nominal(n.up)).collect();
-        let d_min = receivers.iter().map(|n| nominal(n.down)).fold(f64::INFINITY, f64::min);
-        bound(self.sc.size, self.sc.origin_bps, receivers.len(), &ups, d_min)
+        let ups: Vec<f64> = self.nodes.iter().map(|n| nominal(n.up)).collect();
+        let d_min = self.nodes.iter().map(|n| nominal(n.down)).fold(f64::INFINITY, f64::min);
+        bound(self.sc.size, self.sc.origin_bps, self.nodes.len(), &ups, d_min)
     }
 
     pub fn at(&mut self, t: f64, ev: Event) {
@@ -377,12 +377,6 @@ impl Sim {
 
     pub fn after(&mut self, dt: f64, ev: Event) {
         self.at(self.now + dt, ev);
-    }
-
-    /// One-way latency between two nodes (`None`: the origin, as far as any host).
-    pub fn lat(&self, a: Option<NodeId>, b: NodeId) -> f64 {
-        let _ = (a, b);
-        self.sc.latency_s
     }
 
     pub fn instant(&self, t: f64) -> Instant {
@@ -544,8 +538,7 @@ impl Sim {
             None => self.nodes[self.conns[c].child].origin_bytes += len,
         }
         self.transfers += 1;
-        let lat = self.lat(self.conns[c].parent, self.conns[c].child);
-        self.after(lat, Event::Deliver(c, index));
+        self.after(self.sc.latency_s, Event::Deliver(c, index));
         if self.conns[c].queue.is_empty() {
             self.stop_flow(c);
         } else {
@@ -590,7 +583,7 @@ impl Sim {
         for n in self.nodes.iter().filter(|n| !n.left) {
             up += self.used[n.up];
             up_cap += self.caps[n.up];
-            if n.done.is_none() && n.counted && !n.seed {
+            if n.done.is_none() && n.counted && !n.host.seed {
                 down += self.used[n.down];
                 down_cap += self.caps[n.down];
             }
@@ -627,7 +620,7 @@ impl Sim {
     pub fn new_conn(&mut self, child: NodeId, parent: Option<NodeId>) -> ConnId {
         let n = self.layout.piece_count() as usize;
         let up = parent.map_or(self.origin_link, |p| self.nodes[p].up);
-        let seed = parent.is_some_and(|p| self.nodes[p].seed);
+        let seed = parent.is_some_and(|p| self.nodes[p].host.seed);
         self.conns.push(Conn {
             child,
             parent,
@@ -669,7 +662,7 @@ impl Sim {
         together.max(last + self.sc.size as f64 * 8.0 / d_min)
     }
 
-    fn result(&self) -> SimResult {
+    fn result(mut self) -> SimResult {
         let size = self.sc.size;
         let bound_s = self.bound_s();
         let stayed: Vec<&Node> = self.nodes.iter().filter(|n| n.counted && !n.left).collect();
@@ -684,7 +677,7 @@ impl Sim {
             .iter()
             .map(|n| HostOutcome {
                 name: n.host.id.clone(),
-                seed: n.seed,
+                seed: n.host.seed,
                 slow: n.slow,
                 arrive_s: n.arrive,
                 done_s: n.done,
@@ -697,7 +690,6 @@ impl Sim {
         let decisions = ferry_scheduler::state::lock(&st).metrics.decisions[ferry_scheduler::metrics::DECISION_PARENTS]
             .load(std::sync::atomic::Ordering::Relaxed);
         SimResult {
-            scenario_note: String::new(),
             piece_size: self.layout.piece_size(),
             pieces: self.layout.piece_count(),
             bound_s,
@@ -712,7 +704,7 @@ impl Sim {
             finished,
             stayed: stayed.len(),
             events: self.events,
-            timeline: self.timeline.clone(),
+            timeline: std::mem::take(&mut self.timeline),
             hosts,
         }
     }
@@ -725,5 +717,3 @@ pub fn run(sc: &Scenario) -> SimResult {
     sim.run();
     sim.result()
 }
-
-pub const SCHED_URL: &str = URL;
