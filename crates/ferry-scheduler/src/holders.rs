@@ -183,7 +183,7 @@ fn no_holder(digest: &FileDigest) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{PeerEntry, TaskEntry};
+    use crate::state::TaskEntry;
     use ferry_proto::scheduler::Host;
     use tokio::sync::mpsc;
 
@@ -205,25 +205,7 @@ mod tests {
             let request =
                 ferry_types::OriginRequest::new(ferry_types::cache_url(&digest), vec![], Some(digest.clone()), vec![])
                     .unwrap();
-            let (tx, _) = mpsc::unbounded_channel();
-            t.insert_peer(
-                HostId::new(*id).unwrap(),
-                PeerEntry {
-                    host: host(id, *seed),
-                    tx,
-                    request,
-                    state: PeerState::Succeeded,
-                    pieces_held: 1,
-                    from_origin: false,
-                    granted: false,
-                    blocklist: vec![],
-                    throughput: None,
-                    waiting: false,
-                    session: 0,
-                    parked: true,
-                    pinned_until: 0,
-                },
-            );
+            t.insert_peer(HostId::new(*id).unwrap(), crate::state::parked_peer(host(id, *seed), request));
         }
         st.tasks.insert(task, t);
         let mut rxs = vec![];

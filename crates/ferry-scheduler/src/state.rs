@@ -261,27 +261,33 @@ impl State {
     }
 }
 
+/// A peer that finished `request` and parked (test books).
+#[cfg(test)]
+pub(crate) fn parked_peer(host: Host, request: OriginRequest) -> PeerEntry {
+    PeerEntry {
+        host,
+        tx: tokio::sync::mpsc::unbounded_channel().0,
+        request,
+        state: PeerState::Succeeded,
+        pieces_held: 1,
+        from_origin: false,
+        granted: false,
+        blocklist: vec![],
+        throughput: None,
+        waiting: false,
+        session: 0,
+        parked: true,
+        pinned_until: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn peer(seed: bool) -> PeerEntry {
         let url = url::Url::parse("http://origin.test/f").unwrap();
-        PeerEntry {
-            host: Host { seed, ..Default::default() },
-            tx: tokio::sync::mpsc::unbounded_channel().0,
-            request: OriginRequest::new(url, vec![], None, vec![]).unwrap(),
-            state: PeerState::Succeeded,
-            pieces_held: 1,
-            from_origin: false,
-            granted: false,
-            blocklist: vec![],
-            throughput: None,
-            waiting: false,
-            session: 0,
-            parked: true,
-            pinned_until: 0,
-        }
+        parked_peer(Host { seed, ..Default::default() }, OriginRequest::new(url, vec![], None, vec![]).unwrap())
     }
 
     #[test]

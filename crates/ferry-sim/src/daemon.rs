@@ -288,10 +288,7 @@ impl Sim {
         match avail.request_any(child_id, waiter) {
             AnyOutcome::Given(i) => self.send_piece(c, i),
             AnyOutcome::Queued => {}
-            AnyOutcome::Exhausted => {
-                let lat = self.sc.latency_s;
-                self.after(lat, Event::Exhausted(c));
-            }
+            AnyOutcome::Exhausted => self.after(self.sc.latency_s, Event::Exhausted(c)),
         }
         self.drain_avail(p);
     }
