@@ -99,6 +99,9 @@ pub async fn start(opts: ManagerOptions, cancel: CancellationToken) -> Result<Ru
     let grpc = bind(opts.grpc_listen).await?;
     let rest_addr = rest.local_addr().map_err(|e| ManagerError::Internal(e.to_string()))?;
     let grpc_addr = grpc.local_addr().map_err(|e| ManagerError::Internal(e.to_string()))?;
+    // Nagle off: small replies go out as written (see the scheduler's listener).
+    let grpc = tonic::transport::server::TcpIncoming::from_listener(grpc, true, None)
+        .map_err(|e| ManagerError::Internal(e.to_string()))?;
     let metrics_addr = match opts.metrics_listen {
         Some(addr) => {
             let mut registry = ferry_telemetry::Registry::default();
@@ -129,7 +132,7 @@ pub async fn start(opts: ManagerOptions, cancel: CancellationToken) -> Result<Ru
         let rest = axum::serve(rest, rest_app).with_graceful_shutdown(cancel.clone().cancelled_owned());
         let grpc = tonic::transport::Server::builder()
             .add_service(ferry_proto::manager::manager_server::ManagerServer::new(service))
-            .serve_with_incoming_shutdown(tokio_stream_incoming(grpc), cancel.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(grpc, cancel.clone().cancelled_owned());
         let (r, g) = tokio::join!(rest, grpc);
         if let Err(e) = r {
             tracing::warn!(error = %e, "REST server stopped");
@@ -141,10 +144,6 @@ pub async fn start(opts: ManagerOptions, cancel: CancellationToken) -> Result<Ru
     });
     tracing::info!(%rest_addr, %grpc_addr, database = %db::redact(&opts.database), "manager started");
     Ok(RunningManager { rest_addr, grpc_addr, metrics_addr, generated_root_password, done })
-}
-
-fn tokio_stream_incoming(l: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
-    tokio_stream::wrappers::TcpListenerStream::new(l)
 }
 
 fn hostname() -> String {

@@ -29,6 +29,7 @@ use ferry_types::{TaskId, TaskIdInput};
 use futures::StreamExt;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -82,6 +83,17 @@ mod tests {
         assert_eq!(firsts.len(), tasks);
         assert_eq!(percentile(&[1, 2, 3, 4], 0.5), 3);
     }
+
+    #[test]
+    fn histogram_quantiles_come_from_the_exposition() {
+        let text = "# TYPE x histogram\nx_bucket{le=\"0.000002\"} 10\nx_bucket{le=\"0.000004\"} 98\n\
+                    x_bucket{le=\"0.000008\"} 100\nx_bucket{le=\"+Inf\"} 100\nx_sum 0.0003\nx_count 100\n";
+        let b = histogram_buckets(text, "x_bucket");
+        assert_eq!(b.len(), 4);
+        assert_eq!(bucket_quantile(&b, 0.5), 0.000004);
+        assert_eq!(bucket_quantile(&b, 0.99), 0.000008);
+        assert_eq!(bucket_quantile(&[], 0.99), 0.0);
+    }
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -101,6 +113,18 @@ pub struct LoadReport {
     pub latency_us_p99: u64,
     pub latency_us_p999: u64,
     pub latency_us_max: u64,
+    /// The same decisions timed inside the scheduler (its `ferry_scheduler_decision_seconds`
+    /// histogram: rank, decide, send), as the upper edge of the bucket holding the quantile.
+    pub scheduler_decision_us_p50: f64,
+    pub scheduler_decision_us_p99: f64,
+    pub scheduler_decision_us_p999: f64,
+    /// The floor: a `Stats` call (one gRPC round trip on a new stream, next to no work)
+    /// timed every 5 ms on the peers' connections while they run.
+    pub round_trip_us_p50: u64,
+    pub round_trip_us_p99: u64,
+    pub round_trip_us_p999: u64,
+    /// Registrations started per second over the peers' phase (what `--rate` achieved).
+    pub registrations_per_s: f64,
     /// The scheduler's books at the end: hosts and peers it holds.
     pub scheduler_hosts: u64,
     pub scheduler_peers: u64,
@@ -120,12 +144,13 @@ struct Scheduler {
     child: tokio::process::Child,
     pid: u32,
     addr: String,
+    metrics: String,
 }
 
 impl Scheduler {
     async fn start(bin: &std::path::Path) -> anyhow::Result<Self> {
         let mut child = tokio::process::Command::new(bin)
-            .args(["scheduler", "--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(["scheduler", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .env("FERRY_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -137,9 +162,10 @@ impl Scheduler {
         let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await??.context("no ready line")?;
         let v: serde_json::Value = serde_json::from_str(&line)?;
         let addr = v["addr"].as_str().context("ready line without addr")?.to_owned();
+        let metrics = v["metrics"].as_str().context("ready line without metrics")?.to_owned();
         let pid = child.id().context("scheduler pid")?;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, pid, addr })
+        Ok(Self { child, pid, addr, metrics })
     }
 
     /// CPU seconds (user + system) the scheduler has used.
@@ -152,6 +178,12 @@ impl Scheduler {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         (ticks(11) + ticks(12)) / hz
+    }
+
+    /// The decision-time histogram from `/metrics`: (upper edge in seconds, cumulative count).
+    async fn decision_buckets(&self) -> anyhow::Result<Vec<(f64, u64)>> {
+        let text = reqwest::get(format!("http://{}/metrics", self.metrics)).await?.error_for_status()?.text().await?;
+        Ok(histogram_buckets(&text, "ferry_scheduler_decision_seconds_bucket"))
     }
 
     fn rss_bytes(&self) -> u64 {
@@ -365,6 +397,26 @@ async fn connect(addr: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     Ok(out)
 }
 
+/// The `(le, cumulative count)` pairs of one histogram in a Prometheus text exposition.
+fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, u64)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| {
+            let le = rest.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let count = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect()
+}
+
+/// The upper edge of the bucket that holds quantile `p` of a histogram's observations.
+fn bucket_quantile(buckets: &[(f64, u64)], p: f64) -> f64 {
+    let total = buckets.last().map_or(0, |b| b.1);
+    let rank = (total as f64 * p).ceil() as u64;
+    buckets.iter().find(|b| b.1 >= rank.max(1)).map_or(0.0, |b| b.0)
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -378,18 +430,42 @@ async fn stats(addr: &str) -> anyhow::Result<ferry_proto::scheduler::StatsRespon
     Ok(c.stats(StatsRequest {}).await?.into_inner())
 }
 
+/// Times a `Stats` round trip every 5 ms on `channels` until `stop`; microseconds.
+async fn round_trips(channels: Vec<Channel>, stop: CancellationToken) -> Vec<u64> {
+    let mut times = vec![];
+    for k in 0.. {
+        let mut client = SchedulerClient::new(channels[k % channels.len()].clone());
+        let started = Instant::now();
+        if client.stats(StatsRequest {}).await.is_ok() {
+            times.push(started.elapsed().as_micros() as u64);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+        }
+    }
+    times
+}
+
 /// Every peer's life, the tasks' first peers (the holders) before the others so every later
-/// peer finds a parent; returns the decision latencies in microseconds.
-async fn run_peers(addr: &str, a: &Arc<LoadArgs>, tally: &Arc<Tally>) -> anyhow::Result<Vec<u64>> {
+/// peer finds a parent; returns the decision latencies and the round trips timed beside
+/// them, in microseconds.
+async fn run_peers(addr: &str, a: &Arc<LoadArgs>, tally: &Arc<Tally>) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
     let peer_channels = connect(addr, 8).await?;
+    let stop = CancellationToken::new();
+    let probe = tokio::spawn(round_trips(peer_channels.clone(), stop.clone()));
     let m = stride(a.tasks);
     let mut latencies: Vec<u64> = vec![];
     for phase in [0..a.tasks, a.tasks..a.peers] {
-        let pace = (a.rate > 0).then(|| Duration::from_secs_f64(1.0 / a.rate as f64));
+        // Peer k of the phase starts at k / rate from the phase's start (or as soon as it
+        // can, when behind): the rate holds on average whatever the timer's granularity.
+        let start = tokio::time::Instant::now();
+        let first = phase.start;
         let got = futures::stream::iter(phase)
             .then(|k| async move {
-                if let Some(p) = pace {
-                    tokio::time::sleep(p).await;
+                if a.rate > 0 {
+                    let at = start + Duration::from_secs_f64((k - first) as f64 / a.rate as f64);
+                    tokio::time::sleep_until(at).await;
                 }
                 k
             })
@@ -402,7 +478,10 @@ async fn run_peers(addr: &str, a: &Arc<LoadArgs>, tally: &Arc<Tally>) -> anyhow:
             .await;
         latencies.extend(got.into_iter().filter_map(|r| r.ok().flatten()).map(|d| d.as_micros() as u64));
     }
-    Ok(latencies)
+    stop.cancel();
+    let mut floor = probe.await?;
+    floor.sort_unstable();
+    Ok((latencies, floor))
 }
 
 /// A tenth of the hosts leave (their sessions end, their parked peers go); returns the hosts
@@ -449,8 +528,11 @@ pub async fn run(a: LoadArgs, ferry_bin: PathBuf) -> anyhow::Result<LoadReport> 
 
     let tally = Arc::new(Tally::default());
     let a = Arc::new(a);
-    let mut latencies = run_peers(&sched.addr, &a, &tally).await?;
+    let peers_began = Instant::now();
+    let (mut latencies, floor) = run_peers(&sched.addr, &a, &tally).await?;
+    let peers_s = peers_began.elapsed().as_secs_f64();
     let cpu = sched.cpu_s() - cpu_before;
+    let buckets = sched.decision_buckets().await?;
     let end = stats(&sched.addr).await?;
     let rss_end = sched.rss_bytes();
 
@@ -473,6 +555,13 @@ pub async fn run(a: LoadArgs, ferry_bin: PathBuf) -> anyhow::Result<LoadReport> 
         latency_us_p99: percentile(&latencies, 0.99),
         latency_us_p999: percentile(&latencies, 0.999),
         latency_us_max: latencies.last().copied().unwrap_or(0),
+        scheduler_decision_us_p50: bucket_quantile(&buckets, 0.50) * 1e6,
+        scheduler_decision_us_p99: bucket_quantile(&buckets, 0.99) * 1e6,
+        scheduler_decision_us_p999: bucket_quantile(&buckets, 0.999) * 1e6,
+        round_trip_us_p50: percentile(&floor, 0.50),
+        round_trip_us_p99: percentile(&floor, 0.99),
+        round_trip_us_p999: percentile(&floor, 0.999),
+        registrations_per_s: a.peers as f64 / peers_s,
         scheduler_hosts: end.hosts,
         scheduler_peers: end.peers,
         scheduler_cpu_s: cpu,

@@ -82,5 +82,9 @@ fn load_generator_gets_every_peer_a_decision() {
     assert_eq!((n("scheduler_hosts"), n("scheduler_peers")), (100, 1000), "{v}");
     assert_eq!(n("hosts_after_departures"), 90, "{v}");
     assert!(n("latency_us_p50") > 0 && n("latency_us_p99") >= n("latency_us_p50"));
+    assert!(n("round_trip_us_p50") > 0, "the no-op round trip was timed: {v}");
+    let inside = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
+    assert!(inside("scheduler_decision_us_p50") > 0.0, "the scheduler's histogram was read: {v}");
+    assert!(inside("scheduler_decision_us_p99") >= inside("scheduler_decision_us_p50"));
     assert!(v["rss_per_peer_bytes"].as_f64().unwrap() > 0.0);
 }
