@@ -26,6 +26,7 @@ pub fn seed_only_mask(
     host: &str,
 ) -> (Vec<bool>, Option<Instant>) {
     let mut next: Option<Instant> = None;
+    let host = host_key(host);
     let mask = has
         .iter()
         .enumerate()
@@ -46,12 +47,19 @@ pub fn seed_only_mask(
     (mask, next)
 }
 
-/// A per (host, piece) factor in [0, 2).
-fn jitter(host: &str, index: u32) -> f64 {
-    let mut x: u64 = 0xcbf29ce484222325;
-    for b in host.bytes().chain(index.to_be_bytes()) {
-        x = (x ^ b as u64).wrapping_mul(0x100000001b3);
-    }
+/// The host's part of [`jitter`], hashed once per call rather than once per piece (the mask
+/// is built for every piece on every ask).
+fn host_key(host: &str) -> u64 {
+    host.bytes().fold(0xcbf29ce484222325, |x, b| (x ^ u64::from(b)).wrapping_mul(0x100000001b3))
+}
+
+/// A per (host, piece) factor in [0, 2): the piece index mixed into the host's key
+/// (SplitMix64's finaliser).
+fn jitter(host: u64, index: u32) -> f64 {
+    let mut x = host ^ u64::from(index).wrapping_mul(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
+    x ^= x >> 31;
     (x % 1024) as f64 / 512.0
 }
 
@@ -79,8 +87,10 @@ mod tests {
 
     #[test]
     fn jitter_spreads_hosts_over_the_grace_window() {
-        let j: Vec<f64> = (0..64).map(|h| jitter(&format!("host-{h}"), 7)).collect();
+        let j: Vec<f64> = (0..64).map(|h| jitter(host_key(&format!("host-{h}")), 7)).collect();
         assert!(j.iter().all(|x| (0.0..2.0).contains(x)));
         assert!(j.iter().any(|x| *x < 0.5) && j.iter().any(|x| *x > 1.5));
+        let pieces: Vec<f64> = (0..64).map(|i| jitter(host_key("host-1"), i)).collect();
+        assert!(pieces.iter().any(|x| *x < 0.5) && pieces.iter().any(|x| *x > 1.5), "and one host's pieces");
     }
 }

@@ -197,21 +197,22 @@ impl PiecePicker {
     pub fn pick<R: Rng>(&mut self, has: &[bool], rng: &mut R) -> Option<u32> {
         let verifiable = |i: usize| self.verifiable[i] || self.unverified_ok;
         let ok = |i: usize, s: &Slot, want: Slot| *s == want && verifiable(i) && has.get(i) == Some(&true);
-        let fresh: Vec<usize> =
-            self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::Missing)).map(|(i, _)| i).collect();
-        let chosen = if !fresh.is_empty() {
-            fresh[rng.gen_range(0..fresh.len())]
+        // A uniform choice among the matching slots, in two passes rather than a list of
+        // them: this runs on every ask of a seed worker, over every piece.
+        let choose = |want: Slot, rng: &mut R| -> Option<usize> {
+            let matching = |(i, s): &(usize, &Slot)| ok(*i, s, want);
+            let count = self.slots.iter().enumerate().filter(matching).count();
+            let k = (count > 0).then(|| rng.gen_range(0..count))?;
+            self.slots.iter().enumerate().filter(matching).nth(k).map(|(i, _)| i)
+        };
+        let chosen = if let Some(i) = choose(Slot::Missing, rng) {
+            i
         } else if self.missing > 0 {
             // Not the tail yet: pieces still missing elsewhere (not verifiable, or not held by
             // this parent) will come; duplicating now would only waste the parent's upload.
             return None;
         } else {
-            let dup: Vec<usize> =
-                self.slots.iter().enumerate().filter(|(i, s)| ok(*i, s, Slot::InFlight(1))).map(|(i, _)| i).collect();
-            if dup.is_empty() {
-                return None;
-            }
-            dup[rng.gen_range(0..dup.len())]
+            choose(Slot::InFlight(1), rng)?
         };
         self.slots[chosen] = match self.slots[chosen] {
             Slot::InFlight(n) => Slot::InFlight(n + 1),

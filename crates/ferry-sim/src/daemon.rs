@@ -365,6 +365,7 @@ impl Sim {
 
     fn complete(&mut self, n: NodeId) {
         self.nodes[n].done = Some(self.now);
+        self.outstanding -= usize::from(self.nodes[n].counted);
         self.finished(n);
         // Its workers end: their connections close.
         for c in self.nodes[n].parents.values().copied().collect::<Vec<_>>() {
@@ -452,6 +453,7 @@ impl Sim {
             return;
         }
         self.nodes[n].left = true;
+        self.outstanding -= usize::from(self.nodes[n].counted);
         for c in self.nodes[n].children.clone() {
             self.stop_flow(c);
             let lat = self.sc.latency_s;

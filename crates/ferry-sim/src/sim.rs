@@ -197,6 +197,8 @@ pub struct Conn {
     pub since: f64,
     pub gen: u64,
     pub active: bool,
+    /// Where it is in [`Sim::active`] while active.
+    pub slot: usize,
     pub child_id: Option<ChildId>,
     pub waiter: Option<(mpsc::UnboundedSender<u32>, mpsc::UnboundedReceiver<u32>)>,
     /// `RequestAny`s that reached a seed before it knew the layout.
@@ -237,6 +239,10 @@ pub struct Sim {
     pub used: Vec<f64>,
     pub nodes: Vec<Node>,
     pub conns: Vec<Conn>,
+    /// The connections sending now: an epoch shares the links among these alone.
+    active: Vec<ConnId>,
+    /// Counted hosts neither done nor gone: the run ends at 0.
+    pub outstanding: usize,
     pub ids: BTreeMap<String, NodeId>,
     pub origin_link: LinkId,
     epoch_pending: bool,
@@ -282,6 +288,8 @@ impl Sim {
             used: vec![0.0],
             nodes: vec![],
             conns: vec![],
+            active: vec![],
+            outstanding: 0,
             ids: BTreeMap::new(),
             origin_link: 0,
             epoch_pending: false,
@@ -338,6 +346,7 @@ impl Sim {
             let rng = StdRng::seed_from_u64(sc.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
             let pieces = self.layout.piece_count() as usize;
             self.nodes.push(Node::new(host, (up, down), counted, slow, arrive, pieces, rng));
+            self.outstanding += usize::from(counted);
         }
         self.schedule_starts(&mut rng);
     }
@@ -397,14 +406,10 @@ impl Sim {
             self.now = t;
             self.events += 1;
             self.dispatch(ev);
-            if self.all_done() {
+            if self.outstanding == 0 {
                 break;
             }
         }
-    }
-
-    fn all_done(&self) -> bool {
-        self.nodes.iter().all(|n| !n.counted || n.left || n.done.is_some())
     }
 
     /// The node an event happens at, for `--trace`.
@@ -500,6 +505,8 @@ impl Sim {
             let conn = &mut self.conns[c];
             conn.rate = rate;
             conn.active = true;
+            conn.slot = self.active.len();
+            self.active.push(c);
             if !self.epoch_pending {
                 self.epoch_pending = true;
                 let next = (self.now / self.sc.epoch_s).floor() * self.sc.epoch_s + self.sc.epoch_s;
@@ -524,6 +531,11 @@ impl Sim {
             self.used[conn.up] -= conn.rate;
             self.used[conn.down] -= conn.rate;
             conn.rate = 0.0;
+            let slot = conn.slot;
+            self.active.swap_remove(slot);
+            if let Some(&moved) = self.active.get(slot) {
+                self.conns[moved].slot = slot;
+            }
         }
     }
 
@@ -546,9 +558,10 @@ impl Sim {
         }
     }
 
-    /// Every transfer's progress up to now, then max-min fair rates for all of them.
+    /// Every transfer's progress up to now, then max-min fair rates for all of them. A
+    /// transfer whose rate stays keeps its end event.
     fn epoch(&mut self) {
-        let active: Vec<ConnId> = (0..self.conns.len()).filter(|c| self.conns[*c].active).collect();
+        let active = std::mem::take(&mut self.active);
         if active.is_empty() {
             self.epoch_pending = false;
             return;
@@ -559,12 +572,15 @@ impl Sim {
         for (k, &c) in active.iter().enumerate() {
             let now = self.now;
             let conn = &mut self.conns[c];
+            self.used[conn.up] += rates[k];
+            self.used[conn.down] += rates[k];
+            if rates[k] == conn.rate {
+                continue;
+            }
             conn.remaining = (conn.remaining - conn.rate * (now - conn.since)).max(0.0);
             conn.since = now;
             conn.rate = rates[k];
             conn.gen += 1;
-            self.used[conn.up] += conn.rate;
-            self.used[conn.down] += conn.rate;
             if conn.rate > 0.0 {
                 let (gen, done) = (conn.gen, now + conn.remaining / conn.rate);
                 self.at(done, Event::HeadDone(c, gen));
@@ -574,6 +590,7 @@ impl Sim {
             self.next_sample = self.now + SAMPLE_S;
             self.sample(active.len());
         }
+        self.active = active;
         self.after(self.sc.epoch_s, Event::Epoch);
     }
 
@@ -634,6 +651,7 @@ impl Sim {
             since: self.now,
             gen: 0,
             active: false,
+            slot: 0,
             child_id: None,
             waiter: None,
             pending_any: 0,
