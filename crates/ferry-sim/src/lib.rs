@@ -143,6 +143,10 @@ pub struct HostOutcome {
     pub left: bool,
     pub origin_bytes: u64,
     pub uploaded_bytes: u64,
+    /// Peer connections it opened to parents, and that children opened to it (the mesh the
+    /// scheduler gave it, over the whole run).
+    pub parents: usize,
+    pub children: usize,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

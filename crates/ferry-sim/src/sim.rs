@@ -690,10 +690,18 @@ impl Sim {
             false => f64::INFINITY,
         };
         let origin_bytes: u64 = self.nodes.iter().map(|n| n.origin_bytes).sum();
+        let (mut parents, mut children) = (vec![0; self.nodes.len()], vec![0; self.nodes.len()]);
+        for (c, p) in self.conns.iter().filter_map(|c| Some((c.child, c.parent?))) {
+            parents[c] += 1;
+            children[p] += 1;
+        }
         let hosts = self
             .nodes
             .iter()
-            .map(|n| HostOutcome {
+            .enumerate()
+            .map(|(i, n)| HostOutcome {
+                parents: parents[i],
+                children: children[i],
                 name: n.host.id.clone(),
                 seed: n.host.seed,
                 slow: n.slow,
