@@ -236,6 +236,9 @@ fn peer_of(k: usize, hosts: usize, tasks: usize, m: usize) -> (usize, usize) {
 
 const PIECE: u32 = 4 << 20;
 
+/// What keeps the host sessions open (and their keepalives going); emptied to end them.
+type Senders = Arc<std::sync::Mutex<Vec<mpsc::Sender<HostMessage>>>>;
+
 /// Opens every host session (64 at a time); returns the senders that keep them alive.
 async fn open_hosts(channels: &[Channel], a: &LoadArgs) -> anyhow::Result<Vec<mpsc::Sender<HostMessage>>> {
     let opened = futures::stream::iter(0..a.hosts)
@@ -260,7 +263,7 @@ async fn open_hosts(channels: &[Channel], a: &LoadArgs) -> anyhow::Result<Vec<mp
 
 /// Sends every host's keepalive once per `every`, spread over the interval as independent
 /// daemons would send them (not in one burst), until the senders close.
-fn keep_alive(senders: Arc<std::sync::Mutex<Vec<mpsc::Sender<HostMessage>>>>, every: Duration) {
+fn keep_alive(senders: Senders, every: Duration) {
     const TICK: Duration = Duration::from_millis(20);
     tokio::spawn(async move {
         let slices = (every.as_millis() / TICK.as_millis()).max(1) as usize;
@@ -503,6 +506,22 @@ async fn departures(
     Ok(now)
 }
 
+/// Every host's session, kept alive, once the scheduler counts them all; the senders that
+/// keep them open.
+async fn join_hosts(addr: &str, a: &LoadArgs) -> anyhow::Result<Senders> {
+    let host_channels = connect(addr, a.hosts.div_ceil(a.per_connection)).await?;
+    let senders = Arc::new(std::sync::Mutex::new(open_hosts(&host_channels, a).await?));
+    keep_alive(senders.clone(), Duration::from_secs(a.keepalive.max(1)));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while stats(addr).await?.hosts < a.hosts as u64 {
+        if Instant::now() > deadline {
+            bail!("the scheduler did not count every host session");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(senders)
+}
+
 pub async fn run(a: LoadArgs, ferry_bin: PathBuf) -> anyhow::Result<LoadReport> {
     if a.tasks == 0 || a.hosts == 0 || a.peers < a.tasks || a.tasks > a.hosts {
         bail!("need 0 < tasks <= hosts and tasks <= peers");
@@ -513,16 +532,7 @@ pub async fn run(a: LoadArgs, ferry_bin: PathBuf) -> anyhow::Result<LoadReport> 
     let began = Instant::now();
     let sched = Scheduler::start(&ferry_bin).await?;
     let rss_start = sched.rss_bytes();
-    let host_channels = connect(&sched.addr, a.hosts.div_ceil(a.per_connection)).await?;
-    let senders = Arc::new(std::sync::Mutex::new(open_hosts(&host_channels, &a).await?));
-    keep_alive(senders.clone(), Duration::from_secs(a.keepalive.max(1)));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while stats(&sched.addr).await?.hosts < a.hosts as u64 {
-        if Instant::now() > deadline {
-            bail!("the scheduler did not count every host session");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let senders = join_hosts(&sched.addr, &a).await?;
     let rss_hosts = sched.rss_bytes();
     let cpu_before = sched.cpu_s();
 
