@@ -545,15 +545,8 @@ pub struct GetArgs {
     /// Expected whole-file digest, sha256:<hex>, sha512:<hex> or gitsha1:<hex> (git's blob id).
     #[arg(long)]
     pub digest: Option<String>,
-    /// Part of the task's identity: requests with other tags never share the task.
-    #[arg(long, default_value = "")]
-    pub tag: String,
-    /// Part of the task's identity, like --tag: the application asking.
-    #[arg(long, default_value = "")]
-    pub application: String,
-    /// Query parameter that does not change the content (e.g. a signature); repeatable.
-    #[arg(long = "filter-query-param")]
-    pub filter_query_params: Vec<String>,
+    #[command(flatten)]
+    pub identity: TaskIdentityArgs,
     /// Give up after this long (e.g. 90s, 10m); no limit when not given.
     #[arg(long, value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -570,6 +563,21 @@ pub struct GetArgs {
     /// the shared file is made read-only).
     #[arg(long)]
     pub link: bool,
+}
+
+/// What besides the URL makes a task's identity (`ferry get`, `ferry task`, `ferry preheat
+/// file`): requests that differ in any of these never share a task.
+#[derive(Args, Debug, Default)]
+pub struct TaskIdentityArgs {
+    /// Part of the task's identity: requests with other tags never share the task.
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    /// Part of the task's identity, like --tag: the application asking.
+    #[arg(long, default_value = "")]
+    pub application: String,
+    /// Query parameter that does not change the content (e.g. a signature); repeatable.
+    #[arg(long = "filter-query-param")]
+    pub filter_query_params: Vec<String>,
 }
 
 #[derive(Args, Debug)]

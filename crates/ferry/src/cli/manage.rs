@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{parse_duration, DEFAULT_SOCKET};
+use super::{parse_duration, TaskIdentityArgs, DEFAULT_SOCKET};
 
 /// How a command reaches the manager's REST API.
 #[derive(Args, Debug, Clone)]
@@ -46,12 +46,8 @@ pub struct TaskArgs {
     /// A URL (as downloaded, with --tag/--application/--filter-query-param), a digest
     /// (`sha256:...`) or a task id (64 hex).
     pub task: String,
-    #[arg(long, default_value = "")]
-    pub tag: String,
-    #[arg(long, default_value = "")]
-    pub application: String,
-    #[arg(long = "filter-query-param")]
-    pub filtered_query_params: Vec<String>,
+    #[command(flatten)]
+    pub identity: TaskIdentityArgs,
     /// Only these clusters (repeatable) [default: every cluster with a live scheduler].
     #[arg(long = "cluster")]
     pub clusters: Vec<i64>,
@@ -131,12 +127,8 @@ pub struct PreheatFileArgs {
     /// Header for the origin, "Name: value"; repeatable.
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,
-    #[arg(long, default_value = "")]
-    pub tag: String,
-    #[arg(long, default_value = "")]
-    pub application: String,
-    #[arg(long = "filter-query-param")]
-    pub filtered_query_params: Vec<String>,
+    #[command(flatten)]
+    pub identity: TaskIdentityArgs,
     /// The file's digest (`sha256:...`), with one URL.
     #[arg(long)]
     pub digest: Option<String>,

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::cli::{ClusterCommand, ManagerClientArgs, PreheatTarget, TaskArgs, TaskCommand, TokenCommand};
+use crate::cli::{
+    ClusterCommand, ManagerClientArgs, PreheatTarget, TaskArgs, TaskCommand, TaskIdentityArgs, TokenCommand,
+};
 use crate::{exit, Exit};
 
 /// The manager's API with the caller's credentials.
@@ -187,10 +189,14 @@ pub async fn preheat(api: &Api, args: Value, target: &PreheatTarget) -> Result<(
     Ok(())
 }
 
+/// A task's identity as the manager's API takes it.
+pub(crate) fn identity(i: &TaskIdentityArgs) -> Value {
+    json!({"tag": i.tag, "application": i.application, "filtered_query_params": i.filter_query_params.join("&")})
+}
+
 fn task_args(a: &TaskArgs) -> Value {
     let t = a.task.as_str();
-    let mut args =
-        json!({"tag": a.tag, "application": a.application, "filtered_query_params": a.filtered_query_params.join("&")});
+    let mut args = identity(&a.identity);
     if t.starts_with("sha256:") || t.starts_with("sha512:") {
         args["digest"] = json!(t);
     } else if t.len() == 64 && t.chars().all(|c| c.is_ascii_hexdigit()) {

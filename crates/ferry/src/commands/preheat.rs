@@ -47,15 +47,11 @@ async fn image_via_manager(a: PreheatImageArgs) -> Result<(), Exit> {
 async fn file_via_manager(a: PreheatFileArgs) -> Result<(), Exit> {
     let headers = parse_headers(&a.headers)?;
     let api = super::manage::Api::connect(&a.manager).await?;
-    let args = serde_json::json!({
-        "type": "file",
-        "urls": a.urls,
-        "headers": header_map(&headers),
-        "tag": a.tag,
-        "application": a.application,
-        "filtered_query_params": a.filtered_query_params.join("&"),
-        "digest": a.digest.unwrap_or_default(),
-    });
+    let mut args = super::manage::identity(&a.identity);
+    args["type"] = "file".into();
+    args["urls"] = serde_json::json!(a.urls);
+    args["headers"] = header_map(&headers).into();
+    args["digest"] = a.digest.unwrap_or_default().into();
     super::manage::preheat(&api, args, &a.target).await
 }
 

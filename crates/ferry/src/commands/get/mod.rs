@@ -85,9 +85,9 @@ fn request(a: &GetArgs) -> Result<DownloadRequest, Exit> {
         output: output.display().to_string(),
         headers,
         digest: a.digest.clone().unwrap_or_default(),
-        tag: a.tag.clone(),
-        application: a.application.clone(),
-        filtered_query_params: a.filter_query_params.clone(),
+        tag: a.identity.tag.clone(),
+        application: a.identity.application.clone(),
+        filtered_query_params: a.identity.filter_query_params.clone(),
         timeout_millis: a.timeout.map_or(0, |t| t.as_millis() as u64),
         link: a.link,
     })

@@ -37,8 +37,8 @@ pub async fn run(a: GetArgs) -> Result<(), Exit> {
         let request = DownloadRequest {
             url: object.to_string(),
             output: out.display().to_string(),
-            tag: a.tag.clone(),
-            application: a.application.clone(),
+            tag: a.identity.tag.clone(),
+            application: a.identity.application.clone(),
             timeout_millis: a.timeout.map_or(0, |t| t.as_millis() as u64),
             link: a.link,
             ..Default::default()
