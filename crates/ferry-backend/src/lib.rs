@@ -101,6 +101,15 @@ impl SourceBody {
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, BackendError> {
         self.chunks.next().await.transpose()
     }
+
+    /// Puts what a reader looked ahead at back in front of the body, to be read again in
+    /// order: chunks, then the error that ended the look, if one did; `ended` when the
+    /// look reached the body's end, which is then where the body ends again.
+    pub fn put_back(&mut self, read: Vec<Result<Bytes, BackendError>>, ended: bool) {
+        let rest = std::mem::replace(&mut self.chunks, futures::stream::empty().boxed());
+        let rest = if ended { futures::stream::empty().boxed() } else { rest };
+        self.chunks = futures::stream::iter(read).chain(rest).boxed();
+    }
 }
 
 /// Every back-to-source implementation a daemon has, picked by URL scheme.

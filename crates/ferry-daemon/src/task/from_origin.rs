@@ -14,7 +14,7 @@
 //!   its own request, and no peer ever completes, or keeps, bytes that are not the digest's.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_backend::SourceBody;
@@ -120,9 +120,61 @@ impl WholeFile {
     }
 }
 
+/// Content shorter than this is cut by its length alone: most of it would be read before a
+/// rate could tell anything.
+const PROBE_MIN_LENGTH: u64 = 8 << 20;
+/// The look at a new task's first bytes lasts four times the wait for the response, within
+/// these bounds, and stops at [`PROBE_MAX_BYTES`].
+const PROBE_MIN: Duration = Duration::from_millis(50);
+const PROBE_MAX: Duration = Duration::from_millis(500);
+const PROBE_MAX_BYTES: u64 = 16 << 20;
+
+/// The rate (bytes per second) an origin delivers a new task at, for its piece size
+/// ([`PieceLayout::for_rate`]): the body's first bytes are read for a while and put back.
+/// The rate counts the second half of the look only, the first being mostly TCP's slow
+/// start; `None` when the body ended or failed first (the length then decides).
+async fn probe_rate(body: &mut SourceBody, waited: Duration) -> Option<f64> {
+    use tokio::time::Instant;
+    let start = Instant::now();
+    let half = start + (waited * 4).clamp(PROBE_MIN, PROBE_MAX) / 2;
+    let end = half + (half - start);
+    let (mut read, mut total, mut late) = (Vec::new(), 0u64, 0u64);
+    let mut ended = false;
+    let rate = loop {
+        match tokio::time::timeout_at(end, body.chunk()).await {
+            Err(_) => break Some(late as f64 / (end - half).as_secs_f64()),
+            Ok(Ok(Some(c))) => {
+                total += c.len() as u64;
+                late += if Instant::now() >= half { c.len() as u64 } else { 0 };
+                read.push(Ok(c));
+                if total >= PROBE_MAX_BYTES {
+                    break Some(total as f64 / start.elapsed().as_secs_f64());
+                }
+            }
+            Ok(Ok(None)) => {
+                ended = true;
+                break None;
+            }
+            Ok(Err(e)) => {
+                read.push(Err(e));
+                break None;
+            }
+        }
+    };
+    body.put_back(read, ended);
+    tracing::debug!(?rate, bytes = total, "origin rate measured");
+    rate
+}
+
 /// The layout of a task read for the first time, or a check that a reopened response still
-/// describes the content the task started with.
-fn settle_content(shared: &Shared, body: &SourceBody, piece_size: u32) -> Result<PieceLayout, DaemonError> {
+/// describes the content the task started with. `rate`: how fast the origin delivers, if
+/// it was measured.
+fn settle_content(
+    shared: &Shared,
+    body: &SourceBody,
+    piece_size: u32,
+    rate: Option<f64>,
+) -> Result<PieceLayout, DaemonError> {
     if let Some(c) = shared.handle.content.get() {
         if !body.validators.same_content(&c.validators) {
             return Err(DaemonError::OriginChanged(format!(
@@ -133,9 +185,10 @@ fn settle_content(shared: &Shared, body: &SourceBody, piece_size: u32) -> Result
         return Ok(*c.file.layout());
     }
     let length = body.validators.length;
-    let layout = match piece_size {
-        0 => PieceLayout::for_length(length),
-        ps => PieceLayout::new(length, ps).map_err(|e| DaemonError::BadRequest(e.to_string()))?,
+    let layout = match (piece_size, rate) {
+        (0, Some(rate)) => PieceLayout::for_rate(length, rate),
+        (0, None) => PieceLayout::for_length(length),
+        (ps, _) => PieceLayout::new(length, ps).map_err(|e| DaemonError::BadRequest(e.to_string()))?,
     };
     let meta =
         ContentMeta { layout, validators: body.validators.clone(), private: shared.handle.request.credentialed() };
@@ -161,8 +214,17 @@ async fn read_from(
     check: &mut Option<WholeFile>,
 ) -> Result<(), (DaemonError, bool)> {
     let request = &shared.handle.request;
+    let asked = Instant::now();
     let mut body = shared.env.origin.open(request, offset).await.map_err(|e| (e.into(), false))?;
-    let layout = settle_content(shared, &body, piece_size).map_err(|e| (e, false))?;
+    let new_task = shared.handle.content.get().is_none() && piece_size == 0;
+    let rate = match new_task && body.validators.length >= PROBE_MIN_LENGTH {
+        true => probe_rate(&mut body, asked.elapsed()).await,
+        false => None,
+    };
+    // A download cap is the rate the rest of the read will come at.
+    let cap = shared.env.opts.download_limit.as_ref().map(|l| l.bytes_per_second() as f64);
+    let rate = rate.map(|r| cap.map_or(r, |c| r.min(c)));
+    let layout = settle_content(shared, &body, piece_size, rate).map_err(|e| (e, false))?;
     if let Some(c) = check.as_mut() {
         c.catch_up(shared, offset).map_err(|e| (e, false))?;
     }
@@ -320,5 +382,71 @@ impl PieceInProgress {
     fn start(shared: &Shared, idx: PieceIndex) -> Self {
         let held = shared.is_done(idx.get());
         Self { hasher: blake3::Hasher::new(), written: 0, held, sinks: shared.handle.live_sinks() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_backend::BackendError;
+    use ferry_types::Validators;
+    use futures::StreamExt;
+
+    const KIB: usize = 1024;
+
+    /// A body of `len` bytes in chunks of `chunk`, one every `every`, and `tail` after them.
+    fn body(len: usize, chunk: usize, every: Duration, tail: Option<BackendError>) -> (SourceBody, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+        let mut items: Vec<Result<Bytes, BackendError>> =
+            data.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        items.extend(tail.map(Err));
+        let stream = futures::stream::iter(items).then(move |c| async move {
+            tokio::time::sleep(every).await;
+            c
+        });
+        let validators = Validators { length: len as u64, etag: None, last_modified: None };
+        (SourceBody::new(validators, stream.boxed()), data)
+    }
+
+    /// Everything the body yields from here on: its bytes, and whether it ended in an error.
+    async fn drain(body: &mut SourceBody) -> (Vec<u8>, bool) {
+        let mut got = Vec::new();
+        loop {
+            match body.chunk().await {
+                Ok(Some(c)) => got.extend_from_slice(&c),
+                Ok(None) => return (got, false),
+                Err(_) => return (got, true),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_origin_gets_small_pieces_and_loses_no_byte_to_the_look() {
+        // 64 KiB every 10 ms: 6.5 MB/s, a 50 Mbit/s link.
+        let (mut b, data) = body(16 << 20, 64 * KIB, Duration::from_millis(10), None);
+        let rate = probe_rate(&mut b, Duration::from_millis(1)).await.expect("measured");
+        assert!((5e6..8e6).contains(&rate), "rate {rate}");
+        assert_eq!(PieceLayout::for_rate(16 << 20, rate).piece_size(), 64 * KIB as u32);
+        assert_eq!(drain(&mut b).await, (data, false), "every byte, in order, once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fast_origin_gets_large_pieces_and_the_look_stops_at_its_byte_cap() {
+        let (mut b, data) = body(64 << 20, 1024 * KIB, Duration::from_micros(100), None);
+        let rate = probe_rate(&mut b, Duration::from_millis(1)).await.expect("measured");
+        assert_eq!(PieceLayout::for_rate(64 << 20, rate).piece_size(), 1024 * KIB as u32, "rate {rate}");
+        assert_eq!(drain(&mut b).await, (data, false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_ends_or_fails_during_the_look_is_cut_by_length_and_read_again_as_it_was() {
+        let (mut b, data) = body(300 * KIB, 64 * KIB, Duration::from_millis(1), None);
+        assert_eq!(probe_rate(&mut b, Duration::ZERO).await, None);
+        assert_eq!(drain(&mut b).await, (data, false));
+
+        let reset = BackendError::Read { url: "http://o/x".into(), reason: "connection reset".into() };
+        let (mut b, data) = body(300 * KIB, 64 * KIB, Duration::from_millis(1), Some(reset));
+        assert_eq!(probe_rate(&mut b, Duration::ZERO).await, None);
+        assert_eq!(drain(&mut b).await, (data, true), "the bytes, then the error");
     }
 }
