@@ -29,7 +29,7 @@ const TARGET_PIECES: u64 = 512;
 pub const AUTO_MAX_PIECE_SIZE: u32 = 1024 * 1024;
 const MAX_AUTO_PIECES: u64 = 16 * 1024;
 /// The longest a piece should take at the rate its origin delivers ([`PieceLayout::for_rate`]).
-pub const PIECE_TIME: std::time::Duration = std::time::Duration::from_millis(16);
+pub const PIECE_TIME: std::time::Duration = std::time::Duration::from_millis(14);
 /// Smallest piece size chosen from a rate: below it per-piece costs dominate.
 pub const MIN_RATE_PIECE_SIZE: u32 = 64 * 1024;
 /// Most pieces a task may have: a bitfield of them fits one control frame (1 MiB).

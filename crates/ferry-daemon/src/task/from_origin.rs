@@ -14,7 +14,7 @@
 //!   its own request, and no peer ever completes, or keeps, bytes that are not the digest's.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_backend::SourceBody;
@@ -123,29 +123,40 @@ impl WholeFile {
 /// Content shorter than this is cut by its length alone: most of it would be read before a
 /// rate could tell anything.
 const PROBE_MIN_LENGTH: u64 = 8 << 20;
-/// The look at a new task's first bytes lasts four times the wait for the response, within
-/// these bounds, and stops at [`PROBE_MAX_BYTES`].
-const PROBE_MIN: Duration = Duration::from_millis(50);
+/// The look at a new task's first bytes goes in windows ending at 25, 50, 100, 200, ... ms
+/// and stops when a window's rate is less than half again the one before (TCP's slow start
+/// is over), after [`PROBE_MAX`] or at [`PROBE_MAX_BYTES`].
+const PROBE_FIRST: Duration = Duration::from_millis(25);
 const PROBE_MAX: Duration = Duration::from_millis(500);
 const PROBE_MAX_BYTES: u64 = 16 << 20;
 
 /// The rate (bytes per second) an origin delivers a new task at, for its piece size
-/// ([`PieceLayout::for_rate`]): the body's first bytes are read for a while and put back.
-/// The rate counts the second half of the look only, the first being mostly TCP's slow
-/// start; `None` when the body ended or failed first (the length then decides).
-async fn probe_rate(body: &mut SourceBody, waited: Duration) -> Option<f64> {
+/// ([`PieceLayout::for_rate`]): the body's first bytes are read until their rate stops
+/// climbing, and put back. `None` when the body ended or failed first (the length then
+/// decides). On a LAN the look takes two windows (50 ms); an origin far away is looked at
+/// as long as its slow start lasts (the rate, taken over the whole look, is then low by up
+/// to half: pieces a size smaller).
+async fn probe_rate(body: &mut SourceBody) -> Option<f64> {
     use tokio::time::Instant;
     let start = Instant::now();
-    let half = start + (waited * 4).clamp(PROBE_MIN, PROBE_MAX) / 2;
-    let end = half + (half - start);
-    let (mut read, mut total, mut late) = (Vec::new(), 0u64, 0u64);
-    let mut ended = false;
+    let (mut read, mut total, mut ended) = (Vec::new(), 0u64, false);
+    let (mut window, mut in_window, mut before) = ((start, start + PROBE_FIRST), 0u64, None::<f64>);
     let rate = loop {
-        match tokio::time::timeout_at(end, body.chunk()).await {
-            Err(_) => break Some(late as f64 / (end - half).as_secs_f64()),
+        match tokio::time::timeout_at(window.1, body.chunk()).await {
+            Err(_) => {
+                let rate = in_window as f64 / (window.1 - window.0).as_secs_f64();
+                let looked = window.1 - start;
+                if before.is_some_and(|b| rate < 1.5 * b) || looked >= PROBE_MAX {
+                    // Over the whole look: a window of a few chunks is too coarse (bytes
+                    // that queued while the look began come in one burst).
+                    break Some(total as f64 / looked.as_secs_f64());
+                }
+                let next = start + (looked * 2).min(PROBE_MAX);
+                (window, in_window, before) = ((window.1, next), 0, Some(rate));
+            }
             Ok(Ok(Some(c))) => {
                 total += c.len() as u64;
-                late += if Instant::now() >= half { c.len() as u64 } else { 0 };
+                in_window += c.len() as u64;
                 read.push(Ok(c));
                 if total >= PROBE_MAX_BYTES {
                     break Some(total as f64 / start.elapsed().as_secs_f64());
@@ -162,7 +173,7 @@ async fn probe_rate(body: &mut SourceBody, waited: Duration) -> Option<f64> {
         }
     };
     body.put_back(read, ended);
-    tracing::debug!(?rate, bytes = total, "origin rate measured");
+    tracing::info!(look = ?start.elapsed(), ?rate, bytes = total, "origin rate measured");
     rate
 }
 
@@ -214,11 +225,10 @@ async fn read_from(
     check: &mut Option<WholeFile>,
 ) -> Result<(), (DaemonError, bool)> {
     let request = &shared.handle.request;
-    let asked = Instant::now();
     let mut body = shared.env.origin.open(request, offset).await.map_err(|e| (e.into(), false))?;
     let new_task = shared.handle.content.get().is_none() && piece_size == 0;
     let rate = match new_task && body.validators.length >= PROBE_MIN_LENGTH {
-        true => probe_rate(&mut body, asked.elapsed()).await,
+        true => probe_rate(&mut body).await,
         false => None,
     };
     // A download cap is the rate the rest of the read will come at.
@@ -424,16 +434,38 @@ mod tests {
     async fn a_slow_origin_gets_small_pieces_and_loses_no_byte_to_the_look() {
         // 64 KiB every 10 ms: 6.5 MB/s, a 50 Mbit/s link.
         let (mut b, data) = body(16 << 20, 64 * KIB, Duration::from_millis(10), None);
-        let rate = probe_rate(&mut b, Duration::from_millis(1)).await.expect("measured");
+        let rate = probe_rate(&mut b).await.expect("measured");
         assert!((5e6..8e6).contains(&rate), "rate {rate}");
         assert_eq!(PieceLayout::for_rate(16 << 20, rate).piece_size(), 64 * KIB as u32);
         assert_eq!(drain(&mut b).await, (data, false), "every byte, in order, once");
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_look_lasts_until_slow_start_is_over() {
+        // 64 KiB chunks, the gap between them halving every 40 ms from 40 ms down to 2.5 ms
+        // (25 MB/s), as a far origin's rate climbs for a few round trips.
+        let data: Vec<u8> = (0..(32usize << 20)).map(|i| (i % 249) as u8).collect();
+        let chunks: Vec<Bytes> = data.chunks(64 * KIB).map(Bytes::copy_from_slice).collect();
+        let start = tokio::time::Instant::now();
+        let stream = futures::stream::iter(chunks).then(move |c| async move {
+            let climbed = (start.elapsed().as_millis() / 40).min(4) as u32;
+            tokio::time::sleep(Duration::from_millis(40) / 2u32.pow(climbed)).await;
+            Ok(c)
+        });
+        let validators = Validators { length: data.len() as u64, etag: None, last_modified: None };
+        let mut b = SourceBody::new(validators, stream.boxed());
+        let rate = probe_rate(&mut b).await.expect("measured");
+        assert!(start.elapsed() >= Duration::from_millis(150), "looked until the climb ended");
+        // 256 KiB at the steady rate; the look's average, slow start in it, may say a size less.
+        let size = PieceLayout::for_rate(32 << 20, rate).piece_size();
+        assert!([128 * KIB as u32, 256 * KIB as u32].contains(&size), "rate {rate}, piece size {size}");
+        assert_eq!(drain(&mut b).await, (data, false));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_fast_origin_gets_large_pieces_and_the_look_stops_at_its_byte_cap() {
         let (mut b, data) = body(64 << 20, 1024 * KIB, Duration::from_micros(100), None);
-        let rate = probe_rate(&mut b, Duration::from_millis(1)).await.expect("measured");
+        let rate = probe_rate(&mut b).await.expect("measured");
         assert_eq!(PieceLayout::for_rate(64 << 20, rate).piece_size(), 1024 * KIB as u32, "rate {rate}");
         assert_eq!(drain(&mut b).await, (data, false));
     }
@@ -441,12 +473,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_ends_or_fails_during_the_look_is_cut_by_length_and_read_again_as_it_was() {
         let (mut b, data) = body(300 * KIB, 64 * KIB, Duration::from_millis(1), None);
-        assert_eq!(probe_rate(&mut b, Duration::ZERO).await, None);
+        assert_eq!(probe_rate(&mut b).await, None);
         assert_eq!(drain(&mut b).await, (data, false));
 
         let reset = BackendError::Read { url: "http://o/x".into(), reason: "connection reset".into() };
         let (mut b, data) = body(300 * KIB, 64 * KIB, Duration::from_millis(1), Some(reset));
-        assert_eq!(probe_rate(&mut b, Duration::ZERO).await, None);
+        assert_eq!(probe_rate(&mut b).await, None);
         assert_eq!(drain(&mut b).await, (data, true), "the bytes, then the error");
     }
 }
