@@ -181,7 +181,7 @@ impl Sim {
             let node = &mut self.nodes[child];
             let w = &mut self.conns[c].w;
             let Some(picker) = node.picker.as_mut() else { break };
-            let mask = || match w.seed && !w.exhausted {
+            let mask = || match w.seed {
                 true => {
                     let (mask, next) = seed_only_mask(&w.has, &node.holders, &mut w.since, now, grace, &node.host.id);
                     grace_due = next;

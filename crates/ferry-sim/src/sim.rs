@@ -265,6 +265,10 @@ impl Sim {
     fn new(sc: Scenario) -> Self {
         let layout = match sc.piece_size {
             Some(p) => PieceLayout::new(sc.size, p).expect("a valid piece size"),
+            // As a seed's daemon cuts it: by the rate its origin read comes at.
+            None if sc.size >= ferry_types::MIN_RATE_LENGTH => {
+                PieceLayout::for_rate(sc.size, sc.origin_bps.min(sc.link_bps) * sc.goodput / 8.0)
+            }
             None => PieceLayout::for_length(sc.size),
         };
         let mut opts = ferry_scheduler::SchedulerOptions::default();

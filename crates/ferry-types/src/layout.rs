@@ -28,6 +28,9 @@ const TARGET_PIECES: u64 = 512;
 /// Largest piece size chosen from a length alone, until [`MAX_AUTO_PIECES`].
 pub const AUTO_MAX_PIECE_SIZE: u32 = 1024 * 1024;
 const MAX_AUTO_PIECES: u64 = 16 * 1024;
+/// Content shorter than this is cut by its length alone, not by a measured rate: most of it
+/// would be read before a rate could tell anything.
+pub const MIN_RATE_LENGTH: u64 = 8 << 20;
 /// The longest a piece should take at the rate its origin delivers ([`PieceLayout::for_rate`]).
 pub const PIECE_TIME: std::time::Duration = std::time::Duration::from_millis(14);
 /// Smallest piece size chosen from a rate: below it per-piece costs dominate.

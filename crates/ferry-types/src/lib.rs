@@ -12,7 +12,7 @@ mod size;
 
 pub use digest::{DigestAlgo, FileDigest, FileHasher, PieceDigest};
 pub use id::{HostId, TaskId, TaskIdInput};
-pub use layout::{PieceIndex, PieceLayout, MAX_PIECES, MAX_PIECE_SIZE, MIN_PIECE_SIZE};
+pub use layout::{PieceIndex, PieceLayout, MAX_PIECES, MAX_PIECE_SIZE, MIN_PIECE_SIZE, MIN_RATE_LENGTH};
 pub use request::{
     cache_digest, cache_url, host_port, is_object_store_scheme, is_secret_header, redact_url, OriginRequest,
     RequestKey, Validators, CACHE_SCHEME,

@@ -120,9 +120,6 @@ impl WholeFile {
     }
 }
 
-/// Content shorter than this is cut by its length alone: most of it would be read before a
-/// rate could tell anything.
-const PROBE_MIN_LENGTH: u64 = 8 << 20;
 /// The look at a new task's first bytes goes in windows ending at 25, 50, 100, 200, ... ms
 /// and stops when a window's rate is less than half again the one before (TCP's slow start
 /// is over), after [`PROBE_MAX`] or at [`PROBE_MAX_BYTES`].
@@ -227,7 +224,7 @@ async fn read_from(
     let request = &shared.handle.request;
     let mut body = shared.env.origin.open(request, offset).await.map_err(|e| (e.into(), false))?;
     let new_task = shared.handle.content.get().is_none() && piece_size == 0;
-    let rate = match new_task && body.validators.length >= PROBE_MIN_LENGTH {
+    let rate = match new_task && body.validators.length >= ferry_types::MIN_RATE_LENGTH {
         true => probe_rate(&mut body).await,
         false => None,
     };
