@@ -1,5 +1,9 @@
 //! How a task's content is cut into pieces.
 //!
+//! A task read from its origin for the first time is cut by the rate its first bytes came
+//! at ([`PieceLayout::for_rate`]); content too short to measure, or cut without a read, by
+//! its length ([`PieceLayout::for_length`]), as follows.
+//!
 //! Piece size is a power of two chosen from the content length so that a file has about
 //! [`TARGET_PIECES`] pieces, bounded by [`MIN_PIECE_SIZE`] and [`MAX_PIECE_SIZE`]: small
 //! files get small pieces (a piece-time is added per level of the distribution tree), large
