@@ -174,6 +174,19 @@ async fn probe_rate(body: &mut SourceBody) -> Option<f64> {
     rate
 }
 
+/// The rate to cut a new task by (see [`probe_rate`]); `None` for a task whose layout is
+/// known or chosen, or too short to measure.
+async fn origin_rate(shared: &Shared, body: &mut SourceBody, piece_size: u32) -> Option<f64> {
+    let new_task = shared.handle.content.get().is_none() && piece_size == 0;
+    if !new_task || body.validators.length < ferry_types::MIN_RATE_LENGTH {
+        return None;
+    }
+    let rate = probe_rate(body).await?;
+    // A download cap is the rate the rest of the read will come at.
+    let cap = shared.env.opts.download_limit.as_ref().map(|l| l.bytes_per_second() as f64);
+    Some(cap.map_or(rate, |c| rate.min(c)))
+}
+
 /// The layout of a task read for the first time, or a check that a reopened response still
 /// describes the content the task started with. `rate`: how fast the origin delivers, if
 /// it was measured.
@@ -223,14 +236,7 @@ async fn read_from(
 ) -> Result<(), (DaemonError, bool)> {
     let request = &shared.handle.request;
     let mut body = shared.env.origin.open(request, offset).await.map_err(|e| (e.into(), false))?;
-    let new_task = shared.handle.content.get().is_none() && piece_size == 0;
-    let rate = match new_task && body.validators.length >= ferry_types::MIN_RATE_LENGTH {
-        true => probe_rate(&mut body).await,
-        false => None,
-    };
-    // A download cap is the rate the rest of the read will come at.
-    let cap = shared.env.opts.download_limit.as_ref().map(|l| l.bytes_per_second() as f64);
-    let rate = rate.map(|r| cap.map_or(r, |c| r.min(c)));
+    let rate = origin_rate(shared, &mut body, piece_size).await;
     let layout = settle_content(shared, &body, piece_size, rate).map_err(|e| (e, false))?;
     if let Some(c) = check.as_mut() {
         c.catch_up(shared, offset).map_err(|e| (e, false))?;
