@@ -85,6 +85,12 @@ impl Dag {
     pub fn parents_of(&self, child: &HostId) -> impl Iterator<Item = &HostId> {
         self.parents.get(child).into_iter().flatten()
     }
+
+    /// Whether `a` and `b` feed each other (an edge each way).
+    pub fn trade(&self, a: &HostId, b: &HostId) -> bool {
+        let has = |c: &HostId, p: &HostId| self.parents.get(c).is_some_and(|ps| ps.contains(p));
+        has(a, b) && has(b, a)
+    }
 }
 
 /// Removes `child` from `parent`'s children, and `parent`'s entry once it has none.

@@ -186,6 +186,11 @@ impl TaskEntry {
             .collect()
     }
 
+    /// A peer (seeds aside) drawn at random, in the order they came.
+    pub fn random_other(&self, rng: &mut impl rand::Rng) -> Option<&HostId> {
+        (!self.others.is_empty()).then(|| &self.others[rng.gen_range(0..self.others.len())])
+    }
+
     pub fn broadcast(&self, cmd: peer_command::Command, except: Option<&HostId>) {
         for (id, p) in &self.peers {
             if Some(id) != except {

@@ -41,6 +41,11 @@ impl Sim {
                     self.add_parent(n, &p.host_id);
                 }
             }
+            peer_command::Command::DropParents(d) => {
+                for id in d.host_id {
+                    self.drop_parent(n, &id);
+                }
+            }
             peer_command::Command::BackToSource(_) => self.start_origin(n),
             peer_command::Command::Wait(_) => {}
             peer_command::Command::TaskFailed(_) => self.sched_errors += 1,
@@ -418,11 +423,38 @@ impl Sim {
     /// The child's worker for this parent ends: what it asked goes back to the picker, the
     /// scheduler hears which parent failed.
     pub(crate) fn parent_gone(&mut self, c: ConnId) {
+        let Some((child, p)) = self.unlink(c) else { return };
+        if self.nodes[child].done.is_none() {
+            self.nodes[child].blocked.insert(p);
+            let parent = self.nodes[p].host.id.clone();
+            let failed = ParentFailed { parent, reason: FailReason::Unreachable as i32 };
+            self.send_message(child, peer_message::Message::ParentFailed(failed));
+            self.ask_all(child);
+        }
+    }
+
+    /// The scheduler took `id` from `n`'s parents (`DropParents`): the worker ends, what it
+    /// asked goes back to the picker, and no one is blamed.
+    fn drop_parent(&mut self, n: NodeId, id: &str) {
+        let Some(&p) = self.ids.get(id) else { return };
+        let Some(&c) = self.nodes[n].parents.get(&p) else { return };
+        if self.unlink(c).is_some() {
+            self.ask_all(n);
+        }
+    }
+
+    /// Closes the child's side of connection `c`, once: its asked pieces go back to the
+    /// picker, what the parent held no longer counts. Returns (child, parent) unless the
+    /// connection was closed already or the child has left.
+    fn unlink(&mut self, c: ConnId) -> Option<(NodeId, NodeId)> {
+        if self.conns[c].closed {
+            return None;
+        }
         let child = self.conns[c].child;
         let p = self.conns[c].parent.expect("a parent connection");
         self.close_conn(c);
         if self.nodes[child].left {
-            return;
+            return None;
         }
         let w = &mut self.conns[c].w;
         let inflight: Vec<u32> = w.inflight.drain(..).map(|(i, _)| i).collect();
@@ -437,13 +469,7 @@ impl Sim {
         if node.parents.get(&p) == Some(&c) {
             node.parents.remove(&p);
         }
-        if node.done.is_none() {
-            node.blocked.insert(p);
-            let parent = self.nodes[p].host.id.clone();
-            let failed = ParentFailed { parent, reason: FailReason::Unreachable as i32 };
-            self.send_message(child, peer_message::Message::ParentFailed(failed));
-            self.ask_all(child);
-        }
+        Some((child, p))
     }
 
     /// The host goes away: its connections break at both ends, its stream to the

@@ -320,7 +320,9 @@ async fn decision(
                 tally.failed.fetch_add(1, Ordering::Relaxed);
                 return Some(Decision::Other);
             }
-            peer_command::Command::TaskInfo(_) | peer_command::Command::Digests(_) => {}
+            peer_command::Command::TaskInfo(_)
+            | peer_command::Command::Digests(_)
+            | peer_command::Command::DropParents(_) => {}
         }
     }
 }

@@ -27,6 +27,7 @@ use ferry_transport::{ParentEvent, TransportError};
 use ferry_types::{HostId, PieceDigest};
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::SeedableRng;
+use tokio_util::sync::CancellationToken;
 
 use super::env::{ParentConn, ParentEvents, ParentRequests};
 use super::shared::{Event, Shared, Stored};
@@ -73,12 +74,24 @@ struct Worker<'a> {
     seed_only_since: Vec<Option<Instant>>,
 }
 
-pub async fn parent_worker(shared: &Shared, parent: &HostId, addr: SocketAddr, seed: bool) -> FailReason {
-    let (mut worker, mut events, _reader) = match Worker::connect(shared, parent, addr, seed).await {
+/// Pulls from `parent` until it fails, the task completes, or `stop` (the scheduler
+/// dropped the parent: it then ends with `Unspecified`, after settling what it holds).
+pub async fn parent_worker(
+    shared: &Shared,
+    parent: &HostId,
+    addr: SocketAddr,
+    seed: bool,
+    stop: &CancellationToken,
+) -> FailReason {
+    let connected = tokio::select! {
+        c = Worker::connect(shared, parent, addr, seed) => c,
+        _ = stop.cancelled() => return FailReason::Unspecified,
+    };
+    let (mut worker, mut events, _reader) = match connected {
         Ok(w) => w,
         Err(reason) => return reason,
     };
-    let reason = worker.run(&mut events).await;
+    let reason = worker.run(&mut events, stop).await;
     worker.settle(&mut events).await;
     reason
 }
@@ -147,7 +160,7 @@ impl<'a> Worker<'a> {
         Ok((worker, events, guard))
     }
 
-    async fn run(&mut self, events: &mut ParentEvents) -> FailReason {
+    async fn run(&mut self, events: &mut ParentEvents, stop: &CancellationToken) -> FailReason {
         let mut changed = self.shared.changed.subscribe();
         let timeout = self.shared.env.opts.piece_timeout;
         loop {
@@ -165,6 +178,7 @@ impl<'a> Worker<'a> {
                     Err(FailReason::Slow)
                 }
                 _ = sleep_until(grace_ends) => Ok(()),
+                _ = stop.cancelled() => Err(FailReason::Unspecified),
                 r = changed.changed() => r.map_err(|_| FailReason::Unspecified),
                 Some(done) = self.stores.next(), if !self.stores.is_empty() => self.on_stored(done),
                 ev = events.recv(), if self.stores.len() < STORE_DEPTH => self.on_event(ev),

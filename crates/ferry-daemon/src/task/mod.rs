@@ -23,7 +23,7 @@ mod tests;
 
 pub use phase::{Phase, Step};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,7 @@ use ferry_types::{HostId, PieceDigest};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::registry::{Content, TaskHandle};
 use crate::DaemonError;
@@ -51,7 +52,8 @@ pub async fn drive(env: Arc<TaskEnv>, handle: Arc<TaskHandle>, from_origin: bool
         phase: Phase::Resolving,
         events: events_rx,
         workers: JoinSet::new(),
-        parents: HashSet::new(),
+        parents: HashMap::new(),
+        next_worker: 0,
         blocked: HashSet::new(),
         origin_running: false,
         from_origin,
@@ -97,12 +99,21 @@ fn fail_locally(shared: &Shared, e: Arc<DaemonError>) {
     }
 }
 
+/// A parent's worker, as the task driver knows it.
+struct ParentLink {
+    worker: u64,
+    stop: CancellationToken,
+}
+
 struct TaskRun {
     shared: Arc<Shared>,
     phase: Phase,
     events: mpsc::UnboundedReceiver<Box<Event>>,
     workers: JoinSet<()>,
-    parents: HashSet<HostId>,
+    /// The parents being pulled from, each with its worker's number (a later worker for
+    /// the same parent is told apart from one still winding down) and its stop signal.
+    parents: HashMap<HostId, ParentLink>,
+    next_worker: u64,
     blocked: HashSet<HostId>,
     origin_running: bool,
     from_origin: bool,
@@ -364,19 +375,22 @@ impl TaskRun {
         let Ok(host) = HostId::new(p.host_id.clone()) else {
             return;
         };
-        if host == self.shared.env.opts.host_id || self.parents.contains(&host) || self.blocked.contains(&host) {
+        if host == self.shared.env.opts.host_id || self.parents.contains_key(&host) || self.blocked.contains(&host) {
             return;
         }
         let Ok(ip) = p.ip.parse::<std::net::IpAddr>() else {
             return;
         };
-        self.parents.insert(host.clone());
+        let worker = self.next_worker;
+        self.next_worker += 1;
+        let stop = CancellationToken::new();
+        self.parents.insert(host.clone(), ParentLink { worker, stop: stop.clone() });
         let shared = self.shared.clone();
         let addr = std::net::SocketAddr::new(ip, p.piece_port as u16);
         let span = tracing::info_span!("from_parent", parent = %host, seed = p.seed);
         let work = async move {
-            let reason = from_parent::parent_worker(&shared, &host, addr, p.seed).await;
-            shared.emit(Event::ParentGone { parent: host, reason });
+            let reason = from_parent::parent_worker(&shared, &host, addr, p.seed, &stop).await;
+            shared.emit(Event::ParentGone { parent: host, worker, reason });
         };
         self.workers.spawn(tracing::Instrument::instrument(work, span));
     }
@@ -465,6 +479,15 @@ impl TaskRun {
                     self.add_parent(p);
                 }
             }
+            peer_command::Command::DropParents(d) => {
+                // The scheduler reshaped the mesh: the worker finishes what has arrived,
+                // hands back what was asked, and ends without a report (no one failed).
+                for id in d.host_id {
+                    if let Some(link) = HostId::new(id).ok().and_then(|h| self.parents.remove(&h)) {
+                        link.stop.cancel();
+                    }
+                }
+            }
             peer_command::Command::Wait(_) => {
                 tracing::debug!("waiting for a seed to fetch from origin")
             }
@@ -509,7 +532,11 @@ impl TaskRun {
                 }
                 self.settle(send);
             }
-            Event::ParentGone { parent, reason } => {
+            Event::ParentGone { parent, worker, reason } => {
+                if self.parents.get(&parent).is_none_or(|l| l.worker != worker) {
+                    tracing::debug!(%parent, "dropped parent's worker ended");
+                    return Ok(());
+                }
                 self.parents.remove(&parent);
                 if self.phase.fetching() {
                     tracing::info!(%parent, ?reason, "parent dropped");

@@ -43,6 +43,8 @@ pub enum Event {
     },
     ParentGone {
         parent: HostId,
+        /// The worker's number (see `TaskRun::parents`).
+        worker: u64,
         reason: FailReason,
     },
     /// The origin told us the content length and validators: the scheduler must hear them.
