@@ -51,7 +51,7 @@ fn decide_and_tell(
     let mut ranked = ranked_parents(task, hosts, peer, &opts.rank, &mut rng.0);
     let splices = match want_origin || opts.rank.avoid_cycles {
         true => vec![],
-        false => plan_splices(task, peer, &ranked, opts.rank.max_parents, &mut rng.0),
+        false => plan_splices(task, peer, &ranked, &opts.rank, &mut rng.0),
     };
     if ranked.is_empty() && splices.is_empty() {
         ranked = starving_parents(task, hosts, peer, &opts.rank, &mut rng.0);
@@ -245,14 +245,17 @@ fn plan_splices(
     task: &TaskEntry,
     peer: &HostId,
     taken: &[HostId],
-    max_parents: usize,
+    opts: &RankOptions,
     rng: &mut impl rand::Rng,
 ) -> Vec<(HostId, HostId)> {
     let Some(p) = task.peers.get(peer) else { return vec![] };
     if p.from_origin || p.host.seed {
         return vec![];
     }
-    let want = max_parents.saturating_sub(task.dag.parents_of(peer).count() + taken.len()) / 2;
+    // Each splice gives `peer` two parents and two children.
+    let parents = opts.max_parents.saturating_sub(task.dag.parents_of(peer).count() + taken.len());
+    let children = (opts.peer_max_children as usize).saturating_sub(task.dag.children_of(peer) as usize);
+    let want = parents.min(children) / 2;
     let mut out: Vec<(HostId, HostId)> = vec![];
     let usable = |id: &HostId, out: &[(HostId, HostId)]| {
         id != peer

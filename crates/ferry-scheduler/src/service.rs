@@ -746,6 +746,41 @@ mod tests {
     }
 
     #[test]
+    fn late_peers_splice_into_mutual_edges_and_every_degree_and_view_holds() {
+        let rank = RankOptions { max_parents: 4, peer_max_children: 4, ..Default::default() };
+        let svc = SchedulerService::new(SchedulerOptions { rank, ..Default::default() });
+        let task = TaskId([7; 32]);
+        // "seed" reads the origin (an ordinary peer's limits); the others splice into the mesh.
+        let names: Vec<String> = (0..40).map(|i| format!("p{i:02}")).collect();
+        let mut rxs = vec![join(&svc, "seed", true)];
+        rxs.extend(names.iter().map(|n| join(&svc, n, false)));
+        // What each peer believes its parents are: `Parents` adds, `DropParents` removes.
+        let mut drops = 0;
+        for (i, rx) in rxs.iter_mut().enumerate().skip(1) {
+            let mut view = std::collections::BTreeSet::new();
+            for c in commands(rx) {
+                match c {
+                    peer_command::Command::Parents(p) => view.extend(p.parents.into_iter().map(|p| p.host_id)),
+                    peer_command::Command::DropParents(d) => {
+                        drops += 1;
+                        d.host_id.iter().for_each(|h| assert!(view.remove(h), "dropped {h}, never given"));
+                    }
+                    _ => {}
+                }
+            }
+            let st = svc.lock();
+            let dag = &st.tasks[&task].dag;
+            let me = HostId::new(names[i - 1].clone()).unwrap();
+            let truth: std::collections::BTreeSet<String> = dag.parents_of(&me).map(|h| h.to_string()).collect();
+            assert_eq!(view, truth, "{me}'s parents as told and as scheduled");
+            assert!((1..=4).contains(&truth.len()), "{me}: {truth:?}");
+            assert!(dag.children_of(&me) <= 4, "{me} over its child limit");
+        }
+        assert!(svc.lock().tasks[&task].dag.children_of(&HostId::new("seed").unwrap()) <= 4);
+        assert!(drops > 0, "forty peers at four parents each must splice");
+    }
+
+    #[test]
     fn a_capped_origin_is_read_once_at_a_time_over_tasks_and_a_restart() {
         let opts = SchedulerOptions { origin_concurrency: Some(1), ..Default::default() };
         let svc = SchedulerService::new(opts);

@@ -197,6 +197,8 @@ struct ScriptedParents {
     asked: Mutex<Vec<(SocketAddr, Ask)>>,
     /// Pieces sent, by all parents.
     sent: AtomicUsize,
+    /// Parents whose child closed the connection (dropped its request side).
+    hung_up: Mutex<Vec<SocketAddr>>,
 }
 
 impl ScriptedParents {
@@ -275,6 +277,7 @@ impl ParentDialer for Arc<ScriptedParents> {
                     return;
                 }
             }
+            parents.hung_up.lock().unwrap().push(addr);
         });
         let has = vec![true; layout().piece_count() as usize];
         Box::pin(async move { Ok(ParentConn { has, events, requests: Box::new(Requests(asks)), guard: Box::new(()) }) })
@@ -349,6 +352,7 @@ impl Harness {
             scripts: Default::default(),
             asked: Default::default(),
             sent: Default::default(),
+            hung_up: Default::default(),
         });
         let origin = Arc::new(Origin { data: data.clone(), plan: Default::default(), opens: Default::default() });
         let env = Arc::new(TaskEnv {
@@ -574,4 +578,27 @@ async fn a_finished_task_parks_and_a_new_driver_registers_it_again_with_everythi
     s.expect("Park", |m| matches!(m, peer_message::Message::Park(_))).await;
     assert!(handle.parked_at().is_some());
     assert_eq!(h.parents.asked_of(a).len(), layout().piece_count() as usize, "nothing fetched again");
+}
+
+#[tokio::test]
+async fn a_parent_the_scheduler_drops_is_left_without_blame_and_its_pieces_go_to_another() {
+    let mut h = Harness::new(|_| {});
+    let a = h.parents.add(1001, Script { stall_after: Some(3), ..Default::default() });
+    let b = h.parents.add(1002, Script::default());
+    let handle = h.start(false);
+    let mut s = h.session().await;
+    s.register().await;
+    s.everything_and_parent(&h.data, a);
+    until("A sent its three pieces", || h.parents.sent.load(Ordering::SeqCst) >= 3).await;
+    let drop = ferry_proto::scheduler::DropParents { host_id: vec![format!("parent-{}", a.port())] };
+    s.send(peer_command::Command::DropParents(drop));
+    until("A's worker hung up", || h.parents.hung_up.lock().unwrap().contains(&a)).await;
+    s.parent(b, false);
+    s.finished().await;
+    outcome(&handle).await.expect("the task completes");
+    h.assert_content_is_right(&handle);
+    let blamed = s.seen.iter().any(|m| matches!(m, peer_message::Message::ParentFailed(_)));
+    assert!(!blamed, "a dropped parent is not reported as failed: {:?}", s.seen);
+    assert_eq!(handle.counters.from_peers.load(Ordering::Relaxed), LEN as u64, "no piece stored twice");
+    assert_eq!(h.parents.asked_of(b).len(), layout().piece_count() as usize - 3, "B sends what A did not");
 }
