@@ -100,7 +100,7 @@ impl DaemonOptions {
             zone: String::new(),
             rack: String::new(),
             upload_slots: 32,
-            pieces_in_flight: 4,
+            pieces_in_flight: ferry_policy::PIECES_IN_FLIGHT,
             piece_size: None,
             piece_timeout: Duration::from_secs(15),
             back_to_source_after: Duration::from_secs(20),

@@ -16,5 +16,5 @@ pub use budget::BackToSourceBudget;
 pub use decide::{decide, pick_seed, Decision, DecisionInput, SeedCandidate};
 pub use grace::seed_only_mask;
 pub use graph::Dag;
-pub use picker::{Offer, PiecePicker};
+pub use picker::{Offer, PiecePicker, PIECES_IN_FLIGHT};
 pub use rank::{rank_parents, Candidate, ChildView, Locality, PeerState, RankOptions, Weights};

@@ -55,7 +55,7 @@ pub struct DaemonKnobs {
 impl Default for DaemonKnobs {
     fn default() -> Self {
         Self {
-            pieces_in_flight: 4,
+            pieces_in_flight: ferry_policy::PIECES_IN_FLIGHT,
             want_parents: 4,
             parent_refresh_s: 1.0,
             seed_grace_s: 1.0,

@@ -352,7 +352,7 @@ pub struct DaemonArgs {
     #[arg(long, env = "FERRY_DOWNLOAD_RATE")]
     pub download_rate: Option<ByteSize>,
     /// Requests in flight per parent.
-    #[arg(long, default_value_t = 4, env = "FERRY_PIECES_IN_FLIGHT")]
+    #[arg(long, default_value_t = ferry_policy::PIECES_IN_FLIGHT, env = "FERRY_PIECES_IN_FLIGHT")]
     pub pieces_in_flight: usize,
     /// Piece size for tasks this daemon reads from origin (power of two, e.g. 4MiB).
     #[arg(long)]
