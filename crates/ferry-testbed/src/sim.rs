@@ -48,7 +48,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Requests by index in flight per parent (`ferry daemon --pieces-in-flight`).
-    #[arg(long, default_value_t = ferry_policy::PIECES_IN_FLIGHT)]
+    #[arg(long, default_value_t = ferry_sim::DaemonKnobs::default().pieces_in_flight)]
     pieces_in_flight: usize,
     /// `PARENTS:CHILDREN`: the scheduler's parents per peer and children per parent
     /// (default 16:16).
