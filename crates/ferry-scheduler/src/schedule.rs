@@ -48,14 +48,7 @@ fn decide_and_tell(
     if task.peers.get(peer).is_none_or(|p| p.state == PeerState::Succeeded) {
         return None;
     }
-    let mut ranked = ranked_parents(task, hosts, peer, &opts.rank, &mut rng.0);
-    let splices = match want_origin || opts.rank.avoid_cycles {
-        true => vec![],
-        false => plan_splices(task, peer, &ranked, &opts.rank, &mut rng.0),
-    };
-    if ranked.is_empty() && splices.is_empty() {
-        ranked = starving_parents(task, hosts, peer, &opts.rank, &mut rng.0);
-    }
+    let (ranked, splices) = choose_parents(task, hosts, peer, want_origin, &opts.rank, &mut rng.0);
     // Seeds matter only to a peer with no parent and no seed asked yet: the other decisions
     // skip the walk over every host.
     let seeds = if ranked.is_empty() && task.fetch.is_none() { seed_candidates(hosts) } else { vec![] };
@@ -72,21 +65,8 @@ fn decide_and_tell(
     let tx = task.peers[peer].tx.clone();
     let (waiting, kind) = match decision {
         Decision::Parents => {
-            metrics.parents.observe(ranked.len() as f64);
-            let mut parents = vec![];
-            for id in &ranked {
-                if opts.rank.avoid_cycles {
-                    task.dag.add_edge(peer, id);
-                } else {
-                    task.dag.add_edge_unchecked(peer, id);
-                }
-                parents.extend(parent_message(hosts, task, id));
-            }
-            for id in splice(task, hosts, peer, &splices) {
-                parents.extend(parent_message(hosts, task, &id));
-            }
-            send(&tx, peer_command::Command::Parents(Parents { parents }));
-            offer_back(task, hosts, peer, &ranked, &opts.rank);
+            let given = give_parents(task, hosts, peer, &ranked, &splices, &opts.rank);
+            metrics.parents.observe(given as f64);
             (false, DECISION_PARENTS)
         }
         Decision::BackToSource => {
@@ -112,6 +92,55 @@ fn decide_and_tell(
         p.waiting = waiting;
     }
     Some(kind)
+}
+
+/// The parents for `peer`: those ranked within the child limits, and the mutual edges it
+/// will splice into (see [`plan_splices`]); when neither gives any, a few over the limits.
+fn choose_parents(
+    task: &TaskEntry,
+    hosts: &HashMap<HostId, HostEntry>,
+    peer: &HostId,
+    want_origin: bool,
+    opts: &RankOptions,
+    rng: &mut impl rand::Rng,
+) -> (Vec<HostId>, Vec<(HostId, HostId)>) {
+    let ranked = ranked_parents(task, hosts, peer, opts, rng);
+    let splices = match want_origin || opts.avoid_cycles {
+        true => vec![],
+        false => plan_splices(task, peer, &ranked, opts, rng),
+    };
+    if ranked.is_empty() && splices.is_empty() {
+        return (starving_parents(task, hosts, peer, opts, rng), splices);
+    }
+    (ranked, splices)
+}
+
+/// Records and sends `peer`'s new parents (`ranked`, then the ends of each splice), and
+/// offers `peer` back to the ranked ones. Returns how many it was given.
+fn give_parents(
+    task: &mut TaskEntry,
+    hosts: &HashMap<HostId, HostEntry>,
+    peer: &HostId,
+    ranked: &[HostId],
+    splices: &[(HostId, HostId)],
+    opts: &RankOptions,
+) -> usize {
+    let mut parents = vec![];
+    for id in ranked {
+        if opts.avoid_cycles {
+            task.dag.add_edge(peer, id);
+        } else {
+            task.dag.add_edge_unchecked(peer, id);
+        }
+        parents.extend(parent_message(hosts, task, id));
+    }
+    for id in splice(task, hosts, peer, splices) {
+        parents.extend(parent_message(hosts, task, &id));
+    }
+    let given = parents.len();
+    send(&task.peers[peer].tx, peer_command::Command::Parents(Parents { parents }));
+    offer_back(task, hosts, peer, ranked, opts);
+    given
 }
 
 /// Every live seed, as the policy sees it.
