@@ -48,7 +48,7 @@ fn decide_and_tell(
     if task.peers.get(peer).is_none_or(|p| p.state == PeerState::Succeeded) {
         return None;
     }
-    let (ranked, splices) = choose_parents(task, hosts, peer, want_origin, &opts.rank, &mut rng.0);
+    let (ranked, splices) = choose_parents(task, hosts, peer, want_origin || !opts.splice, &opts.rank, &mut rng.0);
     // Seeds matter only to a peer with no parent and no seed asked yet: the other decisions
     // skip the walk over every host.
     let seeds = if ranked.is_empty() && task.fetch.is_none() { seed_candidates(hosts) } else { vec![] };
@@ -94,18 +94,19 @@ fn decide_and_tell(
     Some(kind)
 }
 
-/// The parents for `peer`: those ranked within the child limits, and the mutual edges it
-/// will splice into (see [`plan_splices`]); when neither gives any, a few over the limits.
+/// The parents for `peer`: those ranked within the child limits, and unless `no_splice` the
+/// mutual edges it will splice into (see [`plan_splices`]); when neither gives any, a few
+/// over the limits.
 fn choose_parents(
     task: &TaskEntry,
     hosts: &HashMap<HostId, HostEntry>,
     peer: &HostId,
-    want_origin: bool,
+    no_splice: bool,
     opts: &RankOptions,
     rng: &mut impl rand::Rng,
 ) -> (Vec<HostId>, Vec<(HostId, HostId)>) {
     let ranked = ranked_parents(task, hosts, peer, opts, rng);
-    let splices = match want_origin || opts.avoid_cycles {
+    let splices = match no_splice || opts.avoid_cycles {
         true => vec![],
         false => plan_splices(task, peer, &ranked, opts, rng),
     };

@@ -33,11 +33,14 @@ pub struct SchedulerOptions {
     /// Origin reads at once per origin host over all tasks (seeds and peers sent back to
     /// source); `None`: no cap.
     pub origin_concurrency: Option<u32>,
+    /// A peer short of parents within the child limits splices into mutual edges (see
+    /// `schedule::plan_splices`); off: it takes only peers with a free child slot.
+    pub splice: bool,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        Self { rank: RankOptions::default(), back_to_source_limit: 1, origin_concurrency: None }
+        Self { rank: RankOptions::default(), back_to_source_limit: 1, origin_concurrency: None, splice: true }
     }
 }
 

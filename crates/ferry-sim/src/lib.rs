@@ -102,6 +102,8 @@ pub struct Scenario {
     /// The scheduler's parents per peer and children per parent; `None`: its defaults (16,
     /// 16).
     pub mesh: Option<(usize, u32)>,
+    /// The scheduler splices new peers into mutual edges (`ferry scheduler --no-splice`).
+    pub splice: bool,
     /// Print this host's events to stderr.
     pub trace: Option<String>,
 }
@@ -127,6 +129,7 @@ impl Default for Scenario {
             max_time_s: 3600.0,
             daemon: DaemonKnobs::default(),
             mesh: None,
+            splice: true,
             trace: None,
         }
     }

@@ -277,6 +277,7 @@ impl Sim {
             opts.rank.peer_max_children = children;
             opts.rank.seed_max_children = children;
         }
+        opts.splice = sc.splice;
         let svc = SchedulerService::new(opts);
         svc.seed_rng(sc.seed);
         let mut s = Sim {

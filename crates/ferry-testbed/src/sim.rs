@@ -54,6 +54,10 @@ pub struct SimArgs {
     /// (default 16:16).
     #[arg(long)]
     mesh: Option<String>,
+    /// The scheduler does not splice new peers into mutual edges (`ferry scheduler
+    /// --no-splice`), for comparison.
+    #[arg(long)]
+    no_splice: bool,
     /// Print this host's events (e.g. `h00003`, `seed-0`) to stderr.
     #[arg(long)]
     trace: Option<String>,
@@ -77,6 +81,7 @@ pub fn scenario(a: &SimArgs) -> Result<Scenario> {
         seed: a.seed,
         trace: a.trace.clone(),
         daemon: ferry_sim::DaemonKnobs { pieces_in_flight: a.pieces_in_flight, ..Default::default() },
+        splice: !a.no_splice,
         ..Default::default()
     };
     if let Some(m) = &a.mesh {

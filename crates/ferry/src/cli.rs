@@ -211,6 +211,10 @@ pub struct SchedulerArgs {
     /// ways. Off by default: in a mesh every peer passes on what it got first.
     #[arg(long, env = "FERRY_AVOID_CYCLES")]
     pub avoid_cycles: bool,
+    /// A new peer takes only parents with a free child slot, never the place of an edge
+    /// between two peers (the mesh then grows in generations; for comparison).
+    #[arg(long, env = "FERRY_NO_SPLICE")]
+    pub no_splice: bool,
     /// Origin reads at once per origin host (`host[:port]`) over all tasks of this scheduler:
     /// seeds reading for a task and peers sent back to source. Over it, peers wait; nothing
     /// reads the origin anyway. 0: no cap.

@@ -27,6 +27,7 @@ pub async fn run(a: SchedulerArgs) -> Result<(), Exit> {
         },
         back_to_source_limit: a.back_to_source_limit,
         origin_concurrency: (a.origin_concurrency > 0).then_some(a.origin_concurrency),
+        splice: !a.no_splice,
     };
     let svc = SchedulerService::new(opts.clone());
     let cancel = CancellationToken::new();
