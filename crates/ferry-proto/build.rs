@@ -4,6 +4,9 @@ fn main() {
     println!("cargo:rerun-if-changed=proto");
     tonic_build::configure()
         .codec_path("crate::codec::LeanCodec")
-        .compile_protos(&["proto/scheduler.proto", "proto/daemon.proto", "proto/manager.proto"], &["proto"])
+        .compile_protos(
+            &["proto/scheduler.proto", "proto/daemon.proto", "proto/manager.proto", "proto/membership.proto"],
+            &["proto"],
+        )
         .expect("compile protos");
 }

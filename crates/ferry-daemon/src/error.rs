@@ -49,6 +49,9 @@ pub enum DaemonError {
     Proxy(String),
     #[error("a daemon already listens on {0}")]
     AlreadyRunning(String),
+    /// Joining the cluster (the member certificate) failed for good.
+    #[error("cluster membership: {0}")]
+    Membership(#[from] ferry_membership::MembershipError),
     /// The scheduler gave up having seeds replicate an imported file.
     #[error("replication failed: {0}")]
     Replication(String),

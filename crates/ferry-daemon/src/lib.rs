@@ -12,6 +12,7 @@
 //!   ([`local`]: its client, for CLIs and tools); [`output`]: landing the file at the caller's path.
 //! - [`mirror`]: the OCI registry mirror (blobs and manifests by digest through P2P).
 //! - [`cache`]: files imported into the cluster from this host, their replicas and removal.
+//! - [`membership`]: this host's member certificate (joined with the token, renewed).
 //! - [`run`]: the wiring of all of the above.
 //!
 //! Dependencies run one way: `run` -> `api` -> (`mirror`, `cache`) -> `ctx` -> `task` -> (`gc`, `registry`,
@@ -29,6 +30,7 @@ pub mod error;
 pub mod gc;
 pub mod local;
 pub mod manager;
+pub mod membership;
 pub mod metrics;
 pub mod mirror;
 pub mod options;

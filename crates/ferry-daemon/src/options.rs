@@ -77,6 +77,9 @@ pub struct DaemonOptions {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Where liveness and readiness (`/livez`, `/readyz`) are served; `None`: not served.
     pub health_listen: Option<std::net::SocketAddr>,
+    /// Cluster membership: the join token this daemon trades for its certificate with the
+    /// schedulers; `None`: membership off (plain TCP to schedulers and peers, warned).
+    pub join_token: Option<ferry_membership::JoinToken>,
 }
 
 impl DaemonOptions {
@@ -121,6 +124,7 @@ impl DaemonOptions {
             object_store: Default::default(),
             metrics_listen: None,
             health_listen: None,
+            join_token: None,
         }
     }
 }

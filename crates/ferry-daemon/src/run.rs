@@ -52,8 +52,9 @@ pub async fn run(
     let store = open_store(&opts)?;
     let (listener, bound) = bind_pieces(&opts).await?;
     let uds = bind_socket(&opts.socket).await?;
-    let schedulers =
-        Arc::new(Schedulers::new(&opts.schedulers, !opts.managers.is_empty()).map_err(DaemonError::NoScheduler)?);
+    let Some(membership) = crate::membership::join(&opts, &cancel).await? else { return Ok(()) };
+    let schedulers = Schedulers::new(&opts.schedulers, !opts.managers.is_empty(), membership.client.clone());
+    let schedulers = Arc::new(schedulers.map_err(DaemonError::NoScheduler)?);
     let server_stats = Arc::new(ServerStats::default());
     let registry = Arc::new(Registry::default());
 
@@ -79,10 +80,13 @@ pub async fn run(
         host_info: host_info.clone(),
         cancel: cancel.clone(),
         scheduler: schedulers.clone(),
-        parents: Arc::new(TcpParents),
+        parents: Arc::new(TcpParents { tls: membership.client.clone() }),
         origin: Arc::new(Origins(backend.clone())),
     });
     let ctx = Arc::new(Ctx::new(env, server_stats.clone(), workers.clone(), backend, schedulers.clone()));
+    if let Some(renewal) = membership.renewal {
+        workers.spawn("certificate-renewal", cancel.clone(), renewal.run(cancel.clone()));
+    }
 
     let server = serve(
         listener,
@@ -91,6 +95,7 @@ pub async fn run(
             #[cfg(feature = "fault-injection")]
             corrupt_uploads: opts.corrupt_uploads,
             upload_limit: opts.upload_limit.clone(),
+            tls: membership.server.clone(),
             ..ServerOptions::default()
         },
         server_stats,

@@ -34,6 +34,8 @@ pub struct Schedulers {
     topology: tokio::sync::watch::Sender<u64>,
     /// What a session worker needs, set once sessions start.
     sessions: std::sync::OnceLock<SessionDeps>,
+    /// With membership: mutual TLS, and each scheduler must show a scheduler's certificate.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Clone)]
@@ -64,15 +66,16 @@ fn score(task: &TaskId, addr: &str) -> u64 {
     u64::from_be_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-fn entry(a: &str) -> Result<Arc<Entry>, String> {
+fn entry(a: &str, tls: &Option<Arc<rustls::ClientConfig>>) -> Result<Arc<Entry>, String> {
     let uri = if a.contains("://") { a.to_owned() } else { format!("http://{a}") };
     let ep = Endpoint::from_shared(uri)
         .map_err(|e| format!("scheduler address `{a}`: {e}"))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true);
+    let channel = ferry_membership::grpc::channel(ep, tls.clone(), Some(ferry_membership::Role::Scheduler));
     Ok(Arc::new(Entry {
         addr: a.to_owned(),
-        channel: ep.connect_lazy(),
+        channel,
         live: AtomicBool::new(false),
         tried: AtomicBool::new(false),
         generation: Default::default(),
@@ -81,9 +84,10 @@ fn entry(a: &str) -> Result<Arc<Entry>, String> {
 }
 
 impl Schedulers {
-    /// The schedulers at `addrs`; an empty set only when a manager will name them.
-    pub fn new(addrs: &[String], from_manager: bool) -> Result<Self, String> {
-        let entries = addrs.iter().map(|a| entry(a)).collect::<Result<Vec<_>, String>>()?;
+    /// The schedulers at `addrs`; an empty set only when a manager will name them. With
+    /// `tls`, every scheduler is dialled with mutual TLS.
+    pub fn new(addrs: &[String], from_manager: bool, tls: Option<Arc<rustls::ClientConfig>>) -> Result<Self, String> {
+        let entries = addrs.iter().map(|a| entry(a, &tls)).collect::<Result<Vec<_>, String>>()?;
         if entries.is_empty() && !from_manager {
             return Err("no scheduler address given (--scheduler HOST:PORT, or --manager HOST:PORT)".into());
         }
@@ -91,6 +95,7 @@ impl Schedulers {
             entries: RwLock::new(entries),
             topology: tokio::sync::watch::Sender::new(0),
             sessions: Default::default(),
+            tls,
         })
     }
 
@@ -114,7 +119,7 @@ impl Schedulers {
             added = addrs
                 .iter()
                 .filter(|a| !entries.iter().any(|e| &e.addr == *a))
-                .map(|a| entry(a))
+                .map(|a| entry(a, &self.tls))
                 .collect::<Result<_, _>>()?;
             removed = entries.iter().filter(|e| !addrs.contains(&e.addr)).cloned().collect();
             entries.retain(|e| addrs.contains(&e.addr));
@@ -326,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_set_follows_the_manager() {
-        let s = Schedulers::new(&["a:1".to_string(), "b:1".to_string()], false).unwrap();
+        let s = Schedulers::new(&["a:1".to_string(), "b:1".to_string()], false, None).unwrap();
         let mut rx = s.topology();
         assert!(s.set(&["b:1".to_string(), "c:1".to_string()]).unwrap());
         let mut now = s.addrs();
@@ -338,8 +343,8 @@ mod tests {
         assert!(!rx.has_changed().unwrap());
         assert!(s.set(&["c:1".to_string(), "bad address".to_string()]).is_err());
         assert_eq!(s.count(), 2, "a refused set changes nothing");
-        assert!(Schedulers::new(&[], false).is_err() && Schedulers::new(&[], true).is_ok());
-        let empty = Schedulers::new(&[], true).unwrap();
+        assert!(Schedulers::new(&[], false, None).is_err() && Schedulers::new(&[], true, None).is_ok());
+        let empty = Schedulers::new(&[], true, None).unwrap();
         assert_eq!(empty.owner(&TaskId([1; 32])).scheduler, "", "no owner before the manager names one");
     }
 

@@ -17,3 +17,7 @@ pub mod daemon {
 pub mod manager {
     tonic::include_proto!("ferry.manager.v1");
 }
+
+pub mod membership {
+    tonic::include_proto!("ferry.membership.v1");
+}

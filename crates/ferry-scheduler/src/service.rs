@@ -417,8 +417,10 @@ impl Scheduler for SchedulerService {
         &self,
         req: Request<Streaming<HostMessage>>,
     ) -> Result<Response<Self::HostSessionStream>, Status> {
+        let member = ferry_membership::grpc::member_of(&req).cloned();
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.and_then(|m| m.host);
+        validate::claim(member.as_ref(), first.as_ref())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (id, session) = self.join_host(first.as_ref(), tx)?;
         let this = self.clone();
@@ -469,11 +471,13 @@ impl Scheduler for SchedulerService {
         // A child of the peer's download when its daemon exports traces.
         let span = tracing::info_span!("announce_peer", task = tracing::field::Empty, peer = tracing::field::Empty);
         ferry_telemetry::trace::follow_grpc(&span, req.metadata());
+        let member = ferry_membership::grpc::member_of(&req).cloned();
         let mut inbound = req.into_inner();
         let reg = match inbound.message().await?.and_then(|m| m.message) {
             Some(peer_message::Message::Register(r)) => r,
             _ => return Err(Status::invalid_argument("the first peer message must be Register")),
         };
+        validate::claim(member.as_ref(), reg.host.as_ref())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (task_id, peer, session) = span.in_scope(|| self.register(&reg, tx.clone()))?;
         span.record("task", tracing::field::debug(&task_id));

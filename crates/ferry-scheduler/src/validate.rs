@@ -19,6 +19,20 @@ pub struct TaskMeta {
     pub info: TaskInfo,
 }
 
+/// With membership, a host speaks only for itself: the id it sends is the one its
+/// certificate names, and only a seed's certificate may claim to be a seed. Without
+/// membership (`member` is `None`) anything goes, as the start-up warning says.
+pub fn claim(member: Option<&ferry_membership::Member>, host: Option<&Host>) -> Result<(), Status> {
+    let (Some(m), Some(h)) = (member, host) else { return Ok(()) };
+    if h.id != m.host.as_str() {
+        return Err(Status::permission_denied(format!("{m} cannot speak for host {}", h.id)));
+    }
+    if h.seed && m.role != ferry_membership::Role::Seed {
+        return Err(Status::permission_denied(format!("{m} is not a seed")));
+    }
+    Ok(())
+}
+
 pub fn task_info(info: &TaskInfo) -> Result<TaskMeta, Status> {
     let layout =
         PieceLayout::new(info.content_length, info.piece_size).map_err(|e| invalid(format!("task info: {e}")))?;

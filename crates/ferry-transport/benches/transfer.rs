@@ -123,7 +123,7 @@ fn bench(c: &mut Criterion) {
 
 /// Asks for every piece, pipelined, and hands each to `each` as it arrives.
 async fn pull_all(addr: std::net::SocketAddr, mut each: impl FnMut(u32, Vec<u8>)) {
-    let (_, mut rd, mut wr) = connect(addr, TASK, PIECE, std::time::Duration::from_secs(5), None).await.unwrap();
+    let (_, mut rd, mut wr) = connect(addr, TASK, PIECE, std::time::Duration::from_secs(5), None, None).await.unwrap();
     let count = SIZE.div_ceil(PIECE as u64) as u32;
     let requests = async move {
         for i in 0..count {

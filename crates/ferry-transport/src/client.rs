@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use ferry_proto::frame::{Frame, RejectCode};
 use ferry_types::TaskId;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::avail::unpack_bits;
@@ -28,29 +29,45 @@ pub enum ParentEvent {
 }
 
 pub struct ParentReader {
-    rd: OwnedReadHalf,
+    rd: Box<dyn AsyncRead + Send + Unpin>,
     max_piece: u32,
 }
 
 pub struct ParentWriter {
-    wr: OwnedWriteHalf,
+    wr: Box<dyn AsyncWrite + Send + Unpin>,
 }
 
-/// Connects, says which task, and returns the parent's current bitfield with both halves.
+/// Connects (over TLS with `tls`: this host's member certificate, and the parent must show
+/// one of the same cluster), says which task, and returns the parent's current bitfield with
+/// both halves.
 pub async fn connect(
     addr: SocketAddr,
     task: TaskId,
     max_piece: u32,
     timeout: Duration,
     trace: Option<[u8; ferry_proto::frame::TRACE_LEN]>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<(Vec<bool>, ParentReader, ParentWriter), TransportError> {
     let a = addr.to_string();
-    let sock = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let dial = async {
+        let sock = TcpStream::connect(addr).await?;
+        sock.set_nodelay(true)?;
+        let Some(tls) = tls else {
+            let (rd, wr) = sock.into_split();
+            return Ok::<_, std::io::Error>((
+                Box::new(rd) as Box<dyn AsyncRead + Send + Unpin>,
+                Box::new(wr) as Box<_>,
+            ));
+        };
+        let stream =
+            tokio_rustls::TlsConnector::from(tls).connect(ferry_membership::creds::server_name(), sock).await?;
+        let (rd, wr) = tokio::io::split(stream);
+        Ok((Box::new(rd) as Box<_>, Box::new(wr) as Box<_>))
+    };
+    let (mut rd, mut wr) = tokio::time::timeout(timeout, dial)
         .await
         .map_err(|_| TransportError::ConnectTimeout { addr: a.clone() })?
         .map_err(|source| TransportError::ConnectParent { addr: a.clone(), source })?;
-    sock.set_nodelay(true)?;
-    let (mut rd, mut wr) = sock.into_split();
     write_frame(&mut wr, &Frame::Hello { task_id: task.0, trace }).await?;
     let first = tokio::time::timeout(timeout, read_frame(&mut rd))
         .await

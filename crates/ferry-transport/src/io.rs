@@ -64,6 +64,41 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io
     w.write_all(&buf).await
 }
 
+/// Where a piece server writes: a socket half that can send a range of a file as it is.
+pub trait PieceSink: AsyncWrite + Unpin + Send {
+    fn send_file<'a>(
+        &'a mut self,
+        file: &'a File,
+        offset: u64,
+        len: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'a;
+}
+
+/// Plain TCP: `sendfile(2)`, the bytes never pass through user space.
+impl PieceSink for tokio::net::tcp::OwnedWriteHalf {
+    async fn send_file(&mut self, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
+        sendfile_all(self.as_ref(), file, offset, len).await
+    }
+}
+
+/// TLS: the bytes are read into user space to be encrypted, in chunks of this size.
+const TLS_CHUNK: usize = 256 << 10;
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> PieceSink for tokio::io::WriteHalf<tokio_rustls::server::TlsStream<S>> {
+    async fn send_file(&mut self, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; TLS_CHUNK.min(len)];
+        let mut done = 0;
+        while done < len {
+            let n = TLS_CHUNK.min(len - done);
+            file.read_exact_at(&mut buf[..n], offset + done as u64)?;
+            self.write_all(&buf[..n]).await?;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
 /// Sends `len` bytes of `file` from `offset` to the socket without copying through user space.
 pub async fn sendfile_all(sock: &TcpStream, file: &File, offset: u64, len: usize) -> std::io::Result<()> {
     let mut off = offset as libc::off_t;

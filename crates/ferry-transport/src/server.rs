@@ -21,15 +21,14 @@ use bytes::BytesMut;
 use ferry_proto::frame::{self, Frame, Kind, PieceHead, RejectCode};
 use ferry_storage::TaskFile;
 use ferry_types::TaskId;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::avail::{AnyOutcome, EXHAUSTED};
-use crate::io::{read_frame_of, sendfile_all, write_frame, Incoming};
+use crate::io::{read_frame_of, write_frame, Incoming, PieceSink};
 use crate::{Availability, TransportError};
 
 /// Finds the content and availability of a task this daemon can serve.
@@ -52,6 +51,9 @@ pub struct ServerOptions {
     pub hello_timeout: Duration,
     /// The daemon's upload rate, shared by every connection; `None`: unlimited.
     pub upload_limit: Option<Arc<crate::RateLimit>>,
+    /// Cluster membership: every connection is TLS and must present a member certificate
+    /// (`Credentials::server_config(ClientAuth::Required)`); `None`: plain TCP, anyone.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ServerOptions {
@@ -73,6 +75,7 @@ impl Default for ServerOptions {
             max_per_address: 64,
             hello_timeout: Duration::from_secs(10),
             upload_limit: None,
+            tls: None,
         }
     }
 }
@@ -181,7 +184,38 @@ async fn handle(
     admission: Admission,
 ) -> Result<(), TransportError> {
     sock.set_nodelay(true)?;
-    let (mut rd, wr) = sock.into_split();
+    let Some(tls) = &opts.tls else {
+        let (rd, wr) = sock.into_split();
+        return handle_split(rd, wr, lookup, opts, stats, admission).await;
+    };
+    let peer = sock.peer_addr()?;
+    let accept = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(sock);
+    let stream = match tokio::time::timeout(ferry_membership::HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "refused a piece connection: no valid cluster certificate");
+            return Ok(());
+        }
+        Err(_) => {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "refused a piece connection: TLS handshake not done in time");
+            return Ok(());
+        }
+    };
+    let (rd, wr) = tokio::io::split(stream);
+    handle_split(rd, wr, lookup, opts, stats, admission).await
+}
+
+/// A connection's two halves, plain or TLS, from its `Hello` on.
+async fn handle_split<R: AsyncRead + Unpin + Send, W: PieceSink>(
+    mut rd: R,
+    wr: W,
+    lookup: Arc<dyn TaskLookup>,
+    opts: &ServerOptions,
+    stats: &ServerStats,
+    admission: Admission,
+) -> Result<(), TransportError> {
     let hello = read_frame_of(&mut rd, |k| k == Kind::Hello);
     let (task_id, trace) = match tokio::time::timeout(opts.hello_timeout, hello).await {
         Err(_) => return Err(TransportError::NoHello(opts.hello_timeout)),
@@ -199,9 +233,9 @@ async fn handle(
 }
 
 /// Serves one task on a connection whose `Hello` named it.
-async fn serve_task(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
-    mut wr: OwnedWriteHalf,
+async fn serve_task<R: AsyncRead + Unpin + Send, W: PieceSink>(
+    mut rd: R,
+    mut wr: W,
     task_id: TaskId,
     lookup: Arc<dyn TaskLookup>,
     opts: &ServerOptions,
@@ -251,8 +285,8 @@ fn unexpected(expected: &'static str, got: Option<Incoming>) -> TransportError {
     TransportError::Unexpected { expected, got }
 }
 
-async fn write_loop(
-    wr: OwnedWriteHalf,
+async fn write_loop<W: PieceSink>(
+    wr: W,
     mut requests: mpsc::Receiver<Ask>,
     mut haves: broadcast::Receiver<u32>,
     file: Arc<TaskFile>,
@@ -335,15 +369,15 @@ fn encode_all_shown(avail: &Availability, buf: &mut BytesMut) {
 }
 
 /// One connection's sending side.
-struct Writer<'a> {
-    wr: OwnedWriteHalf,
+struct Writer<'a, W> {
+    wr: W,
     file: &'a TaskFile,
     avail: &'a Availability,
     opts: &'a ServerOptions,
     stats: &'a ServerStats,
 }
 
-impl Writer<'_> {
+impl<W: PieceSink> Writer<'_, W> {
     async fn send_piece(&mut self, index: u32) -> Result<(), TransportError> {
         let (file, wr) = (self.file, &mut self.wr);
         let layout = file.layout();
@@ -372,7 +406,7 @@ impl Writer<'_> {
             return Ok(());
         }
         let content = file.file().map_err(|e| std::io::Error::other(e.to_string()))?;
-        sendfile_all(wr.as_ref(), &content, layout.offset(idx), len as usize).await?;
+        wr.send_file(&content, layout.offset(idx), len as usize).await?;
         self.stats.bytes_uploaded.fetch_add(len as u64, Ordering::Relaxed);
         Ok(())
     }

@@ -47,7 +47,7 @@ async fn serves_pipelined_pieces_haves_and_rejects() {
     let lookup = Arc::new(One(file.clone(), avail.clone()));
     tokio::spawn(serve(l, lookup, ServerOptions::default(), stats.clone(), cancel.clone()));
 
-    let (bits, mut rd, mut wr) = connect(addr, TASK, PIECE, Duration::from_secs(5), None).await.unwrap();
+    let (bits, mut rd, mut wr) = connect(addr, TASK, PIECE, Duration::from_secs(5), None, None).await.unwrap();
     assert_eq!(bits, vec![true, false, false, true]);
     // Pipelined: three requests before reading anything; answers come in order.
     for i in [0, 1, 3] {
@@ -79,7 +79,7 @@ async fn serves_pipelined_pieces_haves_and_rejects() {
     wr.request(1).await.unwrap();
     assert!(matches!(rd.next().await.unwrap().unwrap(), ParentEvent::Piece { index: 1, .. }));
 
-    let unknown = connect(addr, TaskId([1; 32]), PIECE, Duration::from_secs(5), None).await;
+    let unknown = connect(addr, TaskId([1; 32]), PIECE, Duration::from_secs(5), None, None).await;
     assert!(matches!(unknown, Err(TransportError::UnknownTask { .. })));
     cancel.cancel();
 }
@@ -95,7 +95,7 @@ async fn garbage_from_a_client_closes_only_its_connection() {
     let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
     assert_eq!(n, 0, "the server should close a connection that sent garbage");
     // The server still serves others.
-    assert!(connect(addr, TASK, PIECE, Duration::from_secs(5), None).await.is_ok());
+    assert!(connect(addr, TASK, PIECE, Duration::from_secs(5), None, None).await.is_ok());
     cancel.cancel();
 }
 
@@ -119,8 +119,8 @@ async fn dispensing_parent_hands_each_piece_to_one_child() {
     let stats = Arc::new(ServerStats::default());
     tokio::spawn(serve(l, Arc::new(One(file.clone(), avail.clone())), ServerOptions::default(), stats, cancel.clone()));
 
-    let (bits_a, mut rd_a, mut wr_a) = connect(addr, TASK, PIECE, Duration::from_secs(5), None).await.unwrap();
-    let (_, mut rd_b, mut wr_b) = connect(addr, TASK, PIECE, Duration::from_secs(5), None).await.unwrap();
+    let (bits_a, mut rd_a, mut wr_a) = connect(addr, TASK, PIECE, Duration::from_secs(5), None, None).await.unwrap();
+    let (_, mut rd_b, mut wr_b) = connect(addr, TASK, PIECE, Duration::from_secs(5), None, None).await.unwrap();
     assert_eq!(bits_a, vec![false, false]);
     let waiting = |n: usize| {
         let avail = avail.clone();
@@ -236,7 +236,7 @@ async fn strangers_beyond_the_per_address_cap_are_closed_and_introduced_ones_are
     // pulling many tasks from another. None is refused.
     let mut introduced = vec![];
     for _ in 0..10 {
-        introduced.push(connect(addr, TASK, PIECE, Duration::from_secs(5), None).await.unwrap());
+        introduced.push(connect(addr, TASK, PIECE, Duration::from_secs(5), None, None).await.unwrap());
     }
     // Two silent strangers fill this address's allowance; a third is closed at once.
     let mut silent = vec![];
@@ -245,7 +245,10 @@ async fn strangers_beyond_the_per_address_cap_are_closed_and_introduced_ones_are
     }
     let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
     assert!(closed_by_server(&mut third).await, "a third stranger from one address");
-    assert!(connect(addr, TASK, PIECE, Duration::from_secs(5), None).await.is_err(), "no room to say Hello either");
+    assert!(
+        connect(addr, TASK, PIECE, Duration::from_secs(5), None, None).await.is_err(),
+        "no room to say Hello either"
+    );
     // Another loopback address has its own allowance.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();

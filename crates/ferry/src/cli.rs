@@ -56,6 +56,26 @@ pub enum Command {
     /// Personal access tokens for the manager's API (Harbor's preheat, scripts).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The cluster's own CA and join token, for running with membership and no manager.
+    #[command(subcommand)]
+    Membership(MembershipCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MembershipCommand {
+    /// Make a cluster CA and a join token in DIR (`ca.crt`, `ca.key`, `join.token`). Point
+    /// schedulers at DIR (`--cluster-ca`) and every daemon at DIR/join.token
+    /// (`--join-token-file`); the key and the token are secrets.
+    Init {
+        #[arg(long, default_value = "/etc/ferry/membership")]
+        dir: PathBuf,
+    },
+    /// Replace DIR/join.token with a new token: hosts holding the old one can no longer join
+    /// or renew (schedulers re-read it within 10 s). Give the new file to the daemons.
+    RotateToken {
+        #[arg(long, default_value = "/etc/ferry/membership")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,6 +256,15 @@ pub struct SchedulerArgs {
     /// listen address, or the interface that routes to the manager].
     #[arg(long, env = "FERRY_ADVERTISE_IP")]
     pub advertise_ip: Option<IpAddr>,
+    /// The cluster CA's directory (made by `ferry membership init`): the scheduler then
+    /// serves only members (mutual TLS) and issues certificates to hosts that bring the join
+    /// token. Without it, anyone who reaches the port can join (warned at start).
+    #[arg(long, env = "FERRY_CLUSTER_CA")]
+    pub cluster_ca: Option<PathBuf>,
+    /// How long the certificates issued to hosts are valid; they renew at half. A revoked
+    /// join token stops a host's renewals, so this bounds how long a revoked host stays in.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, env = "FERRY_CERT_LIFETIME")]
+    pub cert_lifetime: Duration,
     /// Export traces over OTLP/HTTP to this collector (e.g. http://otel-collector:4318).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -477,6 +506,11 @@ pub struct DaemonArgs {
     /// A GCP service account key (JSON) for gs:// origins (`GOOGLE_*` variables work too).
     #[arg(long, env = "GOOGLE_SERVICE_ACCOUNT_KEY", hide_env_values = true)]
     pub gcs_service_account_key: Option<String>,
+    /// The cluster's join token file (`ferry membership init` writes it): the daemon trades
+    /// it with a scheduler for a member certificate, renews it by itself, and then speaks only
+    /// mutual TLS with schedulers and peers. Without it, membership is off (warned at start).
+    #[arg(long, env = "FERRY_JOIN_TOKEN_FILE")]
+    pub join_token_file: Option<PathBuf>,
     /// Export traces over OTLP/HTTP to this collector (e.g. http://otel-collector:4318).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,

@@ -51,7 +51,8 @@ pub fn init_tracing(cli: &Cli) {
         | Command::Cache(_)
         | Command::Task(_)
         | Command::Cluster(_)
-        | Command::Token(_) => "warn",
+        | Command::Token(_)
+        | Command::Membership(_) => "warn",
         _ => "info",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
@@ -103,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<(), Exit> {
         Command::Task(c) => commands::manage::task(c).await,
         Command::Cluster(c) => commands::manage::cluster(c).await,
         Command::Token(c) => commands::manage::token(c).await,
+        Command::Membership(c) => commands::membership::run(c),
     }
 }
 

@@ -102,7 +102,10 @@ pub trait OriginOpener: Send + Sync {
 }
 
 /// Parents over the piece protocol on TCP (`ferry_transport`).
-pub struct TcpParents;
+/// Parents over TCP; with membership (`tls`), mutual TLS with this host's certificate.
+pub struct TcpParents {
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
 
 impl ParentDialer for TcpParents {
     fn connect(
@@ -114,8 +117,10 @@ impl ParentDialer for TcpParents {
     ) -> BoxFuture<'static, Result<ParentConn, TransportError>> {
         // The download's trace goes on to the parent's side of the connection.
         let trace = ferry_telemetry::trace::current_wire();
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let (has, mut reader, writer) = ferry_transport::connect(addr, task, max_piece, timeout, trace).await?;
+            let (has, mut reader, writer) =
+                ferry_transport::connect(addr, task, max_piece, timeout, trace, tls).await?;
             let (tx, events) = mpsc::channel(8);
             let read = tokio::spawn(async move {
                 loop {

@@ -25,6 +25,10 @@ fn options(a: DaemonArgs) -> Result<DaemonOptions, Exit> {
         None => HostId::random(),
     };
     o.socket = a.socket;
+    o.join_token = match &a.join_token_file {
+        Some(p) => Some(ferry_membership::JoinToken::read(p).map_err(|e| usage(format!("--join-token-file: {e}")))?),
+        None => None,
+    };
     o.managers = a.managers;
     o.manager_refresh = a.manager_refresh;
     if let Some(h) = a.hostname {

@@ -7,5 +7,6 @@ pub mod get;
 pub mod init;
 pub mod manage;
 pub mod manager;
+pub mod membership;
 pub mod preheat;
 pub mod scheduler;
