@@ -21,6 +21,9 @@ pub struct Cluster {
     /// kept across a kill so a restart lands in the same one.
     netns: HashMap<String, String>,
     pub schedulers: Vec<String>,
+    /// With membership on: the cluster CA's directory (schedulers get `--cluster-ca`, daemons
+    /// its join token) and the CA, for clients of the cluster's own.
+    membership: Option<(PathBuf, std::sync::Arc<ferry_membership::ClusterCa>)>,
 }
 
 pub struct Proc {
@@ -54,7 +57,36 @@ pub struct DaemonInfo {
 impl Cluster {
     pub fn new(bin: PathBuf) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("ferry-cluster-").tempdir()?;
-        Ok(Self { bin, dir, procs: HashMap::new(), netns: HashMap::new(), schedulers: vec![] })
+        Ok(Self { bin, dir, procs: HashMap::new(), netns: HashMap::new(), schedulers: vec![], membership: None })
+    }
+
+    /// Turns cluster membership on for every role started from now on: a CA and join token
+    /// in `membership/` under the cluster's directory, as `ferry membership init` makes them.
+    pub fn enable_membership(&mut self) -> Result<PathBuf, ferry_membership::MembershipError> {
+        let dir = self.dir.path().join("membership");
+        let (ca, _) = ferry_membership::ClusterCa::create(&dir)?;
+        self.membership = Some((dir.clone(), std::sync::Arc::new(ca)));
+        Ok(dir)
+    }
+
+    /// The cluster CA, when membership is on.
+    pub fn ca(&self) -> Option<&std::sync::Arc<ferry_membership::ClusterCa>> {
+        self.membership.as_ref().map(|(_, ca)| ca)
+    }
+
+    /// A channel to a scheduler as a member would open it (a certificate of its own, named
+    /// `as_host`, when membership is on).
+    pub fn scheduler_channel(&self, addr: &str, as_host: &str) -> std::io::Result<tonic::transport::Channel> {
+        let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(std::io::Error::other)?;
+        let tls = match self.ca() {
+            Some(ca) => {
+                let host = ferry_types::HostId::new(as_host).map_err(std::io::Error::other)?;
+                let member = ferry_membership::Member::new(host, ferry_membership::Role::Peer);
+                Some(ca.credentials_for(member).and_then(|c| c.client_config()).map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
+        Ok(ferry_membership::grpc::channel(ep, tls, Some(ferry_membership::Role::Scheduler)))
     }
 
     pub fn dir(&self) -> &Path {
@@ -118,6 +150,9 @@ impl Cluster {
     /// from then on, so a restart comes back where daemons look for it.
     pub async fn start_scheduler_with(&mut self, name: &str, listen: &str, extra: &[&str]) -> std::io::Result<String> {
         let mut args = ["scheduler", "--listen", listen, "--metrics-listen", "127.0.0.1:0"].map(String::from).to_vec();
+        if let Some((dir, _)) = &self.membership {
+            args.extend(["--cluster-ca".to_owned(), dir.display().to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let addr = self.spawn(name, args).await?.addr.clone();
         if let Some(p) = self.procs.get_mut(name) {
@@ -205,6 +240,9 @@ impl Cluster {
         }
         if seed {
             args.push("--seed".into());
+        }
+        if let Some((dir, _)) = &self.membership {
+            args.extend(["--join-token-file".into(), dir.join(ferry_membership::ca::JOIN_TOKEN).display().to_string()]);
         }
         args
     }

@@ -69,6 +69,8 @@ async fn run_in(cluster: &mut Cluster, a: &DemoArgs) -> Result<DemoReport, Exit>
     let origin = Origin::start(HashMap::from([("demo.bin".to_owned(), content)]), OriginOptions::default())
         .await
         .map_err(fail)?;
+    // As it would be deployed: every role proves it belongs to the cluster (mutual TLS).
+    cluster.enable_membership().map_err(fail)?;
     cluster.start_scheduler("scheduler").await.map_err(fail)?;
     let piece = a.piece_size.map(|p| p.to_string());
     let seed_extra: Vec<&str> = piece.as_deref().map(|p| vec!["--piece-size", p]).unwrap_or_default();
@@ -113,8 +115,8 @@ async fn run_in(cluster: &mut Cluster, a: &DemoArgs) -> Result<DemoReport, Exit>
 }
 
 async fn wait_for_hosts(cluster: &Cluster, n: usize) -> Result<(), Exit> {
-    let addr = format!("http://{}", cluster.schedulers[0]);
-    let mut client = ferry_proto::scheduler::scheduler_client::SchedulerClient::connect(addr).await.map_err(fail)?;
+    let channel = cluster.scheduler_channel(&cluster.schedulers[0], "demo").map_err(fail)?;
+    let mut client = ferry_proto::scheduler::scheduler_client::SchedulerClient::new(channel);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let stats = client.stats(ferry_proto::scheduler::StatsRequest {}).await.map_err(fail)?.into_inner();

@@ -42,6 +42,8 @@ pub struct Spec<'a> {
     /// Start a seed peer (`Setup::seed` is then the seed; without one it is unused).
     pub seed: bool,
     pub scheduler_args: &'a [&'a str],
+    /// Cluster membership on: a CA, every role with its certificate (mutual TLS).
+    pub membership: bool,
 }
 
 impl Default for Spec<'_> {
@@ -55,6 +57,7 @@ impl Default for Spec<'_> {
             seed_args: &[],
             seed: true,
             scheduler_args: &[],
+            membership: false,
         }
     }
 }
@@ -69,6 +72,9 @@ impl Setup {
             .collect();
         let origin = Origin::start(files.clone(), spec.origin).await.unwrap();
         let mut cluster = Cluster::new(bin()).unwrap();
+        if spec.membership {
+            cluster.enable_membership().unwrap();
+        }
         for i in 0..spec.schedulers {
             cluster.start_scheduler_with(&format!("scheduler-{i}"), "127.0.0.1:0", spec.scheduler_args).await.unwrap();
         }
@@ -94,7 +100,7 @@ impl Setup {
     /// Waits until every scheduler counts `n` hosts.
     pub async fn wait_hosts(&self, n: usize) {
         for addr in &self.cluster.schedulers {
-            let c = SchedulerClient::connect(format!("http://{addr}")).await.unwrap();
+            let c = SchedulerClient::new(self.cluster.scheduler_channel(addr, "test-client").unwrap());
             wait_until("hosts to join the scheduler", Duration::from_secs(20), || {
                 let mut c = c.clone();
                 async move {
