@@ -71,10 +71,10 @@ async fn a_host_joins_with_the_token_and_members_see_each_other_by_certificate()
     let (ca, token) = ClusterCa::create(dir.path()).unwrap();
     let ca = Arc::new(ca);
     let cancel = CancellationToken::new();
-    let join_at = serve_join(ca.clone(), cancel.clone()).await;
+    let join_at = vec![serve_join(ca.clone(), cancel.clone()).await];
 
-    let a = join(&[join_at.clone()], &token, member("a", Role::Seed)).await.unwrap();
-    let b = join(&[join_at.clone()], &token, member("b", Role::Peer)).await.unwrap();
+    let a = join(&join_at, &token, member("a", Role::Seed)).await.unwrap();
+    let b = join(&join_at, &token, member("b", Role::Peer)).await.unwrap();
     let server = echo_member(&a).await;
     assert_eq!(ask(server, b.client_config().unwrap()).await.unwrap(), "ferry://member/peer/b");
 
@@ -87,9 +87,9 @@ async fn a_host_joins_with_the_token_and_members_see_each_other_by_certificate()
         token.expose().rsplit_once('.').unwrap().1
     ))
     .unwrap();
-    let e = join(&[join_at.clone()], &wrong_secret, member("c", Role::Peer)).await.unwrap_err();
+    let e = join(&join_at, &wrong_secret, member("c", Role::Peer)).await.unwrap_err();
     assert!(e.to_string().contains("not accepted"), "{e}");
-    let e = join(&[join_at.clone()], &other_token, member("c", Role::Peer)).await.unwrap_err();
+    let e = join(&join_at, &other_token, member("c", Role::Peer)).await.unwrap_err();
     assert!(matches!(e, MembershipError::Join { .. }), "{e}");
 
     // Members of another cluster, expired members and strangers without a certificate get
