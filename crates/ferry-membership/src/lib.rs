@@ -74,7 +74,18 @@ pub enum MembershipError {
 /// The process-wide crypto provider: ring, as everywhere in Ferry.
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: std::sync::OnceLock<std::sync::Arc<rustls::crypto::CryptoProvider>> = std::sync::OnceLock::new();
-    PROVIDER.get_or_init(|| std::sync::Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| {
+            // AES-128-GCM first: pieces are bulk data and it is ~30 % cheaper than AES-256 (10
+            // rounds against 14); the other TLS 1.3 suites stay for peers that prefer them.
+            use rustls::crypto::ring::cipher_suite::{
+                TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+            };
+            let mut p = rustls::crypto::ring::default_provider();
+            p.cipher_suites = vec![TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256];
+            std::sync::Arc::new(p)
+        })
+        .clone()
 }
 
 /// Unix seconds of a time, for certificates and tokens.

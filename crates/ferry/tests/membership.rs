@@ -175,7 +175,10 @@ async fn membership_the_scheduler_tells_strangers_nothing_and_members_only_about
     let strangers = [
         ("plain gRPC", None),
         ("TLS without a certificate", Some(anonymous())),
-        ("an expired certificate", Some(creds(ca, member("old", Role::Peer), SystemTime::now() - Duration::from_secs(60)))),
+        (
+            "an expired certificate",
+            Some(creds(ca, member("old", Role::Peer), SystemTime::now() - Duration::from_secs(60))),
+        ),
         ("another cluster's certificate", Some(creds(&other_ca, member("x", Role::Peer), later))),
     ];
     for (what, tls) in strangers {
