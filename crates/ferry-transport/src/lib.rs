@@ -1,9 +1,10 @@
 //! The data plane: how pieces move between peers.
 //!
 //! [`server`] serves pieces a daemon holds to other peers; [`client`] is one child's
-//! connection to one parent. Both speak the frames of `ferry_proto::frame` over TCP. The
-//! server sends piece bytes with `sendfile(2)` straight from the content file, so a piece
-//! never passes through user space on the parent.
+//! connection to one parent. Both speak the frames of `ferry_proto::frame` over TCP, or over
+//! mutual TLS with cluster membership (`ferry_membership`). On plain TCP the server sends
+//! piece bytes with `sendfile(2)` straight from the content file, so a piece never passes
+//! through user space on the parent; over TLS it reads them to encrypt them (no kTLS here).
 
 pub mod avail;
 pub mod client;

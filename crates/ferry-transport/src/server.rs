@@ -123,7 +123,8 @@ impl Drop for Admission {
 pub struct ServerStats {
     pub bytes_uploaded: AtomicU64,
     pub connections_active: AtomicU64,
-    /// Connections closed at accept because a limit was reached.
+    /// Connections closed at accept because a limit was reached, or (with membership)
+    /// because the peer showed no valid cluster certificate.
     pub connections_refused: AtomicU64,
 }
 
