@@ -88,19 +88,7 @@ pub async fn run(
         workers.spawn("certificate-renewal", cancel.clone(), renewal.run(cancel.clone()));
     }
 
-    let server = serve(
-        listener,
-        registry.clone(),
-        ServerOptions {
-            #[cfg(feature = "fault-injection")]
-            corrupt_uploads: opts.corrupt_uploads,
-            upload_limit: opts.upload_limit.clone(),
-            tls: membership.server.clone(),
-            ..ServerOptions::default()
-        },
-        server_stats,
-        cancel.clone(),
-    );
+    let server = piece_server(&opts, listener, registry.clone(), membership.server.clone(), server_stats, &cancel);
     workers.spawn("piece-server", cancel.clone(), server);
     let (orders_tx, orders_rx) = tokio::sync::mpsc::unbounded_channel();
     schedulers.spawn_sessions(host_info, orders_tx, registry.clone(), workers.clone(), cancel.clone());
@@ -119,6 +107,25 @@ pub async fn run(
         let _ = r.send(Ready { pieces: bound, mirror, proxy_ca, metrics, health });
     }
     serve_local_api(ctx, &opts.socket, uds, &cancel).await
+}
+
+/// The piece server on `listener`: over mutual TLS with `tls` (membership), else plain TCP.
+fn piece_server(
+    opts: &DaemonOptions,
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stats: Arc<ServerStats>,
+    cancel: &CancellationToken,
+) -> impl std::future::Future<Output = ()> {
+    let server_opts = ServerOptions {
+        #[cfg(feature = "fault-injection")]
+        corrupt_uploads: opts.corrupt_uploads,
+        upload_limit: opts.upload_limit.clone(),
+        tls,
+        ..ServerOptions::default()
+    };
+    serve(listener, registry, server_opts, stats, cancel.clone())
 }
 
 /// Serves the local API on its socket until `cancel`, then removes the socket.
